@@ -1,0 +1,61 @@
+"""bitpack: float tensor -> sign bits packed along channels (x >= 0 -> 1)."""
+import numpy as np
+from tvm import te, tirx
+
+from . import WORD_BITS, num_words
+
+
+def bit_if(cond, bit):
+    """The word with only ``bit`` set when ``cond`` holds, else 0 (bits are disjoint, so a sum packs them)."""
+    return tirx.Select(cond, tirx.const(1, "uint64") << bit.astype("uint64"), tirx.const(0, "uint64"))
+
+
+def compute_nchw(x: te.Tensor) -> te.Tensor:
+    """float[N, C, H, W] -> uint64[N, H, W, ceil(C/64)]."""
+    n_, c_, h_, w_ = (int(d) for d in x.shape)
+    b = te.reduce_axis((0, WORD_BITS), name="b")
+
+    def word(n, h, w, cw):
+        c = cw * WORD_BITS + b
+        val = x[n, tirx.min(c, c_ - 1), h, w]
+        return te.sum(bit_if(tirx.all(c < c_, val >= tirx.const(0, x.dtype)), b), axis=b)
+
+    return te.compute((n_, h_, w_, num_words(c_)), word, name="bitpack")
+
+
+def compute_rows(x: te.Tensor) -> te.Tensor:
+    """float[M, K] -> uint64[M, ceil(K/64)]."""
+    m_, k_ = (int(d) for d in x.shape)
+    b = te.reduce_axis((0, WORD_BITS), name="b")
+
+    def word(m, kw):
+        k = kw * WORD_BITS + b
+        val = x[m, tirx.min(k, k_ - 1)]
+        return te.sum(bit_if(tirx.all(k < k_, val >= tirx.const(0, x.dtype)), b), axis=b)
+
+    return te.compute((m_, num_words(k_)), word, name="bitpack")
+
+
+def pack_bits_last_axis(bits: np.ndarray) -> np.ndarray:
+    """Pack a boolean array along its last axis into little-endian uint64 words (numpy reference)."""
+    bits = np.asarray(bits, dtype=bool)
+    k = bits.shape[-1]
+    padded = np.zeros(bits.shape[:-1] + (num_words(k) * WORD_BITS,), dtype=bool)
+    padded[..., :k] = bits
+    as_bytes = np.packbits(padded, axis=-1, bitorder="little")
+    return np.ascontiguousarray(as_bytes).view("<u8")
+
+
+def reference_nchw(x: np.ndarray) -> np.ndarray:
+    return pack_bits_last_axis(np.transpose(np.asarray(x) >= 0, (0, 2, 3, 1)))
+
+
+def reference_rows(x: np.ndarray) -> np.ndarray:
+    return pack_bits_last_axis(np.asarray(x) >= 0)
+
+
+def unpack_reference(words: np.ndarray, bits: int) -> np.ndarray:
+    """uint64[..., W] -> ±1 float32[..., bits] (numpy reference)."""
+    as_bytes = np.ascontiguousarray(words).view(np.uint8)
+    flat = np.unpackbits(as_bytes, axis=-1, bitorder="little")[..., :bits]
+    return flat.astype(np.float32) * 2 - 1

@@ -1,0 +1,49 @@
+"""Output transforms shared by the binary layers.
+
+A binary layer's exact integer ``dot[..., o, ...]`` leaves the kernel in one of two forms:
+
+* float: ``dot * scale[o] + bias[o]`` (float32), the fused scale / bias / BatchNorm of the layer;
+* bits: ``dot * direction[o] >= threshold[o]`` packed along ``o`` into 64-bit words, the whole epilogue folded
+  into one integer comparison per channel when the next layer binarizes the result (see passes/fuse_threshold.py).
+"""
+import numpy as np
+from tvm import te, tirx
+
+from . import WORD_BITS, num_words
+from .bitpack import bit_if, pack_bits_last_axis
+
+
+def float_output(dot: te.Tensor, scale: te.Tensor, bias: te.Tensor, channel_axis: int, name: str) -> te.Tensor:
+    def f(*idx):
+        o = idx[channel_axis]
+        return dot(*idx).astype("float32") * scale[o] + bias[o]
+
+    return te.compute(dot.shape, f, name=name)
+
+
+def bits_output(dot_last_channel: te.Tensor, direction: te.Tensor, threshold: te.Tensor, name: str) -> te.Tensor:
+    """dot int32[..., O] -> uint64[..., ceil(O/64)] with bit o = (dot[..., o] * direction[o] >= threshold[o])."""
+    *outer, o_ = (int(d) for d in dot_last_channel.shape)
+    b = te.reduce_axis((0, WORD_BITS), name="b")
+
+    def word(*idx):
+        *pre, ow = idx
+        o = ow * WORD_BITS + b
+        oc = tirx.min(o, o_ - 1)
+        on = tirx.all(o < o_, dot_last_channel(*pre, oc) * direction[oc] >= threshold[oc])
+        return te.sum(bit_if(on, b), axis=b)
+
+    return te.compute(tuple(outer) + (num_words(o_),), word, name=name)
+
+
+def float_reference(dot: np.ndarray, scale, bias, channel_axis: int) -> np.ndarray:
+    shape = [1] * dot.ndim
+    shape[channel_axis] = -1
+    return (dot.astype(np.float32) * np.asarray(scale, np.float32).reshape(shape)
+            + np.asarray(bias, np.float32).reshape(shape)).astype(np.float32)
+
+
+def bits_reference(dot_last_channel: np.ndarray, direction, threshold) -> np.ndarray:
+    d = np.asarray(direction, np.int64)
+    t = np.asarray(threshold, np.int64)
+    return pack_bits_last_axis(dot_last_channel.astype(np.int64) * d >= t)

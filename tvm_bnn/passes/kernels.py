@@ -1,0 +1,69 @@
+"""Our bit-packed operators as Relax ``call_tir`` calls, and how to read them back.
+
+Every kernel we emit is a TE-generated PrimFunc carrying two attributes: ``tvm_bnn.op`` (the operator) and
+``tvm_bnn.params`` (its static parameters, JSON). Later passes read them back with :func:`kernel_of` to fuse more
+work into a kernel and re-emit it; the x86/C schedules find their kernels by the same attributes. ``op_pattern`` is
+opaque (8) so that FuseOps leaves each kernel whole for its own schedule.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import tvm
+from tvm import relax
+
+from ..ops import binary_conv2d, binary_dense, binary_maxpool, bitpack
+
+OPAQUE = 8
+
+
+def _conv_geo(p):
+    return binary_conv2d.Conv2dGeometry(p["in_channels"], tuple(p["kernel"]), tuple(p["strides"]),
+                                        tuple(p["padding"]), tuple(p["dilation"]))
+
+
+def _pool_geo(p):
+    return binary_maxpool.PoolGeometry(tuple(p["pool"]), tuple(p["strides"]), tuple(p["padding"]),
+                                       tuple(p["dilation"]), bool(p["ceil_mode"]))
+
+
+# op name -> (params -> TE function over the call's tensor arguments)
+TE_BUILDERS = {
+    "bitpack_nchw": lambda p: bitpack.compute_nchw,
+    "bitpack_rows": lambda p: bitpack.compute_rows,
+    "binary_conv2d": lambda p: lambda xp, wp, s, b: binary_conv2d.compute(xp, wp, s, b, _conv_geo(p)),
+    "binary_conv2d_bits": lambda p: lambda xp, wp, d, t: binary_conv2d.compute_bits(xp, wp, d, t, _conv_geo(p)),
+    "binary_dense": lambda p: lambda xp, wp, s, b: binary_dense.compute(xp, wp, s, b, p["k"]),
+    "binary_dense_bits": lambda p: lambda xp, wp, d, t: binary_dense.compute_bits(xp, wp, d, t, p["k"]),
+    "binary_maxpool": lambda p: lambda xp: binary_maxpool.compute(xp, _pool_geo(p)),
+}
+
+
+@dataclass
+class KernelCall:
+    op: str
+    params: dict
+    args: list  # Relax arguments of the call_tir
+
+
+def call_kernel(bb: relax.BlockBuilder, op: str, args, **params) -> relax.Call:
+    """A call_tir of operator ``op`` on ``args`` (not yet emitted; the caller binds it)."""
+    attrs = {"tvm_bnn.op": op, "tvm_bnn.params": json.dumps(params, sort_keys=True), "op_pattern": OPAQUE}
+    return bb.call_te(TE_BUILDERS[op](params), *args, primfunc_name_hint=f"tvm_bnn_{op}", primfunc_attrs=attrs)
+
+
+def kernel_of(mod: tvm.IRModule, expr) -> KernelCall | None:
+    """The KernelCall behind ``expr`` if it is a call_tir of one of our kernels."""
+    if not (isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.call_tir"):
+        return None
+    gvar = expr.args[0]
+    func = mod[gvar] if gvar in mod.get_global_vars() else None
+    if func is None or func.attrs is None or "tvm_bnn.op" not in func.attrs:
+        return None
+    return KernelCall(str(func.attrs["tvm_bnn.op"]), json.loads(str(func.attrs["tvm_bnn.params"])),
+                      list(expr.args[1].fields))
+
+
+def is_kernel(func) -> bool:
+    return isinstance(func, tvm.tirx.PrimFunc) and func.attrs is not None and "tvm_bnn.op" in func.attrs

@@ -1,0 +1,59 @@
+"""The per-layer report of a compile: which conv2d/dense layers were binarized and, if not, why."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    op: str  # "conv2d" or "dense"
+    input_shape: tuple
+    weight_shape: tuple
+    output_shape: tuple
+    binarized: bool
+    reason: str  # empty when binarized
+    weight_bytes_float: int
+    weight_bytes_packed: int  # what the compiled model stores for this layer's weights
+
+    def as_dict(self):
+        return asdict(self)
+
+
+class Report(list):
+    """A list of LayerRecord that prints as a table with totals."""
+
+    @property
+    def num_binarized(self) -> int:
+        return sum(r.binarized for r in self)
+
+    @property
+    def weight_bytes_float(self) -> int:
+        return sum(r.weight_bytes_float for r in self)
+
+    @property
+    def weight_bytes_packed(self) -> int:
+        return sum(r.weight_bytes_packed for r in self)
+
+    def __str__(self) -> str:
+        def shape(s):
+            return "x".join(str(d) for d in s) if s else "-"
+
+        rows = [("layer", "op", "input", "weight", "output", "binarized", "weight bytes", "reason")]
+        for r in self:
+            rows.append((r.name, r.op, shape(r.input_shape), shape(r.weight_shape), shape(r.output_shape),
+                         "yes" if r.binarized else "no", f"{r.weight_bytes_float} -> {r.weight_bytes_packed}",
+                         r.reason))
+        widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
+        lines = ["  ".join(str(c).ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
+        lines.insert(1, "-" * max(len(line) for line in lines))
+        ratio = self.weight_bytes_float / self.weight_bytes_packed if self.weight_bytes_packed else 1.0
+        lines.append("")
+        lines.append(f"{self.num_binarized} of {len(self)} conv2d/dense layers binarized; "
+                     f"weights {self.weight_bytes_float} bytes float -> {self.weight_bytes_packed} bytes compiled "
+                     f"({ratio:.1f}x smaller)")
+        if len(self) and not self.num_binarized:
+            lines.append("Nothing was binarized: the model compiles as a float model (see the reasons above).")
+        return "\n".join(lines)
+
+    __repr__ = __str__
