@@ -52,9 +52,9 @@ def compute_dot(xp: te.Tensor, wp: te.Tensor, geo: Conv2dGeometry) -> te.Tensor:
         ih = oh * sh - pt + rkh * dh
         iw = ow * sw - pl + rkw * dw
         valid = tirx.all(ih >= 0, ih < h_, iw >= 0, iw < w_)
-        word = xp[n, tirx.max(tirx.min(ih, h_ - 1), 0), tirx.max(tirx.min(iw, w_ - 1), 0), rcw]
-        pop = tirx.popcount(word ^ wp[o, rkh, rkw, rcw]).astype("int32")
-        return te.sum(tirx.Select(valid, pop, 0), axis=[rkh, rkw, rcw])
+        # if_then_else, not Select: the load must not happen for a tap in the padding
+        pop = tirx.if_then_else(valid, tirx.popcount(xp[n, ih, iw, rcw] ^ wp[o, rkh, rkw, rcw]).astype("int32"), 0)
+        return te.sum(pop, axis=[rkh, rkw, rcw])
 
     pop = te.compute((n_, oh_, ow_, o_), mismatches, name="popcount")
     c = geo.in_channels

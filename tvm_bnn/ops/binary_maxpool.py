@@ -44,8 +44,7 @@ def compute(xp: te.Tensor, geo: PoolGeometry) -> te.Tensor:
         ih = oh * geo.strides[0] - geo.padding[0] + rh * geo.dilation[0]
         iw = ow * geo.strides[1] - geo.padding[1] + rw * geo.dilation[1]
         valid = tirx.all(ih >= 0, ih < h_, iw >= 0, iw < w_)
-        word = xp[n, tirx.max(tirx.min(ih, h_ - 1), 0), tirx.max(tirx.min(iw, w_ - 1), 0), cw]
-        return _bitwise_or(tirx.Select(valid, word, tirx.const(0, "uint64")), axis=[rh, rw])
+        return _bitwise_or(tirx.if_then_else(valid, xp[n, ih, iw, cw], tirx.const(0, "uint64")), axis=[rh, rw])
 
     return te.compute((n_, oh_, ow_, cw_), window, name="binary_maxpool")
 

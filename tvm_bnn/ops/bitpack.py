@@ -17,8 +17,8 @@ def compute_nchw(x: te.Tensor) -> te.Tensor:
 
     def word(n, h, w, cw):
         c = cw * WORD_BITS + b
-        val = x[n, tirx.min(c, c_ - 1), h, w]
-        return te.sum(bit_if(tirx.all(c < c_, val >= tirx.const(0, x.dtype)), b), axis=b)
+        on = tirx.if_then_else(c < c_, x[n, c, h, w] >= tirx.const(0, x.dtype), tirx.const(False))
+        return te.sum(bit_if(on, b), axis=b)
 
     return te.compute((n_, h_, w_, num_words(c_)), word, name="bitpack")
 
@@ -30,8 +30,8 @@ def compute_rows(x: te.Tensor) -> te.Tensor:
 
     def word(m, kw):
         k = kw * WORD_BITS + b
-        val = x[m, tirx.min(k, k_ - 1)]
-        return te.sum(bit_if(tirx.all(k < k_, val >= tirx.const(0, x.dtype)), b), axis=b)
+        on = tirx.if_then_else(k < k_, x[m, k] >= tirx.const(0, x.dtype), tirx.const(False))
+        return te.sum(bit_if(on, b), axis=b)
 
     return te.compute((m_, num_words(k_)), word, name="bitpack")
 

@@ -29,8 +29,7 @@ def bits_output(dot_last_channel: te.Tensor, direction: te.Tensor, threshold: te
     def word(*idx):
         *pre, ow = idx
         o = ow * WORD_BITS + b
-        oc = tirx.min(o, o_ - 1)
-        on = tirx.all(o < o_, dot_last_channel(*pre, oc) * direction[oc] >= threshold[oc])
+        on = tirx.if_then_else(o < o_, dot_last_channel(*pre, o) * direction[o] >= threshold[o], tirx.const(False))
         return te.sum(bit_if(on, b), axis=b)
 
     return te.compute(tuple(outer) + (num_words(o_),), word, name=name)

@@ -99,7 +99,7 @@ class BinarizeLayers:
             return refuse(f"layout {attrs.data_layout}/{attrs.kernel_layout} (only NCHW/OIHW is binarized)")
         if int(attrs.groups) != 1:
             return refuse(f"grouped conv (groups={int(attrs.groups)}) stays float")
-        if data.ty.dtype != "float32":
+        if str(data.ty.dtype) != "float32":
             return refuse(f"activation dtype {data.ty.dtype} (only float32 is binarized)")
         alpha = binary_weight_scale(w, 0)
         if isinstance(alpha, str):
@@ -138,7 +138,7 @@ class BinarizeLayers:
             return refuse("weights are not a constant")
         if len(x_shape) != 2 or w.ndim != 2:
             return refuse(f"matmul of rank {len(x_shape)} x {w.ndim} (only [M, K] x [K, N] is binarized)")
-        if data.ty.dtype != "float32":
+        if str(data.ty.dtype) != "float32":
             return refuse(f"activation dtype {data.ty.dtype} (only float32 is binarized)")
         alpha = binary_weight_scale(w, 1)
         if isinstance(alpha, str):

@@ -13,6 +13,7 @@ class Graph:
         self.func = func
         self.var2val = relax.analysis.get_var2val(func)
         self.uses: dict = {}
+        self.users: dict = {}  # var -> [(binding var, value)] that read it
         self.order: list = []  # (var, value) in binding order
 
         @relax.expr_functor.visitor
@@ -27,8 +28,18 @@ class Graph:
         for block in func.body.blocks:
             for binding in block.bindings:
                 self.order.append((binding.var, binding.value))
+                before = dict(self.uses)
                 counter.visit_expr(binding.value)
+                for v, n in self.uses.items():
+                    if n != before.get(v, 0):
+                        self.users.setdefault(v, []).append((binding.var, binding.value))
         counter.visit_expr(func.body.body)
+
+    def only_user(self, var):
+        """(var, value) of the single binding reading ``var`` if it has exactly one use, else None."""
+        if not self.single_use(var) or len(self.users.get(var, [])) != 1:
+            return None
+        return self.users[var][0]
 
     def value(self, expr):
         """The expression bound to ``expr`` if it is a bound variable (one step), else ``expr``."""

@@ -1,0 +1,16 @@
+"""tvm_bnn: binarized neural networks from PyTorch / ONNX to bit-packed XNOR-popcount code with Apache TVM."""
+from .compiler import CompiledModel, analyse, compile, load  # noqa: A004 - compile is the public API
+from .errors import InputError, ModelImportError, ToolchainMissingError, TvmBnnError, UnknownTargetError
+from .targets import known_targets
+
+__version__ = "0.1.0"
+__all__ = ["CompiledModel", "InputError", "ModelImportError", "ToolchainMissingError", "TvmBnnError",
+           "UnknownTargetError", "analyse", "compile", "known_targets", "load", "nn"]
+
+
+def __getattr__(name):
+    if name == "nn":  # torch is only needed for the training-side modules
+        import importlib
+
+        return importlib.import_module(".nn", __name__)
+    raise AttributeError(name)

@@ -1,0 +1,176 @@
+"""tvm_bnn.compile: model -> Relax -> our passes -> TVM build -> a callable CompiledModel with a report."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import tvm
+from tqdm.auto import tqdm
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
+
+from .errors import InputError, TvmBnnError
+from .frontends import import_model
+from .passes import binarize_module
+from .passes.graph import is_op, static_shape
+from .report import LayerRecord, Report
+from .schedules import ScheduleKernels
+from .targets import resolve_target
+
+META_SUFFIX = ".tvm_bnn.json"
+
+
+def build_pipeline(spec) -> tvm.transform.Pass:
+    """Lowering after our passes: legalize and fuse the float ops, schedule everything, lower to the VM."""
+    return tvm.transform.Sequential(
+        [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+         relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
+         ScheduleKernels(spec)]
+        + cpu_pipeline.dataflow_lower_passes(spec.target) + cpu_pipeline.finalize_passes(spec.target),
+        name="tvm_bnn.Build")
+
+
+class CompiledModel:
+    """A compiled model: call it like a function; ``report`` says what was binarized."""
+
+    def __init__(self, executable, spec_name: str, target, inputs: list, num_outputs: int, report: Report):
+        self.executable = executable
+        self.target_name = spec_name
+        self.target = target
+        self.inputs = inputs  # [(name, shape, dtype)]
+        self.num_outputs = num_outputs
+        self.report = report
+        self._vm = None
+
+    def _machine(self):
+        if self._vm is None:
+            self._vm = relax.VirtualMachine(self.executable, tvm.cpu())
+        return self._vm
+
+    def _convert(self, args):
+        if len(args) != len(self.inputs):
+            names = ", ".join(n for n, _, _ in self.inputs)
+            raise InputError(f"the model takes {len(self.inputs)} input(s) ({names}), got {len(args)}")
+        out = []
+        for value, (name, shape, dtype) in zip(args, self.inputs):
+            if hasattr(value, "detach"):
+                value = value.detach().cpu().numpy()
+            arr = np.ascontiguousarray(np.asarray(value))
+            if tuple(arr.shape) != tuple(shape):
+                raise InputError(f"input {name!r}: shape {tuple(arr.shape)} does not match the compiled shape "
+                                 f"{tuple(shape)}; compile again with example_inputs of this shape")
+            if arr.dtype != np.dtype(dtype):
+                if np.can_cast(arr.dtype, dtype, casting="same_kind"):
+                    arr = arr.astype(dtype)
+                else:
+                    raise InputError(f"input {name!r}: dtype {arr.dtype} cannot be used as {dtype}")
+            out.append(tvm.runtime.tensor(arr, tvm.cpu()))
+        return out
+
+    def __call__(self, *args):
+        result = self._machine()["main"](*self._convert(args))
+        outs = _flatten(result)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def time(self, *args, number: int = 10, repeat: int = 5) -> float:
+        """Median seconds per call (TVM's time_evaluator; inputs prepared once)."""
+        vm = self._machine()
+        vm.set_input("main", *self._convert(args))
+        timer = vm.time_evaluator("invoke_stateful", tvm.cpu(), number=number, repeat=repeat)
+        return float(np.median(timer("main").results))
+
+    def export(self, path: str, overwrite: bool = False) -> str:
+        """Write a TVM runtime library (``.so``) and its metadata; ``tvm_bnn.load(path)`` gives the model back."""
+        path = os.fspath(path)
+        if not path.endswith(".so"):
+            raise TvmBnnError(f"path={path!r}: the x86 export is a shared library; use a name ending in .so")
+        for p in (path, path + META_SUFFIX):
+            if os.path.exists(p) and not overwrite:
+                raise FileExistsError(f"{p!r} already exists; pass overwrite=True (--force on the CLI) to replace it")
+        self.executable.export_library(path)
+        meta = {"target": self.target_name, "target_json": str(self.target.export()) if self.target else "",
+                "inputs": [[n, list(s), d] for n, s, d in self.inputs], "num_outputs": self.num_outputs,
+                "report": [r.as_dict() for r in self.report]}
+        with open(path + META_SUFFIX, "w") as f:
+            json.dump(meta, f, indent=1)
+        return path
+
+    def __repr__(self):
+        return (f"<tvm_bnn.CompiledModel target={self.target_name} inputs={[(n, s) for n, s, _ in self.inputs]} "
+                f"binarized {self.report.num_binarized}/{len(self.report)} layers>")
+
+
+def _flatten(result):
+    if isinstance(result, tvm.runtime.Tensor):
+        return [result.numpy()]
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    outs = []
+    for item in result:
+        outs.extend(_flatten(item))
+    return outs
+
+
+def _name_layers(mod, names):
+    """Use the frontend's names only if they line up one-to-one with the conv2d/matmul calls."""
+    count = 0
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            count += is_op(binding.value, "nn.conv2d", "matmul")
+    return names if len(names) == count else None
+
+
+def analyse(model, example_inputs=None):
+    """Import and run our passes without building: (imported model, optimized module, Report)."""
+    imported = import_model(model, example_inputs)
+    mod = tvm.ir.transform.PassContext(opt_level=3)
+    with mod:
+        from .passes.cleanup import cleanup
+
+        cleaned = cleanup()(imported.mod)
+        names = _name_layers(cleaned, imported.layer_names)
+        optimized, records = binarize_module(cleaned, names)
+    return imported, optimized, Report(records)
+
+
+def compile(model, target="x86", example_inputs=None, *, progress: bool | None = None) -> CompiledModel:  # noqa: A001
+    """Compile a PyTorch module / ExportedProgram / ONNX model or path / Relax IRModule for ``target``."""
+    spec = resolve_target(target)
+    steps = tqdm(total=3, desc="tvm_bnn.compile", disable=(progress is False) or None, leave=False)
+    try:
+        steps.set_postfix_str("import + binarize")
+        imported, optimized, report = analyse(model, example_inputs)
+        steps.update()
+        steps.set_postfix_str("build")
+        with spec.target:
+            executable = relax.build(optimized, spec.target, relax_pipeline=build_pipeline(spec))
+        steps.update()
+        main = imported.mod["main"]
+        inputs = [(name, static_shape(p), str(p.ty.dtype)) for name, p in zip(imported.input_names, main.params)]
+        ret = main.ret_ty if hasattr(main, "ret_ty") else None
+        num_outputs = len(ret.fields) if isinstance(ret, relax.TupleType) else 1
+        steps.update()
+    finally:
+        steps.close()
+    return CompiledModel(executable, spec.name, spec.target, inputs, num_outputs, report)
+
+
+def load(path: str) -> CompiledModel:
+    """Load a model written by ``CompiledModel.export``."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path!r} does not exist")
+    meta_path = path + META_SUFFIX
+    if not os.path.exists(meta_path):
+        raise TvmBnnError(f"{meta_path!r} is missing: tvm_bnn.load needs the metadata written beside the library "
+                          "by CompiledModel.export")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    lib = tvm.runtime.load_module(path)
+    executable = relax.VMExecutable(lib) if hasattr(relax, "VMExecutable") else lib
+    report = Report(LayerRecord(**{**r, "input_shape": tuple(r["input_shape"]),
+                                   "weight_shape": tuple(r["weight_shape"]),
+                                   "output_shape": tuple(r["output_shape"])}) for r in meta["report"])
+    inputs = [(n, tuple(s), d) for n, s, d in meta["inputs"]]
+    return CompiledModel(executable, meta["target"], None, inputs, meta["num_outputs"], report)

@@ -1,0 +1,130 @@
+"""ONNX -> Relax through TVM's ONNX importer, after folding constant sub-graphs.
+
+torch.onnx.export writes computed attributes as small constant sub-graphs (the pads of F.pad come out of
+Cast/Concat nodes), which TVM's importer rejects as dynamic. Nodes whose inputs are all constant are evaluated with
+onnx's own reference evaluator and replaced by initializers before import.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import ModelImportError
+from .importer import ImportedModel
+
+_LAYER_OPS = ("Conv", "Gemm", "MatMul")
+_NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+                     "Bernoulli", "Dropout"}
+
+
+def load_onnx(model):
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = os.fspath(model)
+    if not os.path.exists(path):
+        raise ModelImportError(f"model: file {path!r} does not exist")
+    try:
+        proto = onnx.load(path)
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelImportError(f"model: {path!r} is not a valid ONNX model ({exc.__class__.__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'}); pass an .onnx file "
+                               "written by torch.onnx.export or onnx.save") from exc
+    if not proto.graph.node:
+        raise ModelImportError(f"model: {path!r} holds no ONNX graph nodes; is it an ONNX model?")
+    return proto
+
+
+def fold_constants(proto):
+    """Evaluate every node whose inputs are all constants; returns a new ModelProto."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    graph = proto.graph
+    consts = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    graph_inputs = {i.name for i in graph.input} - set(consts)
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Constant":
+            value = ReferenceEvaluator(helper.make_model(helper.make_graph(
+                [node], "c", [], [helper.make_tensor_value_info(node.output[0], 0, None)]),
+                opset_imports=proto.opset_import)).run(None, {})[0]
+            consts[node.output[0]] = np.asarray(value)
+            continue
+        ins = [i for i in node.input if i]
+        if node.op_type in _NONDETERMINISTIC or node.domain not in ("", "ai.onnx") or not ins or \
+                any(i in graph_inputs or i not in consts for i in ins) or node.attribute and any(
+                    a.type == onnx.AttributeProto.GRAPH for a in node.attribute):
+            kept.append(node)
+            continue
+        sub = helper.make_graph([node], "fold",
+                                [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(consts[i].dtype),
+                                                               consts[i].shape) for i in ins],
+                                [helper.make_tensor_value_info(o, 0, None) for o in node.output if o])
+        try:
+            outs = ReferenceEvaluator(helper.make_model(sub, opset_imports=proto.opset_import)).run(
+                None, {i: consts[i] for i in ins})
+        except Exception:  # noqa: BLE001 - leave anything the evaluator cannot do to TVM's importer
+            kept.append(node)
+            continue
+        for name, value in zip([o for o in node.output if o], outs):
+            consts[name] = np.asarray(value)
+    used = {i for n in kept for i in n.input} | {o.name for o in graph.output}
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.initializer[:]
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items() if k in used)
+    for name in [i.name for i in graph.input]:
+        if name not in graph_inputs and name not in used:
+            idx = [i.name for i in graph.input].index(name)
+            del graph.input[idx]
+    return proto
+
+
+def _input_shapes(proto, example_inputs):
+    inits = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if example_inputs is not None and not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    if example_inputs is not None and len(example_inputs) != len(inputs):
+        raise ModelImportError(f"example_inputs: the ONNX model has {len(inputs)} inputs "
+                               f"({', '.join(i.name for i in inputs)}), got {len(example_inputs)} example inputs")
+    shapes, dtypes = {}, {}
+    from onnx import helper
+
+    for idx, inp in enumerate(inputs):
+        t = inp.type.tensor_type
+        dtypes[inp.name] = str(helper.tensor_dtype_to_np_dtype(t.elem_type))
+        if example_inputs is not None:
+            shapes[inp.name] = list(np.shape(example_inputs[idx]))
+            continue
+        dims = []
+        for d in t.shape.dim:
+            if not d.HasField("dim_value") or d.dim_value <= 0:
+                raise ModelImportError(
+                    f"input {inp.name!r} has a dynamic dimension ({d.dim_param or '?'}); pass example_inputs=... "
+                    "(or --input-shape on the command line) to fix the sizes to compile for")
+            dims.append(int(d.dim_value))
+        shapes[inp.name] = dims
+    return [i.name for i in inputs], shapes, dtypes
+
+
+def import_onnx(model, example_inputs) -> ImportedModel:
+    from tvm.relax.frontend.onnx import from_onnx
+
+    proto = load_onnx(model)
+    names, shapes, dtypes = _input_shapes(proto, example_inputs)
+    proto = fold_constants(proto)
+    try:
+        mod = from_onnx(proto, shape_dict=shapes, dtype_dict=dtypes)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelImportError(f"model: TVM's ONNX importer cannot translate this model: "
+                               f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}\n"
+                               "Replace the unsupported operator or re-export with a lower opset") from exc
+    layers = [n.name or n.output[0] for n in proto.graph.node if n.op_type in _LAYER_OPS]
+    return ImportedModel(mod, names, layers, "onnx")

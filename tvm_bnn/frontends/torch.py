@@ -1,0 +1,55 @@
+"""PyTorch -> Relax through torch.export and TVM's ExportedProgram importer."""
+from __future__ import annotations
+
+from ..errors import ModelImportError
+from .importer import ImportedModel
+
+_LAYER_TARGETS = ("aten.conv2d", "aten.convolution", "aten.linear", "aten.matmul", "aten.mm", "aten.addmm")
+
+
+def _export(model, example_inputs):
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        return model
+    if example_inputs is None:
+        raise ModelImportError("example_inputs: a torch.nn.Module needs example inputs to export, e.g. "
+                               "tvm_bnn.compile(model, 'x86', example_inputs=(torch.randn(1, 3, 32, 32),))")
+    if not isinstance(example_inputs, (tuple, list)):
+        example_inputs = (example_inputs,)
+    inputs = tuple(torch.as_tensor(x) for x in example_inputs)
+    was_training = model.training
+    model.eval()  # compile the inference graph: BN running stats, deterministic binarization
+    try:
+        return torch.export.export(model, inputs)
+    except Exception as exc:  # noqa: BLE001 - report torch's reason with what to do
+        raise ModelImportError(f"model: torch.export could not export {type(model).__name__}: {exc}".strip()
+                               + "\nFix the model so that torch.export.export(model, example_inputs) works.") from exc
+    finally:
+        model.train(was_training)
+
+
+def _layer_names(ep) -> list:
+    names = []
+    for node in ep.graph.nodes:
+        if node.op != "call_function" or not any(str(node.target).startswith(t) for t in _LAYER_TARGETS):
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        path = list(stack.values())[-1][0] if stack else ""
+        names.append(path or node.name)
+    return names
+
+
+def import_torch(model, example_inputs) -> ImportedModel:
+    from tvm.relax.frontend.torch import from_exported_program
+
+    ep = _export(model, example_inputs)
+    try:
+        mod = from_exported_program(ep)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelImportError(
+            f"model: TVM's PyTorch importer cannot translate this model: {exc}\n"
+            "Replace the unsupported operation, or export to ONNX and compile the .onnx file") from exc
+    user_inputs = list(ep.graph_signature.user_inputs)
+    names = _layer_names(ep)
+    return ImportedModel(mod, user_inputs, names, "torch")

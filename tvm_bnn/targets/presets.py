@@ -1,0 +1,87 @@
+"""Target presets: a name a user types -> the TVM target and the schedules that go with it.
+
+"x86" is the host CPU as LLVM names it (``znver4`` on our machines). Never the generic ``{"kind": "llvm"}``: that CPU
+has no popcnt instruction at all, and every popcount becomes a bit-twiddling sequence.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import tvm
+
+from ..errors import UnknownTargetError
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str  # the preset name, or "custom"
+    family: str  # "x86" (schedules/x86.py); later "arm", "c"
+    target: tvm.target.Target
+
+    @property
+    def popcount_isa(self) -> str:
+        """Which popcount the code will use, for the report and the docs."""
+        mcpu = str(self.target.attrs.get("mcpu", ""))
+        mattr = [str(a) for a in self.target.attrs.get("mattr", [])]
+        if "+avx512vpopcntdq" in mattr or mcpu in ("znver4", "znver5", "icelake-server", "icelake-client",
+                                                      "sapphirerapids", "tigerlake", "graniterapids"):
+            return "avx512-vpopcntdq"
+        if mcpu in ("", "generic", "x86-64") and not any(a in mattr for a in ("+popcnt", "+avx2")):
+            return "none (generic CPU: software popcount)"
+        return "popcnt"
+
+
+def host_cpu() -> str:
+    return str(tvm.get_global_func("tvm.codegen.llvm.GetHostCPUName")())
+
+
+def _cores() -> int:
+    return int(os.environ.get("TVM_NUM_THREADS", 0)) or len(os.sched_getaffinity(0))
+
+
+def _x86(mcpu: str | None = None, mattr=None):
+    cfg = {"kind": "llvm", "mcpu": mcpu or host_cpu(), "num-cores": _cores()}
+    if mattr:
+        cfg["mattr"] = list(mattr)
+    return cfg
+
+
+_PRESETS = {
+    "x86": ("x86", lambda: _x86(), "the host x86-64 CPU (AVX-512 VPOPCNTDQ where it has it)"),
+    "x86-avx512": ("x86", lambda: _x86("icelake-server"), "x86-64 with AVX-512 VPOPCNTDQ"),
+    "x86-avx2": ("x86", lambda: _x86("haswell"), "x86-64 with AVX2 and POPCNT, no AVX-512"),
+    "x86-popcnt": ("x86", lambda: _x86("nehalem"), "x86-64 with scalar POPCNT only"),
+}
+
+
+def known_targets() -> dict:
+    return {name: desc for name, (_, _, desc) in _PRESETS.items()}
+
+
+def resolve_target(target) -> TargetSpec:
+    """A preset name, a TVM target dict, or a tvm.target.Target -> TargetSpec."""
+    if isinstance(target, TargetSpec):
+        return target
+    if isinstance(target, str):
+        key = target.strip().lower()
+        if key not in _PRESETS:
+            choices = ", ".join(f"{n!r}" for n in _PRESETS)
+            raise UnknownTargetError(f"target={target!r} is not a known target; choose one of {choices}, "
+                                     "or pass a TVM target dict such as {'kind': 'llvm', 'mcpu': 'znver4'}")
+        family, make, _ = _PRESETS[key]
+        return TargetSpec(key, family, tvm.target.Target(make()))
+    if isinstance(target, dict | tvm.target.Target):
+        tgt = tvm.target.Target(target) if isinstance(target, dict) else target
+        if tgt.kind.name != "llvm" or "arm" in str(tgt.attrs.get("mtriple", "")) or \
+                "aarch64" in str(tgt.attrs.get("mtriple", "")) or "thumb" in str(tgt.attrs.get("mtriple", "")):
+            raise UnknownTargetError(f"target={target!r}: only x86 LLVM targets are supported by this version")
+        if "num-cores" not in tgt.attrs:
+            tgt = tvm.target.Target({**_x86(str(tgt.attrs.get("mcpu", "")) or None), **_as_dict(tgt)})
+        return TargetSpec("custom", "x86", tgt)
+    raise UnknownTargetError(f"target={target!r}: expected a target name such as 'x86', or a TVM target")
+
+
+def _as_dict(tgt):
+    return {k: (list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v)
+            for k, v in tgt.export().items() if k in ("kind", "mcpu", "mattr", "mtriple", "num-cores")}
