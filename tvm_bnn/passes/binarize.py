@@ -101,12 +101,9 @@ class BinarizeLayers:
             return refuse(f"grouped conv (groups={int(attrs.groups)}) stays float")
         if str(data.ty.dtype) != "float32":
             return refuse(f"activation dtype {data.ty.dtype} (only float32 is binarized)")
-        alpha = binary_weight_scale(w, 0)
-        if isinstance(alpha, str):
-            return refuse(alpha)
-        source = binary_source(graph, data)
-        if isinstance(source, str):
-            return refuse(source)
+        alpha, source = binary_weight_scale(w, 0), binary_source(graph, data)
+        if isinstance(alpha, str) or isinstance(source, str):
+            return refuse("; ".join(r for r in (source, alpha) if isinstance(r, str)))
         o, i, kh, kw = w.shape
         packed = pack_conv_weights(w)
         geometry = dict(in_channels=int(i), kernel=[int(kh), int(kw)], strides=[int(s) for s in attrs.strides],
@@ -126,8 +123,8 @@ class BinarizeLayers:
         w = graph.constant(weight)
         w_shape = static_shape(weight)
 
-        def refuse(reason):
-            return self._float_record("dense", value, w_shape, reason), None
+        def refuse(reason):  # report dense weights as (out, in) like conv2d's (O, I, KH, KW)
+            return self._float_record("dense", value, w_shape[::-1] if w_shape else None, reason), None
 
         x_shape = static_shape(data)
         if x_shape is None or w_shape is None:
@@ -140,12 +137,9 @@ class BinarizeLayers:
             return refuse(f"matmul of rank {len(x_shape)} x {w.ndim} (only [M, K] x [K, N] is binarized)")
         if str(data.ty.dtype) != "float32":
             return refuse(f"activation dtype {data.ty.dtype} (only float32 is binarized)")
-        alpha = binary_weight_scale(w, 1)
-        if isinstance(alpha, str):
-            return refuse(alpha)
-        source = binary_source(graph, data)
-        if isinstance(source, str):
-            return refuse(source)
+        alpha, source = binary_weight_scale(w, 1), binary_source(graph, data)
+        if isinstance(alpha, str) or isinstance(source, str):
+            return refuse("; ".join(r for r in (source, alpha) if isinstance(r, str)))
         k = int(w.shape[0])
         packed = pack_bits_last_axis(w.T >= 0)
         record = LayerRecord("", "dense", x_shape, tuple(w.T.shape), static_shape(value), True, "", w.size * 4,

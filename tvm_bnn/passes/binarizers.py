@@ -31,6 +31,10 @@ class Source:
         return out
 
 
+def _is_float_cast(value) -> bool:
+    return is_op(value, "astype") and str(value.attrs.dtype).startswith(("float", "bfloat"))
+
+
 def _const_scalar(graph: Graph, expr):
     c = graph.constant(expr)
     if c is None or c.size != 1:
@@ -46,8 +50,9 @@ def binary_source(graph: Graph, expr) -> Source | str:
     """The float tensor whose sign bits ``expr`` is, or the reason it is not a binarized tensor."""
     value = graph.value(expr)
     layout = []
-    while is_op(value, *_LAYOUT_OPS):
-        layout.insert(0, value)
+    while is_op(value, *_LAYOUT_OPS) or _is_float_cast(value):
+        if not _is_float_cast(value):  # a cast between float types keeps +-1 exactly: drop it
+            layout.insert(0, value)
         value = graph.value(value.args[0])
     if is_op(value, "sign"):
         x = value.args[0]

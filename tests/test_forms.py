@@ -1,0 +1,261 @@
+"""Every binarization form the passes recognise, compiled for x86 and compared with PyTorch eager."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tvm_bnn
+from tvm_bnn import nn as bnn
+
+from .conftest import assert_float_close, randomize_batchnorm
+
+
+def ge_sign(x):
+    return torch.where(x >= 0, 1.0, -1.0)
+
+
+ACTIVATIONS = {
+    # name: (binarize fn, PyTorch output exactly +-1?)
+    "sign": (torch.sign, True),
+    "where_ge": (ge_sign, True),
+    "ste_add": (lambda x: x + (torch.sign(x) - x).detach(), False),
+    "bireal_ste": (lambda x: torch.sign(x).detach() - _bireal_poly(x).detach() + _bireal_poly(x), False),
+    "reactnet_ste": (lambda x: torch.sign(x).detach() - torch.tanh(x).detach() + torch.tanh(x), False),
+    "hardtanh_sign": (lambda x: torch.sign(F.hardtanh(x)), True),
+    "binary_sign": (bnn.binary_sign, True),
+    "detach_ste": (lambda x: torch.sign(x).detach() + x - x.detach(), False),
+}
+
+
+def _bireal_poly(x):
+    """Bi-Real-Net's piecewise-polynomial approximation of sign."""
+    m1 = (x < -1).float()
+    m2 = (x < 0).float()
+    m3 = (x < 1).float()
+    out = -1 * m1 + (x * x + 2 * x) * (1 - m1)
+    out = out * m2 + (-x * x + 2 * x) * (1 - m2)
+    return out * m3 + 1 * (1 - m3)
+
+
+WEIGHTS = {
+    "sign": lambda w: torch.sign(w),
+    "sign_times_const_alpha": lambda w: torch.sign(w) * torch.linspace(0.5, 1.5, w.shape[0]).view(
+        -1, *([1] * (w.dim() - 1))),
+    "xnor_mean": lambda w: torch.sign(w) * w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True),
+    "where_ge": lambda w: torch.where(w >= 0, 1.0, -1.0),
+}
+
+
+class FormNet(torch.nn.Module):
+    """float stem -> BN -> [act] -> binary conv -> BN -> [act] -> binary conv -> BN -> maxpool -> [act] -> binary dense."""
+
+    def __init__(self, act, wform, c1=37, c2=70, classes=11, hw=9):
+        super().__init__()
+        self.act, self.wform = act, wform
+        self.stem = torch.nn.Conv2d(3, c1, 3, padding=1)
+        self.bn0 = torch.nn.BatchNorm2d(c1)
+        self.w1 = torch.nn.Parameter(torch.randn(c2, c1, 3, 3))
+        self.bn1 = torch.nn.BatchNorm2d(c2)
+        self.w2 = torch.nn.Parameter(torch.randn(c2, c2, 3, 2))
+        self.bn2 = torch.nn.BatchNorm2d(c2)
+        pooled = ((hw - 1) // 2 + 1) // 2
+        self.fc = torch.nn.Parameter(torch.randn(classes, c2 * pooled * ((hw - 1 + 1) // 2 // 2 if False else pooled)))
+
+    def forward(self, x):
+        y = self.bn0(self.stem(x))
+        y = self.bn1(F.conv2d(self.act(y), self.wform(self.w1), padding=1))
+        y = self.bn2(F.conv2d(self.act(y), self.wform(self.w2), stride=2, padding=(1, 1)))
+        y = F.max_pool2d(y, 2)
+        return F.linear(self.act(y).flatten(1), self.wform(self.fc))
+
+
+def _check(model, x, exact_pm1):
+    cm = tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False)
+    expected = model(x).detach().numpy()
+    got = cm(x)
+    if exact_pm1:
+        np.testing.assert_array_equal(got, expected)  # binarized integer results, exactly
+    else:  # PyTorch's STE output is +-1 only to a rounding; its integer sums carry that rounding
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3)
+    return cm
+
+
+@pytest.mark.parametrize("act_name", sorted(ACTIVATIONS))
+def test_activation_forms_binarize_exactly(act_name):
+    torch.manual_seed(0)
+    act, exact = ACTIVATIONS[act_name]
+    model = randomize_batchnorm(FormNet(act, WEIGHTS["sign"]))
+    cm = _check(model, torch.randn(2, 3, 9, 9), exact)
+    assert [r.binarized for r in cm.report] == [False, True, True, True], str(cm.report)
+
+
+@pytest.mark.parametrize("w_name", sorted(WEIGHTS))
+def test_weight_forms_binarize(w_name):
+    torch.manual_seed(1)
+    model = randomize_batchnorm(FormNet(ge_sign, WEIGHTS[w_name]))
+    x = torch.randn(3, 3, 9, 9)
+    cm = tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False)
+    assert [r.binarized for r in cm.report] == [False, True, True, True], str(cm.report)
+    assert_float_close(cm(x), model(x).detach().numpy())
+
+
+def test_constant_pm_alpha_weights_are_binary():
+    """A stored tensor whose values per output channel are +-alpha_o binarizes (no sign op in the graph)."""
+    torch.manual_seed(2)
+    alpha = torch.rand(13, 1, 1, 1) + 0.1
+    w = torch.sign(torch.randn(13, 5, 3, 3)) * alpha
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("w", w)
+
+        def forward(self, x):
+            return F.conv2d(ge_sign(x), self.w, padding=1)
+
+    x = torch.randn(1, 5, 6, 7)
+    cm = tvm_bnn.compile(Net(), "x86", example_inputs=(x,), progress=False)
+    assert cm.report[0].binarized
+    assert_float_close(cm(x), Net()(x).numpy())
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [
+    (1, 1, 0, 1), (3, 1, 1, 1), (3, 2, 1, 1), (5, 1, 2, 2), ((3, 1), (1, 2), (1, 0), 1), (2, 1, 0, (1, 2)),
+    (7, 3, 3, 1)])
+@pytest.mark.parametrize("cin,cout,batch", [(1, 3, 1), (65, 17, 2), (130, 64, 3)])
+def test_conv_geometries_exact(kernel, stride, padding, dilation, cin, cout, batch):
+    """Integer conv outputs match PyTorch exactly, zero padding included, on odd channel counts."""
+    torch.manual_seed(3)
+    w = torch.sign(torch.randn(cout, cin, *((kernel, kernel) if isinstance(kernel, int) else kernel)))
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return F.conv2d(ge_sign(x), w, stride=stride, padding=padding, dilation=dilation)
+
+    x = torch.randn(batch, cin, 11, 10)
+    cm = tvm_bnn.compile(Net(), "x86", example_inputs=(x,), progress=False)
+    assert cm.report[0].binarized, str(cm.report)
+    np.testing.assert_array_equal(cm(x), Net()(x).numpy())
+
+
+def test_asymmetric_padding_via_f_pad_exact():
+    """F.pad then conv: the zeros F.pad inserts count as zeros (PyTorch semantics), not as -1."""
+    torch.manual_seed(4)
+    w = torch.sign(torch.randn(9, 33, 3, 3))
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return F.conv2d(F.pad(ge_sign(x), (0, 2, 1, 0)), w)
+
+    x = torch.randn(2, 33, 7, 8)
+    cm = tvm_bnn.compile(Net(), "x86", example_inputs=(x,), progress=False)
+    np.testing.assert_array_equal(cm(x), Net()(x).numpy())
+
+
+def test_bias_scale_bn_prelu_residual_after_binary_layer():
+    torch.manual_seed(5)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = bnn.BinaryConv2d(19, 19, 3, padding=1, bias=True, scale="xnor")
+            self.bn = torch.nn.BatchNorm2d(19)
+            self.prelu = torch.nn.PReLU(19)
+            self.conv2 = bnn.BinaryConv2d(19, 23, 3, padding=1, bias=False)
+            self.bn2 = torch.nn.BatchNorm2d(23)
+
+        def forward(self, x):
+            y = self.prelu(self.bn(self.conv(x)) * 0.5 + x)  # residual add
+            return torch.nn.functional.hardtanh(self.bn2(self.conv2(y)))
+
+    model = randomize_batchnorm(Net())
+    with torch.no_grad():
+        model.prelu.weight.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 19, 8, 7)
+    cm = tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False)
+    assert [r.binarized for r in cm.report] == [True, True]
+    assert_float_close(cm(x), model(x).detach().numpy())
+
+
+def test_threshold_with_negative_and_zero_gamma_exact():
+    """conv -> BN(gamma < 0 and == 0 channels) -> sign -> conv: folded into integer thresholds, bit-exact."""
+    torch.manual_seed(6)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = bnn.BinaryConv2d(29, 67, 3, padding=1, bias=False)
+            self.bn = torch.nn.BatchNorm2d(67)
+            self.c2 = bnn.BinaryConv2d(67, 5, 3, padding=1, bias=False)
+
+        def forward(self, x):
+            return self.c2(self.bn(self.c1(x)))
+
+    model = randomize_batchnorm(Net())
+    assert (model.bn.weight < 0).any() and (model.bn.weight == 0).any()
+    x = torch.randn(3, 29, 6, 9)
+    cm = tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False)
+    np.testing.assert_array_equal(cm(x), model(x).detach().numpy())
+    _, optimized, _ = tvm_bnn.analyse(model, (x,))
+    from .conftest import kernel_ops
+
+    assert "binary_conv2d_bits" in kernel_ops(optimized)
+
+
+def test_maxpool_on_binary_activations_is_bitwise():
+    torch.manual_seed(7)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = bnn.BinaryConv2d(3, 70, 3, padding=1, bias=False)
+            self.bn = torch.nn.BatchNorm2d(70)
+            self.c2 = bnn.BinaryConv2d(70, 6, 3, padding=1, bias=False)
+
+        def forward(self, x):
+            return self.c2(F.max_pool2d(self.bn(self.c1(x)), 3, stride=2, padding=1))
+
+    model = randomize_batchnorm(Net())
+    x = torch.randn(2, 3, 11, 13)
+    cm = tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False)
+    np.testing.assert_array_equal(cm(x), model(x).detach().numpy())
+    _, optimized, _ = tvm_bnn.analyse(model, (x,))
+    from .conftest import kernel_ops
+
+    ops = kernel_ops(optimized)
+    assert "binary_maxpool" in ops and "binary_conv2d_bits" in ops, ops
+
+
+def test_grouped_conv_stays_float_with_reason():
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return F.conv2d(ge_sign(x), torch.sign(torch.ones(8, 2, 3, 3)), groups=2)
+
+    x = torch.randn(1, 4, 6, 6)
+    cm = tvm_bnn.compile(Net(), "x86", example_inputs=(x,), progress=False)
+    assert not cm.report[0].binarized and "grouped" in cm.report[0].reason
+    assert_float_close(cm(x), Net()(x).numpy())
+
+
+def test_float_model_compiles_and_says_nothing_binarized():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 4 * 4, 3)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    cm = tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False)
+    assert cm.report.num_binarized == 0
+    assert "Nothing was binarized" in str(cm.report)
+    assert_float_close(cm(x), model(x).detach().numpy())
+
+
+def test_torch_sign_tie_at_zero_is_documented_difference():
+    """torch.sign(0) = 0 but one bit cannot hold 0: the compiled model treats 0 as +1 (README: Tie rule)."""
+    w = torch.ones(1, 1, 1, 1)
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return F.conv2d(torch.sign(x), w)
+
+    x = torch.tensor([[[[0.0, 1.0, -2.0]]]])
+    cm = tvm_bnn.compile(Net(), "x86", example_inputs=(x,), progress=False)
+    np.testing.assert_array_equal(cm(x), [[[[1.0, 1.0, -1.0]]]])
+    np.testing.assert_array_equal(Net()(x).numpy(), [[[[0.0, 1.0, -1.0]]]])
