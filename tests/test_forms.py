@@ -149,6 +149,7 @@ def test_asymmetric_padding_via_f_pad_exact():
 
     x = torch.randn(2, 33, 7, 8)
     cm = tvm_bnn.compile(Net(), "x86", example_inputs=(x,), progress=False)
+    assert cm.report[0].binarized, str(cm.report)
     np.testing.assert_array_equal(cm(x), Net()(x).numpy())
 
 

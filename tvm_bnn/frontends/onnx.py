@@ -86,6 +86,53 @@ def fold_constants(proto):
     return proto
 
 
+def fold_pad_into_conv(proto):
+    """Pad(constant 0, H/W only) whose only reader is a Conv -> the Conv's own pads (exact: Conv pads with zeros).
+
+    TVM's importer lowers Pad to an opaque TIR call, which would hide the binarized tensor from the conv.
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in proto.graph.initializer}
+    readers = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in proto.graph.output}
+    drop = []
+    for pad in proto.graph.node:
+        if pad.op_type != "Pad" or pad.output[0] in outputs or len(readers.get(pad.output[0], [])) != 1:
+            continue
+        conv = readers[pad.output[0]][0]
+        if conv.op_type != "Conv" or conv.input[0] != pad.output[0]:
+            continue
+        mode = next((helper.get_attribute_value(a) for a in pad.attribute if a.name == "mode"), b"constant")
+        if mode not in (b"constant", "constant") or len(pad.input) < 2 or pad.input[1] not in inits:
+            continue
+        if len(pad.input) > 2 and pad.input[2]:
+            value = inits.get(pad.input[2])
+            if value is None or numpy_helper.to_array(value).reshape(-1)[0] != 0:
+                continue
+        if len(pad.input) > 3 and pad.input[3]:
+            continue  # explicit axes: leave it to the importer
+        pads = numpy_helper.to_array(inits[pad.input[1]]).astype(int).tolist()
+        if len(pads) != 8 or any(p < 0 for p in pads) or pads[0] or pads[1] or pads[4] or pads[5]:
+            continue
+        auto_pad = next((helper.get_attribute_value(a) for a in conv.attribute if a.name == "auto_pad"), b"NOTSET")
+        if auto_pad not in (b"NOTSET", "NOTSET"):
+            continue
+        old = next((list(helper.get_attribute_value(a)) for a in conv.attribute if a.name == "pads"), [0, 0, 0, 0])
+        new = [old[0] + pads[2], old[1] + pads[3], old[2] + pads[6], old[3] + pads[7]]
+        kept = [a for a in conv.attribute if a.name != "pads"]
+        del conv.attribute[:]
+        conv.attribute.extend(kept + [helper.make_attribute("pads", new)])
+        conv.input[0] = pad.input[0]
+        drop.append(pad)
+    for node in drop:
+        proto.graph.node.remove(node)
+    return proto
+
+
 def _input_shapes(proto, example_inputs):
     inits = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in inits]
@@ -119,7 +166,7 @@ def import_onnx(model, example_inputs) -> ImportedModel:
 
     proto = load_onnx(model)
     names, shapes, dtypes = _input_shapes(proto, example_inputs)
-    proto = fold_constants(proto)
+    proto = fold_pad_into_conv(fold_constants(proto))
     try:
         mod = from_onnx(proto, shape_dict=shapes, dtype_dict=dtypes)
     except Exception as exc:  # noqa: BLE001

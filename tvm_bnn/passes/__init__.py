@@ -8,6 +8,7 @@ from .binarize import BinarizeLayers
 from .binary_maxpool import PackBeforeMaxPool
 from .canonicalize import CanonicalizeBinarization
 from .cleanup import cleanup
+from .fold_pad import FoldZeroPadIntoConv
 from .fuse_output import FuseOutputTransform
 from .fuse_threshold import FuseThreshold
 
@@ -15,6 +16,7 @@ from .fuse_threshold import FuseThreshold
 def binarize_module(mod: tvm.IRModule, layer_names=None):
     """Run every tvm_bnn pass; returns (module, per-layer records)."""
     mod = cleanup()(mod)
+    mod = FoldZeroPadIntoConv(mod)
     mod = CanonicalizeBinarization(mod)
     binarize = BinarizeLayers(layer_names)
     mod = binarize(mod)
@@ -24,5 +26,5 @@ def binarize_module(mod: tvm.IRModule, layer_names=None):
     return mod, binarize.records
 
 
-__all__ = ["BinarizeLayers", "CanonicalizeBinarization", "FuseOutputTransform", "FuseThreshold",
+__all__ = ["BinarizeLayers", "CanonicalizeBinarization", "FoldZeroPadIntoConv", "FuseOutputTransform", "FuseThreshold",
            "PackBeforeMaxPool", "binarize_module", "cleanup"]
