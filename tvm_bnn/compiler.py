@@ -21,21 +21,28 @@ from .targets import resolve_target
 META_SUFFIX = ".tvm_bnn.json"
 
 
-def build_pipeline(spec) -> tvm.transform.Pass:
-    """Lowering after our passes: legalize and fuse the float ops, schedule everything, lower to the VM."""
+def schedule_pipeline(spec) -> tvm.transform.Pass:
+    """Legalize and fuse the float ops, then schedule every PrimFunc for the target."""
     return tvm.transform.Sequential(
         [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
          relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
-         ScheduleKernels(spec)]
-        + cpu_pipeline.dataflow_lower_passes(spec.target) + cpu_pipeline.finalize_passes(spec.target),
-        name="tvm_bnn.Build")
+         ScheduleKernels(spec)], name="tvm_bnn.Schedule")
+
+
+def lower_pipeline(spec) -> tvm.transform.Pass:
+    """The scheduled module down to the Relax VM."""
+    return tvm.transform.Sequential(
+        cpu_pipeline.dataflow_lower_passes(spec.target) + cpu_pipeline.finalize_passes(spec.target),
+        name="tvm_bnn.Lower")
 
 
 class CompiledModel:
     """A compiled model: call it like a function; ``report`` says what was binarized."""
 
-    def __init__(self, executable, spec_name: str, target, inputs: list, num_outputs: int, report: Report):
+    def __init__(self, executable, spec_name: str, target, inputs: list, num_outputs: int, report: Report,
+                 scheduled=None):
         self.executable = executable
+        self.scheduled = scheduled  # the scheduled IRModule (for profile()); None after load()
         self.target_name = spec_name
         self.target = target
         self.inputs = inputs  # [(name, shape, dtype)]
@@ -79,6 +86,14 @@ class CompiledModel:
         vm.set_input("main", *self._convert(args))
         timer = vm.time_evaluator("invoke_stateful", tvm.cpu(), number=number, repeat=repeat)
         return float(np.median(timer("main").results))
+
+    def profile(self, number: int = 5, repeat: int = 3):
+        """Per-kernel latency breakdown (see tvm_bnn.profiling); print it with format_breakdown."""
+        from .profiling import profile_kernels
+
+        if self.scheduled is None:
+            raise TvmBnnError("profile() needs the model as compiled in this process, not a loaded library")
+        return profile_kernels(self.scheduled, self.target, number, repeat)
 
     def export(self, path: str, overwrite: bool = False) -> str:
         """Write a TVM runtime library (``.so``) and its metadata; ``tvm_bnn.load(path)`` gives the model back."""
@@ -144,7 +159,8 @@ def compile(model, target="x86", example_inputs=None, *, progress: bool | None =
         steps.update()
         steps.set_postfix_str("build")
         with spec.target:
-            executable = relax.build(optimized, spec.target, relax_pipeline=build_pipeline(spec))
+            scheduled = schedule_pipeline(spec)(optimized)
+            executable = relax.build(scheduled, spec.target, relax_pipeline=lower_pipeline(spec))
         steps.update()
         main = imported.mod["main"]
         inputs = [(name, static_shape(p), str(p.ty.dtype)) for name, p in zip(imported.input_names, main.params)]
@@ -153,7 +169,7 @@ def compile(model, target="x86", example_inputs=None, *, progress: bool | None =
         steps.update()
     finally:
         steps.close()
-    return CompiledModel(executable, spec.name, spec.target, inputs, num_outputs, report)
+    return CompiledModel(executable, spec.name, spec.target, inputs, num_outputs, report, scheduled)
 
 
 def load(path: str) -> CompiledModel:
