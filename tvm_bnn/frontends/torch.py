@@ -1,6 +1,8 @@
 """PyTorch -> Relax through torch.export and TVM's ExportedProgram importer."""
 from __future__ import annotations
 
+import warnings
+
 from ..errors import ModelImportError
 from .importer import ImportedModel
 
@@ -43,9 +45,13 @@ def _layer_names(ep) -> list:
 def import_torch(model, example_inputs) -> ImportedModel:
     from tvm.relax.frontend.torch import from_exported_program
 
-    ep = _export(model, example_inputs)
+    with warnings.catch_warnings():  # torch's deprecation chatter while exporting is not the user's business
+        warnings.simplefilter("ignore", FutureWarning)
+        ep = _export(model, example_inputs)
     try:
-        mod = from_exported_program(ep)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            mod = from_exported_program(ep)
     except Exception as exc:  # noqa: BLE001
         raise ModelImportError(
             f"model: TVM's PyTorch importer cannot translate this model: {exc}\n"

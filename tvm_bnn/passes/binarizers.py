@@ -60,6 +60,8 @@ def binary_source(graph: Graph, expr) -> Source | str:
         x = _where_source(graph, value)
         if x is None:
             return "where(...) is not of the form where(x >= 0, 1, -1)"
+    elif isinstance(value, relax.Var):
+        return "activation input is a float model input, not binarized"
     else:
         name = value.op.name.removeprefix("relax.") if isinstance(value, relax.Call) and hasattr(value.op, "name") \
             else type(value).__name__

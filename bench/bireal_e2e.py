@@ -1,0 +1,73 @@
+"""End to end: a Bi-Real-Net-18-style BNN at 224x224, batch 1, 2 threads.
+
+The compiled model (tvm_bnn, target x86) against the same network in PyTorch fp32 eager and in onnxruntime fp32,
+all measured in this run; figures are ratios (baseline time / compiled time). Also prints compile time, exactness
+against PyTorch, and the per-kernel breakdown of the compiled model.
+
+    python bench/bireal_e2e.py [--repeat 20] [--no-breakdown]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import THREADS, median_seconds, ort_session, torch_threads  # noqa: E402
+
+torch = torch_threads()
+import numpy as np  # noqa: E402
+
+import tvm_bnn  # noqa: E402
+from tvm_bnn.profiling import format_breakdown  # noqa: E402
+from tvm_bnn.zoo import bireal_net18, randomize_batchnorm_  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--no-breakdown", action="store_true")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    model = randomize_batchnorm_(bireal_net18()).eval()
+    x = torch.randn(1, 3, args.size, args.size)
+
+    t0 = time.perf_counter()
+    cm = tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False)
+    compile_s = time.perf_counter() - t0
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = cm(x)
+    err = float(np.abs(out - ref).max() / np.abs(ref).max())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "bireal.onnx")
+        torch.onnx.export(model, (x,), path, dynamo=False, input_names=["x"])
+        sess = ort_session(path)
+        feed = {"x": x.numpy()}
+        t_ort = median_seconds(lambda: sess.run(None, feed), args.repeat)
+
+    with torch.no_grad():
+        t_torch = median_seconds(lambda: model(x), args.repeat)
+    xn = x.numpy()
+    t_tvm = median_seconds(lambda: cm(xn), args.repeat)
+
+    print(f"Bi-Real-Net-18 style, {args.size}x{args.size}, batch 1, {THREADS} threads, median of {args.repeat}")
+    print(f"  binarized layers: {cm.report.num_binarized}/{len(cm.report)}; weights "
+          f"{cm.report.weight_bytes_float / 1e6:.1f} MB -> {cm.report.weight_bytes_packed / 1e6:.2f} MB")
+    print(f"  compile time (no tuning): {compile_s:.1f} s")
+    print(f"  max |compiled - PyTorch| / max |PyTorch| = {err:.1e}")
+    print(f"  tvm_bnn x86        {t_tvm * 1e3:8.2f} ms  1.00x")
+    print(f"  PyTorch fp32 eager {t_torch * 1e3:8.2f} ms  compiled is {t_torch / t_tvm:.2f}x faster")
+    print(f"  onnxruntime fp32   {t_ort * 1e3:8.2f} ms  compiled is {t_ort / t_tvm:.2f}x faster")
+    if not args.no_breakdown:
+        print("\nwhere the compiled model's time goes (each kernel timed alone):")
+        print(format_breakdown(cm.profile()))
+
+
+if __name__ == "__main__":
+    main()
