@@ -13,12 +13,12 @@ def ScheduleKernels(spec):  # noqa: N802 - TVM pass naming
     def _pass(mod, _ctx):
         updates = {}
         for gvar, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc):
-                continue
+            if not isinstance(func, tirx.PrimFunc) or (func.attrs is not None and func.attrs.get("tirx.is_scheduled")):
+                continue  # not TIR, or already scheduled from a tuning database
             if is_kernel(func):
                 new = x86.schedule_kernel(func, str(func.attrs["tvm_bnn.op"]), num_cores)
             else:
-                new = generic.schedule_generic(func, num_cores)
+                new = generic.schedule_generic(func, num_cores, spec.target)
             updates[gvar] = new
         for gvar, func in updates.items():
             mod[gvar] = func

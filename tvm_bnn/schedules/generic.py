@@ -1,10 +1,15 @@
 """Default schedule for the float PrimFuncs that LegalizeOps produces (stem conv, shortcuts, classifier, pooling).
 
-Untuned LegalizeOps output is serial scalar loops. We parallelise the outermost data-parallel loops of each block
-over the cores and vectorise the innermost loop where the schedule allows it; primitives that are illegal for a
-block (a reduction loop, an opaque access) raise and are skipped, so this is safe on any PrimFunc.
+Untuned LegalizeOps output is serial scalar loops. ``schedule_generic`` first tries the structured x86 schedules of
+``float_x86`` (conv2d NCHW, matmul, pooling / injective functions); a PrimFunc none of them recognises, or one whose
+schedule raises, gets the fallback: the outermost data-parallel loops of each block run in parallel over the cores
+(primitives that are illegal for a block raise and are skipped, so this is safe on any PrimFunc).
 """
+import logging
+
 from tvm import s_tir, tirx
+
+logger = logging.getLogger(__name__)
 
 
 def _extent(sch, loop):
@@ -32,7 +37,22 @@ def parallelize_outer(sch: s_tir.Schedule, block, min_parallel: int = 8) -> bool
         return False
 
 
-def schedule_generic(func, num_cores: int) -> tirx.PrimFunc:
+def schedule_generic(func, num_cores: int, target=None) -> tirx.PrimFunc:
+    """Our default schedule of a float PrimFunc; ``target`` (optional) sets the vector width (None: AVX-512)."""
+    from . import float_x86
+
+    try:
+        scheduled = float_x86.schedule_float(func, num_cores, target)
+    except Exception as err:  # noqa: BLE001 - a schedule that does not apply must never break the build
+        logger.debug("float_x86 schedule failed, using the fallback: %s", err)
+        scheduled = None
+    if scheduled is not None:
+        return scheduled
+    return schedule_fallback(func, num_cores)
+
+
+def schedule_fallback(func, num_cores: int) -> tirx.PrimFunc:
+    """Parallelise the outer loops of every block (no other change)."""
     sch = s_tir.Schedule(func)
     try:
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
