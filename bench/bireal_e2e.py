@@ -1,10 +1,11 @@
 """End to end: a Bi-Real-Net-18-style BNN at 224x224, batch 1, 2 threads.
 
-The compiled model (tvm_bnn, target x86) against the same network in PyTorch fp32 eager and in onnxruntime fp32,
-all measured in this run; figures are ratios (baseline time / compiled time). Also prints compile time, exactness
+The compiled model (tvm_bnn, target x86; untuned, and tuned when --tuning-db is given) against the same network
+in PyTorch fp32 eager, onnxruntime fp32 and TVM's own fp32 build (relax default pipeline, no binarization), all
+measured in this run; figures are ratios (baseline time / compiled time). Also prints compile time, exactness
 against PyTorch, and the per-kernel breakdown of the compiled model.
 
-    python bench/bireal_e2e.py [--repeat 20] [--no-breakdown]
+    python bench/bireal_e2e.py [--repeat 20] [--no-breakdown] [--tuning-db tuning/] [--no-tvm-float]
 """
 from __future__ import annotations
 
@@ -25,11 +26,30 @@ from tvm_bnn.profiling import format_breakdown  # noqa: E402
 from tvm_bnn.zoo import bireal_net18, randomize_batchnorm_  # noqa: E402
 
 
+def tvm_float_seconds(model, x, repeat):
+    """TVM's own fp32 build of the same network: torch.export -> Relax -> relax.get_default_pipeline."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+
+    from tvm_bnn.targets import resolve_target
+
+    target = resolve_target("x86").target
+    mod = from_exported_program(torch.export.export(model, (x,)))
+    with target:
+        ex = tvm.compile(mod, target, relax_pipeline=relax.get_default_pipeline(target))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    data = tvm.runtime.tensor(x.numpy())
+    return median_seconds(lambda: vm["main"](data), repeat, warmup=1)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument("--tuning-db", help="work_dir of tvm_bnn.tune for the same model, to time the tuned build")
+    parser.add_argument("--no-tvm-float", action="store_true", help="skip TVM's own fp32 build (slow to run)")
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
@@ -55,6 +75,12 @@ def main(argv=None):
         t_torch = median_seconds(lambda: model(x), args.repeat)
     xn = x.numpy()
     t_tvm = median_seconds(lambda: cm(xn), args.repeat)
+    t_tuned = None
+    if args.tuning_db:
+        tuned = tvm_bnn.compile(model, "x86", example_inputs=(x,), tuning_db=args.tuning_db, progress=False)
+        assert np.abs(tuned(x) - ref).max() / np.abs(ref).max() < 1e-5
+        t_tuned = median_seconds(lambda: tuned(xn), args.repeat)
+    t_tvm_float = None if args.no_tvm_float else tvm_float_seconds(model, x, max(3, args.repeat // 4))
 
     print(f"Bi-Real-Net-18 style, {args.size}x{args.size}, batch 1, {THREADS} threads, median of {args.repeat}")
     print(f"  binarized layers: {cm.report.num_binarized}/{len(cm.report)}; weights "
@@ -64,6 +90,12 @@ def main(argv=None):
     print(f"  tvm_bnn x86        {t_tvm * 1e3:8.2f} ms  1.00x")
     print(f"  PyTorch fp32 eager {t_torch * 1e3:8.2f} ms  compiled is {t_torch / t_tvm:.2f}x faster")
     print(f"  onnxruntime fp32   {t_ort * 1e3:8.2f} ms  compiled is {t_ort / t_tvm:.2f}x faster")
+    if t_tvm_float is not None:
+        print(f"  TVM fp32 (relax default pipeline, untuned) {t_tvm_float * 1e3:8.2f} ms  "
+              f"compiled is {t_tvm_float / t_tvm:.2f}x faster")
+    if t_tuned is not None:
+        print(f"  tvm_bnn x86 tuned  {t_tuned * 1e3:8.2f} ms  {t_torch / t_tuned:.2f}x PyTorch, "
+              f"{t_ort / t_tuned:.2f}x onnxruntime, {t_tvm / t_tuned:.2f}x untuned")
     if not args.no_breakdown:
         print("\nwhere the compiled model's time goes (each kernel timed alone):")
         print(format_breakdown(cm.profile()))

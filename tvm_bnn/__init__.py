@@ -7,10 +7,11 @@ _os.environ.setdefault("TVM_NUM_THREADS", str(len(_os.sched_getaffinity(0))))
 from .compiler import CompiledModel, analyse, compile, load  # noqa: A004 - compile is the public API
 from .errors import InputError, ModelImportError, ToolchainMissingError, TvmBnnError, UnknownTargetError
 from .targets import known_targets
+from .tuning import tune
 
 __version__ = "0.1.0"
 __all__ = ["CompiledModel", "InputError", "ModelImportError", "ToolchainMissingError", "TvmBnnError",
-           "UnknownTargetError", "analyse", "compile", "known_targets", "load", "nn"]
+           "UnknownTargetError", "analyse", "compile", "known_targets", "load", "nn", "tune"]
 
 
 def __getattr__(name):

@@ -37,6 +37,14 @@ def main(argv=None) -> int:
     p_compile.add_argument("-o", "--output", required=True, help="output path (.so)")
     p_compile.add_argument("--input-shape", action="append", help="sizes of an input, e.g. 1,3,32,32 (repeat)")
     p_compile.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    p_compile.add_argument("--tuning-db", help="work dir of a previous 'tvm-bnn tune' whose schedules to apply")
+    p_tune = sub.add_parser("tune", help="autotune the model's kernels with MetaSchedule (resumable)")
+    p_tune.add_argument("model")
+    p_tune.add_argument("--target", default="x86")
+    p_tune.add_argument("--trials", type=int, default=256, help="total trial budget (default 256)")
+    p_tune.add_argument("--work-dir", default="tuning", help="where the JSON database and logs go")
+    p_tune.add_argument("--rpc", help="measure on a board: tracker_host:tracker_port:device_key")
+    p_tune.add_argument("--input-shape", action="append")
     p_inspect = sub.add_parser("inspect", help="print which layers would be binarized, without building")
     p_inspect.add_argument("model")
     p_inspect.add_argument("--input-shape", action="append")
@@ -51,10 +59,17 @@ def main(argv=None) -> int:
     try:
         if args.command == "compile":
             cm = tvm_bnn.compile(_load_model(args.model), args.target,
-                                 example_inputs=_example_inputs(args.input_shape))
+                                 example_inputs=_example_inputs(args.input_shape), tuning_db=args.tuning_db)
             print(cm.report)
             cm.export(args.output, overwrite=args.force)
             print(f"wrote {args.output}")
+        elif args.command == "tune":
+            from tvm_bnn.tuning import format_results
+
+            results = tvm_bnn.tune(_load_model(args.model), args.target, _example_inputs(args.input_shape),
+                                   trials=args.trials, work_dir=args.work_dir, rpc=args.rpc)
+            print(format_results(results))
+            print(f"database: {args.work_dir} (apply with: tvm-bnn compile ... --tuning-db {args.work_dir})")
         elif args.command == "inspect":
             _, _, report = tvm_bnn.analyse(_load_model(args.model), _example_inputs(args.input_shape))
             print(report)

@@ -21,12 +21,30 @@ from .targets import resolve_target
 META_SUFFIX = ".tvm_bnn.json"
 
 
-def schedule_pipeline(spec) -> tvm.transform.Pass:
-    """Legalize and fuse the float ops, then schedule every PrimFunc for the target."""
+def fuse_pipeline() -> tvm.transform.Pass:
+    """Legalize the float ops to TIR and fuse them; the PrimFuncs of the result are the tuning tasks."""
     return tvm.transform.Sequential(
         [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
-         relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination(),
-         ScheduleKernels(spec)], name="tvm_bnn.Schedule")
+         relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()],
+        name="tvm_bnn.Fuse")
+
+
+def schedule_pipeline(spec, tuning_db: str | None = None) -> tvm.transform.Pass:
+    """Fuse, apply tuned schedules from ``tuning_db`` if given, and give every other PrimFunc our default."""
+    passes = [fuse_pipeline()]
+    if tuning_db is not None:
+        from .tuning import open_database
+
+        database = open_database(tuning_db, create=False)
+
+        @tvm.transform.module_pass(opt_level=0, name="tvm_bnn.ApplyTuningDatabase")
+        def apply_database(mod, _ctx):
+            with database:
+                return relax.transform.MetaScheduleApplyDatabase()(mod)
+
+        passes.append(apply_database)
+    passes.append(ScheduleKernels(spec))
+    return tvm.transform.Sequential(passes, name="tvm_bnn.Schedule")
 
 
 def lower_pipeline(spec) -> tvm.transform.Pass:
@@ -149,8 +167,12 @@ def analyse(model, example_inputs=None):
     return imported, optimized, Report(records)
 
 
-def compile(model, target="x86", example_inputs=None, *, progress: bool | None = None) -> CompiledModel:  # noqa: A001
-    """Compile a PyTorch module / ExportedProgram / ONNX model or path / Relax IRModule for ``target``."""
+def compile(model, target="x86", example_inputs=None, *, tuning_db: str | None = None,  # noqa: A001
+            progress: bool | None = None) -> CompiledModel:
+    """Compile a PyTorch module / ExportedProgram / ONNX model or path / Relax IRModule for ``target``.
+
+    ``tuning_db``: a ``work_dir`` written by :func:`tvm_bnn.tune`; its best schedules replace the defaults.
+    """
     spec = resolve_target(target)
     steps = tqdm(total=3, desc="tvm_bnn.compile", disable=(progress is False) or None, leave=False)
     try:
@@ -159,7 +181,7 @@ def compile(model, target="x86", example_inputs=None, *, progress: bool | None =
         steps.update()
         steps.set_postfix_str("build")
         with spec.target:
-            scheduled = schedule_pipeline(spec)(optimized)
+            scheduled = schedule_pipeline(spec, tuning_db)(optimized)
             executable = relax.build(scheduled, spec.target, relax_pipeline=lower_pipeline(spec))
         steps.update()
         main = imported.mod["main"]

@@ -1,0 +1,140 @@
+"""tvm_bnn.tune: MetaSchedule autotuning of a model's kernels, locally or on remote boards over TVM RPC.
+
+The model goes through the same import and passes as ``compile``; the binary kernels and the float kernels of the
+fused module become MetaSchedule tasks (one per distinct PrimFunc, weighted by how often the model calls it). Trials
+are built here and measured on this machine or, with ``rpc="host:port:key"``, on a device registered with a TVM
+RPC tracker. Records go to a JSON database in ``work_dir``; ``compile(..., tuning_db=work_dir)`` applies them and
+falls back to the default schedules for anything not tuned. Tuning again with the same ``work_dir`` resumes: trials
+already in the database count against the budget.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import tvm
+from tqdm.auto import tqdm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+
+from .errors import TvmBnnError
+from .targets import resolve_target
+
+
+@dataclass
+class TaskResult:
+    name: str
+    weight: int
+    trials: int
+    best_us: float | None
+
+
+def parse_rpc(rpc: str):
+    """'host:port:key' -> RPCConfig."""
+    parts = rpc.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[0] or not parts[2]:
+        raise TvmBnnError(f"rpc={rpc!r}: expected 'tracker_host:tracker_port:device_key', e.g. '127.0.0.1:9190:rpi4'")
+    return ms.runner.RPCConfig(tracker_host=parts[0], tracker_port=int(parts[1]), tracker_key=parts[2],
+                               session_timeout_sec=60)
+
+
+def open_database(work_dir: str, create: bool) -> ms.database.JSONDatabase:
+    """The JSON database of ``work_dir``; a clear error for a directory that is not one."""
+    wl = os.path.join(work_dir, "database_workload.json")
+    tr = os.path.join(work_dir, "database_tuning_record.json")
+    if not create and not (os.path.isfile(wl) and os.path.isfile(tr)):
+        raise TvmBnnError(f"tuning_db={work_dir!r} holds no tuning database (database_workload.json and "
+                          "database_tuning_record.json); run tvm_bnn.tune(..., work_dir=...) first")
+    os.makedirs(work_dir, exist_ok=True)
+    try:
+        return ms.database.JSONDatabase(path_workload=wl, path_tuning_record=tr, allow_missing=create)
+    except Exception as exc:  # noqa: BLE001 - a corrupt file: say which
+        raise TvmBnnError(f"tuning_db={work_dir!r}: the tuning database cannot be read ({exc.__class__.__name__}: "
+                          f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}); delete it and "
+                          "tune again") from exc
+
+
+def _progress_callback(bar, names, best):
+    @derived_object
+    class _Progress(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            for res in runner_results or []:
+                secs = getattr(res, "run_secs", None) if getattr(res, "error_msg", None) is None else None
+                if secs:
+                    us = 1e6 * sum(float(s) for s in secs) / len(secs)
+                    if best.get(task_id) is None or us < best[task_id]:
+                        best[task_id] = us
+            bar.update(len(runner_results or []))
+            bar.set_postfix_str(f"{names[task_id][:32]} best {best.get(task_id, float('nan')):.1f} us")
+
+    return _Progress()
+
+
+def extract_tasks(model, target="x86", example_inputs=None):
+    """The MetaSchedule tasks of a model for ``target``: (spec, tasks, report)."""
+    from .compiler import analyse, fuse_pipeline
+
+    spec = resolve_target(target)
+    _, optimized, report = analyse(model, example_inputs)
+    with spec.target:
+        fused = fuse_pipeline()(optimized)
+    tasks = ms.relax_integration.extract_tasks(fused, spec.target)
+    return spec, tasks, report
+
+
+def tune(model, target="x86", example_inputs=None, *, trials: int = 256, work_dir: str = "tuning",
+         rpc: str | None = None, cost_model: str = "xgb", trials_per_iter: int = 16, progress: bool | None = None,
+         seed: int | None = 0, timeout_sec: float = 120.0) -> list[TaskResult]:
+    """Tune the model's kernels; returns one TaskResult per task and leaves the database in ``work_dir``."""
+    if trials < 1:
+        raise TvmBnnError(f"trials={trials}: the tuning budget must be at least 1")
+    spec, tasks, _ = extract_tasks(model, target, example_inputs)
+    database = open_database(work_dir, create=True)
+    done = {}
+    for t in tasks:
+        workload = database.commit_workload(t.dispatched[0])
+        done[t.task_name] = len(database.get_top_k(workload, 1 << 30))
+    remaining = trials - sum(done.values())
+    names = [t.task_name for t in tasks]
+    best = {}
+    if remaining > 0 and tasks:
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks, work_dir, space="post-order-apply", num_threads=int(spec.target.attrs["num-cores"]), seed=seed)
+        num_cores = int(spec.target.attrs["num-cores"])
+        evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
+        # generous timeouts: LLVM builds of big candidates on a loaded 2-core machine take tens of seconds
+        builder = ms.builder.LocalBuilder(max_workers=num_cores, timeout_sec=timeout_sec)
+        if rpc:
+            runner = ms.runner.RPCRunner(rpc_config=parse_rpc(rpc), evaluator_config=evaluator)
+        else:
+            runner = ms.runner.LocalRunner(timeout_sec=timeout_sec, evaluator_config=evaluator)
+        if progress is not False:  # the bar replaces MetaSchedule's per-trial console tables (still in work_dir/logs)
+            logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+        bar = tqdm(total=remaining, desc=f"tuning {len(tasks)} tasks", unit="trial", disable=(progress is False) or None)
+        try:
+            ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=work_dir, max_trials_global=remaining,
+                               num_trials_per_iter=min(trials_per_iter, remaining), builder=builder, runner=runner,
+                               database=database,
+                               cost_model=cost_model,
+                               measure_callbacks=ms.measure_callback.MeasureCallback.create("default")
+                               + [_progress_callback(bar, names, best)])
+        finally:
+            bar.close()
+    results = []
+    for i, t in enumerate(tasks):
+        top = database.get_top_k(database.commit_workload(t.dispatched[0]), 1 << 30)
+        secs = [float(sum(float(s) for s in r.run_secs) / len(r.run_secs)) for r in top if r.run_secs]
+        results.append(TaskResult(t.task_name, int(t.weight), len(top), 1e6 * min(secs) if secs else None))
+    return results
+
+
+def format_results(results: list[TaskResult]) -> str:
+    lines = [f"{'task':48s} {'weight':>6s} {'trials':>6s} {'best us':>10s}"]
+    for r in results:
+        best = f"{r.best_us:10.1f}" if r.best_us is not None else f"{'-':>10s}"
+        lines.append(f"{r.name[:48]:48s} {r.weight:6d} {r.trials:6d} {best}")
+    return "\n".join(lines)
+
+
+__all__ = ["TaskResult", "extract_tasks", "format_results", "open_database", "parse_rpc", "tune"]
