@@ -1,0 +1,1 @@
+"""Deployment helpers: bare-metal startup code and linker script templates (``startup/``) for the C bundle path."""

@@ -1,0 +1,188 @@
+/* tvm_bnn bare-metal startup for Cortex-M under QEMU (mps2/mps3 boards) with semihosting.
+ *
+ * Vector table + reset handler (copy .data, zero .bss, enable the FPU when compiled for one, start SysTick),
+ * then main(); afterwards the outputs and the tick counts are closed and QEMU exits with main's return code
+ * (SYS_EXIT_EXTENDED). No libc: the few memory routines gcc may call even under -ffreestanding are defined here.
+ *
+ * Files written on the host (relative to QEMU's working directory, semihosting target=native):
+ *   tvm_bnn_out.bin    everything main() passed to tvm_bnn_bm_output()
+ *   tvm_bnn_ticks.bin  uint64 x 3: SysTick ticks summed over begin/end regions, number of regions,
+ *                      ticks of one empty begin/end region (the overhead per region)
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tvm_bnn_bm.h"
+
+extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
+int main(void);
+
+/* ---- semihosting ---- */
+#define SYS_OPEN 0x01
+#define SYS_CLOSE 0x02
+#define SYS_WRITE0 0x04
+#define SYS_WRITE 0x05
+#define SYS_EXIT_EXTENDED 0x20
+#define ADP_Stopped_ApplicationExit 0x20026u
+
+static uint32_t sh_call(uint32_t op, const void *arg) {
+  register uint32_t r0 __asm__("r0") = op;
+  register const void *r1 __asm__("r1") = arg;
+  __asm__ volatile("bkpt 0xAB" : "+r"(r0) : "r"(r1) : "memory");
+  return r0;
+}
+
+static uint32_t c_strlen(const char *s) {
+  uint32_t n = 0;
+  while (s[n] != '\0') n++;
+  return n;
+}
+
+static int32_t sh_open(const char *name) {
+  uint32_t args[3] = {(uint32_t)name, 5u /* "wb" */, c_strlen(name)};
+  return (int32_t)sh_call(SYS_OPEN, args);
+}
+
+static void sh_write(int32_t fd, const void *data, uint32_t nbytes) {
+  uint32_t args[3] = {(uint32_t)fd, (uint32_t)data, nbytes};
+  sh_call(SYS_WRITE, args);
+}
+
+static void sh_close(int32_t fd) {
+  uint32_t args[1] = {(uint32_t)fd};
+  sh_call(SYS_CLOSE, args);
+}
+
+static void __attribute__((noreturn)) sh_exit(uint32_t code) {
+  uint32_t args[2] = {ADP_Stopped_ApplicationExit, code};
+  for (;;) sh_call(SYS_EXIT_EXTENDED, args);
+}
+
+static int32_t out_fd = -1;
+
+void tvm_bnn_bm_output(const void *data, uint32_t nbytes) {
+  if (out_fd < 0) out_fd = sh_open("tvm_bnn_out.bin");
+  if (out_fd < 0) {
+    sh_call(SYS_WRITE0, "tvm_bnn: cannot open tvm_bnn_out.bin\n");
+    sh_exit(3);
+  }
+  sh_write(out_fd, data, nbytes);
+}
+
+/* ---- SysTick: 24-bit down counter on the processor clock, wraps counted by its interrupt ---- */
+#define SYST_CSR (*(volatile uint32_t *)0xE000E010u)
+#define SYST_RVR (*(volatile uint32_t *)0xE000E014u)
+#define SYST_CVR (*(volatile uint32_t *)0xE000E018u)
+#define SCB_ICSR (*(volatile uint32_t *)0xE000ED04u)
+#define SCB_CPACR (*(volatile uint32_t *)0xE000ED88u)
+#define SYST_TOP 0x00FFFFFFu
+
+static volatile uint32_t systick_wraps;
+
+void SysTick_Handler(void) { systick_wraps++; }
+
+uint64_t tvm_bnn_bm_ticks(void) {
+  uint32_t w1, w2, v, pending;
+  do {
+    w1 = systick_wraps;
+    v = SYST_CVR;
+    pending = SCB_ICSR & (1u << 26); /* PENDSTSET: wrapped, interrupt not taken yet */
+    w2 = systick_wraps;
+  } while (w1 != w2);
+  if (pending && v > SYST_TOP / 2) w1++;
+  return (uint64_t)w1 * (SYST_TOP + 1u) + (SYST_TOP - v);
+}
+
+static uint64_t region_start, region_ticks, region_count, region_overhead;
+
+void tvm_bnn_bm_begin(void) { region_start = tvm_bnn_bm_ticks(); }
+
+void tvm_bnn_bm_end(void) {
+  region_ticks += tvm_bnn_bm_ticks() - region_start;
+  region_count++;
+}
+
+/* ---- memory routines gcc may emit calls to ---- */
+#define NO_LOOP_PATTERNS __attribute__((used, weak, optimize("no-tree-loop-distribute-patterns")))
+
+NO_LOOP_PATTERNS void *memcpy(void *dst, const void *src, size_t n) {
+  uint8_t *d = dst;
+  const uint8_t *s = src;
+  while (n--) *d++ = *s++;
+  return dst;
+}
+
+NO_LOOP_PATTERNS void *memmove(void *dst, const void *src, size_t n) {
+  uint8_t *d = dst;
+  const uint8_t *s = src;
+  if (d < s) {
+    while (n--) *d++ = *s++;
+  } else {
+    while (n--) d[n] = s[n];
+  }
+  return dst;
+}
+
+NO_LOOP_PATTERNS void *memset(void *dst, int c, size_t n) {
+  uint8_t *d = dst;
+  while (n--) *d++ = (uint8_t)c;
+  return dst;
+}
+
+/* ---- reset and faults ---- */
+void __attribute__((noreturn, used, optimize("no-tree-loop-distribute-patterns"))) Reset_Handler(void) {
+  uint32_t *src = &_sidata, *dst = &_sdata;
+  while (dst < &_edata) *dst++ = *src++;
+  for (dst = &_sbss; dst < &_ebss; dst++) *dst = 0u;
+#if defined(__ARM_FP)
+  SCB_CPACR |= 0xFu << 20; /* CP10, CP11 full access */
+  __asm__ volatile("dsb\n\tisb" ::: "memory");
+#endif
+  SYST_RVR = SYST_TOP;
+  SYST_CVR = 0u;
+  SYST_CSR = 7u; /* enable, interrupt on wrap, processor clock */
+
+  tvm_bnn_bm_begin();
+  tvm_bnn_bm_end();
+  region_overhead = region_ticks;
+  region_ticks = 0u;
+  region_count = 0u;
+
+  int rc = main();
+
+  if (out_fd >= 0) sh_close(out_fd);
+  uint64_t ticks[3] = {region_ticks, region_count, region_overhead};
+  int32_t fd = sh_open("tvm_bnn_ticks.bin");
+  if (fd >= 0) {
+    sh_write(fd, ticks, sizeof(ticks));
+    sh_close(fd);
+  }
+  sh_exit((uint32_t)rc & 0xFFu);
+}
+
+void __attribute__((noreturn)) Fault_Handler(void) {
+  sh_call(SYS_WRITE0, "tvm_bnn: fault (HardFault/MemManage/BusFault/UsageFault)\n");
+  sh_exit(0x7Fu);
+}
+
+void __attribute__((noreturn)) Default_Handler(void) {
+  sh_call(SYS_WRITE0, "tvm_bnn: unexpected interrupt\n");
+  sh_exit(0x7Eu);
+}
+
+typedef void (*vector_t)(void);
+
+__attribute__((section(".isr_vector"), used)) const vector_t tvm_bnn_vectors[16] = {
+    (vector_t)(uintptr_t)&_estack, Reset_Handler,
+    Default_Handler, /* NMI */
+    Fault_Handler,   /* HardFault */
+    Fault_Handler,   /* MemManage */
+    Fault_Handler,   /* BusFault */
+    Fault_Handler,   /* UsageFault */
+    0, 0, 0, 0,
+    Default_Handler, /* SVCall */
+    Default_Handler, /* DebugMonitor */
+    0,
+    Default_Handler, /* PendSV */
+    SysTick_Handler,
+};

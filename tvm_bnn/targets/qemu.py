@@ -1,0 +1,246 @@
+"""Run plain C on an emulated Cortex-M board (QEMU system emulation + semihosting), or on the host, and read back
+the outputs and an instruction count.
+
+Firmware = the given C sources + ``deploy/startup/startup_cortexm.c`` (vector table, reset handler that copies .data
+and zeroes .bss, FPU enable, SysTick, semihosting) + a linker script (code and constants at 0x0, RAM at 0x20000000),
+built with ``arm-none-eabi-gcc -ffreestanding -nostdlib ... -lgcc``. The sources provide ``int main(void)`` and talk
+to the harness through ``tvm_bnn_bm.h``: ``tvm_bnn_bm_output(ptr, nbytes)`` appends bytes to what the runner returns,
+``tvm_bnn_bm_begin()/end()`` bracket the code to count.
+
+Instruction counts: QEMU has no cycle model. Under ``-icount shift=S,align=off,sleep=off`` every instruction advances
+virtual time by 2^S ns, and SysTick runs on the board clock (25 MHz on mps2, 32 MHz on mps3), so
+``instructions = ticks * (1e9 / clock_hz) / 2**S``. ``calibrate()`` checks this on a loop of known length. These are
+executed instructions, not cycles: a Cortex-M4 takes 1 cycle for most ALU ops, 2 for loads (1 when pipelined), 1-3
+for a taken branch.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from ..errors import ToolchainMissingError, TvmBnnError
+
+STARTUP_DIR = Path(__file__).resolve().parent.parent / "deploy" / "startup"
+ICOUNT_SHIFT = 7
+
+
+@dataclass(frozen=True)
+class Board:
+    cpu: str
+    machine: str  # qemu-system-arm -M
+    cflags: tuple
+    flash_kb: int
+    ram_kb: int
+    clock_hz: int  # SysTick's processor clock in QEMU
+
+
+_MPS2 = dict(flash_kb=4096, ram_kb=4096, clock_hz=25_000_000)
+BOARDS = {
+    "cortex-m4": Board("cortex-m4", "mps2-an386",
+                       ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"), **_MPS2),
+    "cortex-m7": Board("cortex-m7", "mps2-an500",
+                       ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16"), **_MPS2),
+    "cortex-m55": Board("cortex-m55", "mps3-an547", ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"),
+                        flash_kb=512, ram_kb=512, clock_hz=32_000_000),
+    "cortex-m3": Board("cortex-m3", "mps2-an385", ("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"), **_MPS2),
+    # no Cortex-M0 board in QEMU's mps2 family: ARMv6-M code runs unchanged on the M3 of AN385
+    "cortex-m0": Board("cortex-m0", "mps2-an385", ("-mcpu=cortex-m0", "-mthumb", "-mfloat-abi=soft"), **_MPS2),
+}
+
+_PACKAGES = {"arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
+             "qemu-system-arm": "qemu-system-arm", "gcc": "gcc", "clang": "clang"}
+
+
+class FirmwareError(TvmBnnError, RuntimeError):
+    """The firmware did not build, crashed, timed out or exited non-zero."""
+
+
+def board(name: str | Board) -> Board:
+    if isinstance(name, Board):
+        return name
+    try:
+        return BOARDS[name.strip().lower()]
+    except KeyError:
+        raise TvmBnnError(f"no emulated board for {name!r}; choose one of {', '.join(BOARDS)}") from None
+
+
+def require_tool(tool: str) -> str:
+    """Path of an external tool, or ToolchainMissingError naming the Debian package to install."""
+    path = shutil.which(tool)
+    if path is None:
+        pkg = _PACKAGES.get(tool, tool)
+        raise ToolchainMissingError(f"{tool} is not installed; install it with: apt-get install {pkg}")
+    return path
+
+
+def _run(cmd, cwd, timeout, what):
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise FirmwareError(f"{what} timed out after {timeout} s: {' '.join(map(str, cmd))}") from exc
+    return proc
+
+
+def _write_sources(sources: Mapping[str, str], workdir: Path) -> list:
+    files = []
+    for name, text in sources.items():
+        path = workdir / name
+        path.write_text(text)
+        if name.endswith(".c"):
+            files.append(path)
+    return files
+
+
+@dataclass
+class BoardRun:
+    output: bytes
+    exit_code: int
+    ticks: int  # SysTick ticks summed over the begin/end regions, minus the overhead of an empty region each
+    regions: int
+    board: Board
+    elf: Path
+    sizes: dict = field(default_factory=dict)  # text/data/bss bytes
+    stderr: str = ""
+
+    @property
+    def instructions(self) -> float:
+        """Executed instructions inside the begin/end regions (see the module docstring)."""
+        return self.ticks * (1e9 / self.board.clock_hz) / 2 ** ICOUNT_SHIFT
+
+
+def build_firmware(sources: Mapping[str, str], target: str | Board = "cortex-m4", workdir: str | Path | None = None,
+                   opt: str = "-O2", defines: Sequence[str] = (), extra_cflags: Sequence[str] = (),
+                   stack_bytes: int = 16384) -> Path:
+    """Write ``sources`` (file name -> text; ``.c`` files are compiled, others, e.g. headers, only written) and link
+    them with the startup code into ``fw.elf``."""
+    b = board(target)
+    cc = require_tool("arm-none-eabi-gcc")
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="tvm_bnn_fw_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = _write_sources(sources, workdir)
+    ld = (STARTUP_DIR / "cortexm.ld.in").read_text().replace("@FLASH_KB@", str(b.flash_kb)).replace(
+        "@RAM_KB@", str(b.ram_kb)).replace("@STACK_BYTES@", str(int(stack_bytes)))
+    (workdir / "link.ld").write_text(ld)
+    elf = workdir / "fw.elf"
+    cmd = [cc, *b.cflags, "-std=c99", opt, "-g", "-ffreestanding", "-nostdlib", "-Wall", "-Werror",
+           "-ffunction-sections", "-fdata-sections", *[f"-D{d}" for d in defines], *extra_cflags,
+           f"-I{STARTUP_DIR}", f"-I{workdir}", str(STARTUP_DIR / "startup_cortexm.c"), *map(str, files),
+           "-T", str(workdir / "link.ld"), "-Wl,--gc-sections", "-lgcc", "-o", str(elf)]
+    proc = _run(cmd, workdir, 300, "arm-none-eabi-gcc")
+    if proc.returncode != 0:
+        raise FirmwareError(f"firmware build failed:\n{' '.join(cmd)}\n{proc.stderr}")
+    return elf
+
+
+def elf_sizes(elf: Path) -> dict:
+    size = shutil.which("arm-none-eabi-size")
+    if size is None:
+        return {}
+    out = subprocess.run([size, "-A", str(elf)], capture_output=True, text=True).stdout
+    secs = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].startswith(".") and parts[1].isdigit():
+            secs[parts[0]] = int(parts[1])
+    return {"text": secs.get(".text", 0), "data": secs.get(".data", 0), "bss": secs.get(".bss", 0)}
+
+
+def run_firmware(elf: str | Path, target: str | Board = "cortex-m4", timeout: float = 120) -> BoardRun:
+    """Run ``fw.elf`` under qemu-system-arm with semihosting and -icount; the outputs are read from the files the
+    firmware writes into its own directory."""
+    b = board(target)
+    qemu = require_tool("qemu-system-arm")
+    elf = Path(elf).resolve()
+    workdir = elf.parent
+    for name in ("tvm_bnn_out.bin", "tvm_bnn_ticks.bin"):
+        (workdir / name).unlink(missing_ok=True)
+    cmd = [qemu, "-M", b.machine, "-display", "none", "-serial", "none", "-monitor", "none", "-nodefaults",
+           "-semihosting-config", "enable=on,target=native", "-icount", f"shift={ICOUNT_SHIFT},align=off,sleep=off",
+           "-kernel", str(elf)]
+    proc = _run(cmd, workdir, timeout, "qemu-system-arm")
+    if proc.returncode != 0:
+        raise FirmwareError(f"firmware exited with {proc.returncode} on {b.machine}: {proc.stderr.strip()}")
+    out_path, ticks_path = workdir / "tvm_bnn_out.bin", workdir / "tvm_bnn_ticks.bin"
+    if not ticks_path.exists():
+        raise FirmwareError(f"firmware on {b.machine} finished without writing its tick counts: {proc.stderr}")
+    ticks, regions, overhead = struct.unpack("<3Q", ticks_path.read_bytes()[:24])
+    return BoardRun(output=out_path.read_bytes() if out_path.exists() else b"", exit_code=proc.returncode,
+                    ticks=max(0, ticks - regions * overhead), regions=regions, board=b, elf=elf,
+                    sizes=elf_sizes(elf), stderr=proc.stderr)
+
+
+def run_on_board(sources: Mapping[str, str], target: str | Board = "cortex-m4", workdir=None, opt: str = "-O2",
+                 defines: Sequence[str] = (), extra_cflags: Sequence[str] = (), timeout: float = 120) -> BoardRun:
+    elf = build_firmware(sources, target, workdir, opt, defines, extra_cflags)
+    return run_firmware(elf, target, timeout)
+
+
+@dataclass
+class HostRun:
+    output: bytes
+    compiler: str
+    exe: Path
+
+
+def run_on_host(sources: Mapping[str, str], cc: str = "gcc", workdir=None, opt: str = "-O2",
+                defines: Sequence[str] = (), extra_cflags: Sequence[str] = (), timeout: float = 60) -> HostRun:
+    """The same sources for the host: ``cc -std=c99 -Wall -Wextra -Werror`` with ``host_shim.c``, run, outputs back."""
+    compiler = require_tool(cc)
+    workdir = Path(workdir or tempfile.mkdtemp(prefix=f"tvm_bnn_{cc}_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = _write_sources(sources, workdir)
+    exe = workdir / "prog"
+    cmd = [compiler, "-std=c99", opt, "-Wall", "-Wextra", "-Werror", *[f"-D{d}" for d in defines], *extra_cflags,
+           f"-I{STARTUP_DIR}", f"-I{workdir}", str(STARTUP_DIR / "host_shim.c"), *map(str, files), "-lm",
+           "-o", str(exe)]
+    proc = _run(cmd, workdir, 300, cc)
+    if proc.returncode != 0:
+        raise FirmwareError(f"host build failed:\n{' '.join(cmd)}\n{proc.stderr}")
+    out_path = workdir / "tvm_bnn_out.bin"
+    out_path.unlink(missing_ok=True)
+    proc = _run([str(exe)], workdir, timeout, str(exe))
+    if proc.returncode != 0:
+        raise FirmwareError(f"host program exited with {proc.returncode}: {proc.stderr}")
+    return HostRun(out_path.read_bytes() if out_path.exists() else b"", cc, exe)
+
+
+def disassemble(elf: str | Path, symbol: str) -> str:
+    """objdump of one function of the firmware (to see what gcc made of, e.g., the popcount helpers)."""
+    objdump = require_tool("arm-none-eabi-objdump")
+    proc = subprocess.run([objdump, "-d", "--no-show-raw-insn", f"--disassemble={symbol}", str(elf)],
+                          capture_output=True, text=True)
+    return proc.stdout
+
+
+CALIBRATION_MAIN = r"""#include <stdint.h>
+#include "tvm_bnn_bm.h"
+int main(void) {
+  tvm_bnn_bm_begin();
+  /* exactly 2 * N + 1 instructions: ldr, then N x (subs, bne) */
+  __asm__ volatile(".syntax unified\n\tldr r0, =%0\n1:\n\tsubs r0, r0, #1\n\tbne 1b" :: "i"(@N@) : "r0", "cc");
+  tvm_bnn_bm_end();
+  return 0;
+}
+"""
+
+
+def calibrate(target: str | Board = "cortex-m4", n: int = 1_000_000, workdir=None) -> tuple:
+    """(measured, expected) instructions of a ``subs; bne`` loop of ``n`` iterations (expected 2n + 1)."""
+    run = run_on_board({"main.c": CALIBRATION_MAIN.replace("@N@", str(int(n)))}, target, workdir)
+    return run.instructions, 2 * n + 1
+
+
+def toolchain_status() -> dict:
+    """Which of the external tools are installed (tool -> path or None)."""
+    return {tool: shutil.which(tool) for tool in ("arm-none-eabi-gcc", "qemu-system-arm", "gcc", "clang")}
+
+
+def remove_workdir(path: str | Path) -> None:
+    if path and os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
