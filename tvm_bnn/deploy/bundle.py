@@ -1,0 +1,495 @@
+"""A standalone C bundle of a whole compiled model: plain C99, one static arena, weights in flash, no TVM runtime.
+
+``build_bundle(optimized, out_dir, input_shape, output_shape)`` takes the Relax module of
+``tvm_bnn.compiler.analyse`` (our binary kernels as ``call_tir``, float layers as Relax ops), runs
+``fuse_pipeline()`` for target "c" (the float ops become fused TIR PrimFuncs), and writes:
+
+* ``model.c``: every kernel as a plain C function (``targets.c_codegen.generate_c``: raw pointers, scratch buffers as
+  trailing parameters) and ``int tvm_bnn_model_run(const float *in, float *out)`` calling them in order on one
+  ``static uint8_t`` arena (16-byte aligned) planned here;
+* ``weights.c``: every Relax constant the calls take, as a ``const`` array (flash on a microcontroller);
+* ``model.h``, a ``Makefile`` (arm-none-eabi-gcc, ``CPU=cortex-m4`` by default) and a ``README.md``.
+
+Arena planning: the calls run in binding order; a tensor occupies its bytes from the call that writes it to the last
+call that reads it (or a view of it), a kernel's scratch buffers only during its call. Blocks are placed greedily
+first-fit at 16-byte-aligned offsets. A call's output never overlaps its inputs (they are still live when it is
+placed). The model's output tensor is written straight into ``out``; a pure view (a legalized ``reshape``,
+``squeeze``, ``expand_dims`` or ``flatten`` of a contiguous tensor) is not run at all: it aliases its input's bytes.
+
+Before the C codegen each kernel gets the memory-lean schedule of ``deploy.lean`` (``lean=True``): injective
+stages inlined, once-read reductions (the popcount accumulators) computed per consumer iteration in a compacted
+buffer. On the digits demo model this cuts the arena from 62,464 to 13,696 bytes at the same outputs.
+
+The kernels access the arena through pointers of their own element types, so the bundle is compiled with
+``-fno-strict-aliasing`` (the Makefile and the runners here do).
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ..errors import TvmBnnError
+from ..targets import qemu
+from ..targets.c_codegen import _CTYPES, c_array, generate_c
+from .lean import inline_intermediates
+
+ALIGN = 16
+_VIEW_FUNC = re.compile(r"(reshape|squeeze|expand_dims|flatten)\d*")
+_MATH_FUNCS = ("expf", "exp", "sqrtf", "sqrt", "logf", "log", "powf", "pow", "tanhf", "tanh", "erff", "erf",
+               "fabsf", "fabs", "floorf", "floor", "ceilf", "ceil", "roundf", "round", "nearbyintf", "nearbyint",
+               "truncf", "trunc", "fmaxf", "fmax", "fminf", "fmin", "fmodf", "fmod", "sinf", "sin", "cosf", "cos",
+               "expm1f", "log1pf", "exp2f", "log2f", "rsqrtf", "sigmoid")
+CFLAGS_EXTRA = ("-fno-strict-aliasing",)
+
+
+class BundleError(TvmBnnError, ValueError):
+    """The model cannot be turned into a standalone C bundle."""
+
+
+def _align(n: int) -> int:
+    return (int(n) + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _static_shape(ty, what: str) -> tuple:
+    shape = getattr(ty, "shape", None)
+    if shape is None or not hasattr(shape, "values"):
+        raise BundleError(f"{what} has no static shape ({ty}); the C bundle needs static shapes")
+    dims = []
+    for d in shape.values:
+        if not isinstance(d, tvm.tirx.IntImm):
+            raise BundleError(f"{what} has a dynamic shape ({ty}); the C bundle needs static shapes")
+        dims.append(int(d.value))
+    return tuple(dims)
+
+
+@dataclass(eq=False)
+class _Storage:
+    kind: str  # "arena", "input", "output", "const"
+    nbytes: int
+    name: str = ""  # const array name
+    offset: int = -1
+    first: int = -1  # step that writes it
+    last: int = -1  # last step that reads it
+
+
+@dataclass(eq=False)
+class _Tensor:
+    name: str
+    dtype: str
+    shape: tuple
+    storage: _Storage
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+@dataclass
+class _Step:
+    kernel: str  # C function name
+    args: list  # _Tensor per PrimFunc parameter (inputs then output)
+    out: _Tensor
+    scratch: list = field(default_factory=list)  # _Storage per scratch parameter
+
+
+class _FirstFit:
+    def __init__(self):
+        self.live = []  # (offset, size, storage)
+        self.size = 0
+
+    def alloc(self, st: _Storage):
+        size = _align(max(st.nbytes, 1))
+        offset = 0
+        for off, sz, _ in sorted(self.live, key=lambda t: t[0]):
+            if off - offset >= size:
+                break
+            offset = max(offset, off + sz)
+        st.offset = offset
+        self.live.append((offset, size, st))
+        self.size = max(self.size, offset + size)
+
+    def free(self, st: _Storage):
+        self.live = [t for t in self.live if t[2] is not st]
+
+
+@dataclass
+class Bundle:
+    """A written bundle. ``sources`` are the C files by name (model.h, model.c, weights.c)."""
+
+    out_dir: Path
+    files: dict  # name -> Path
+    sources: dict  # name -> text of the C sources
+    arena_bytes: int
+    no_reuse_bytes: int  # the arena without reuse: every intermediate tensor and scratch buffer side by side
+    weight_bytes: int
+    input_shape: tuple
+    output_shape: tuple
+    input_dtype: str
+    output_dtype: str
+    kernels: list  # C function names, in call order
+    math_functions: tuple  # libm functions the kernels call (link -lm)
+    intermediate_bytes: int = 0  # sum of the intermediate tensors' sizes (no scratch)
+    plan: list = field(default_factory=list)  # arena blocks: (label, offset, nbytes, first step, last step)
+    last_board_run: object = None
+
+    def _main(self, x: np.ndarray) -> str:
+        x = np.ascontiguousarray(np.asarray(x, dtype=self.input_dtype))
+        if tuple(x.shape) != tuple(self.input_shape):
+            raise BundleError(f"input shape {tuple(x.shape)} is not the bundle's {tuple(self.input_shape)}")
+        octype = _CTYPES[self.output_dtype]
+        return ('#include "model.h"\n#include "tvm_bnn_bm.h"\n\n' + c_array("g_input", x) +
+                f"static {octype} g_output[TVM_BNN_OUTPUT_SIZE] __attribute__((aligned(16)));\n\n"
+                "int main(void) {\n  tvm_bnn_bm_begin();\n  int rc = tvm_bnn_model_run(g_input, g_output);\n"
+                "  tvm_bnn_bm_end();\n  tvm_bnn_bm_output(g_output, sizeof(g_output));\n  return rc;\n}\n")
+
+    def _result(self, raw: bytes) -> np.ndarray:
+        out = np.frombuffer(raw, self.output_dtype)
+        return out.reshape(self.output_shape).copy()
+
+    def run_host(self, x: np.ndarray, cc: str = "gcc", workdir=None, opt: str = "-O2") -> np.ndarray:
+        """Build the bundle + a main holding ``x`` with the host ``cc`` (-Wall -Wextra -Werror) and run it."""
+        srcs = dict(self.sources, **{"test_main.c": self._main(x)})
+        tmp = None if workdir else tempfile.mkdtemp(prefix=f"tvm_bnn_bundle_{cc}_")
+        try:
+            run = qemu.run_on_host(srcs, cc, workdir=workdir or tmp, opt=opt, extra_cflags=CFLAGS_EXTRA)
+        finally:
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return self._result(run.output)
+
+    def run_board(self, x: np.ndarray, board: str = "cortex-m4", workdir=None, opt: str = "-O2") -> tuple:
+        """Firmware of the bundle + a main holding ``x`` on an emulated board: (output, instructions of one
+        ``tvm_bnn_model_run``). The BoardRun (sizes of .text/.data/.bss) is kept in ``last_board_run``."""
+        srcs = dict(self.sources, **{"test_main.c": self._main(x)})
+        run = qemu.run_on_board(srcs, board, workdir=workdir or tempfile.mkdtemp(prefix="tvm_bnn_bundle_fw_"),
+                                opt=opt, extra_cflags=CFLAGS_EXTRA)
+        self.last_board_run = run
+        return self._result(run.output), run.instructions
+
+
+def _c_name(name: str, used: set) -> str:
+    base = re.sub(r"\W", "_", name)
+    if not base.startswith("tvm_bnn_"):
+        base = "tvm_bnn_" + base
+    out, k = base, 1
+    while out in used:
+        out, k = f"{base}_{k}", k + 1
+    used.add(out)
+    return out
+
+
+def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_shape=None, *,
+                 overwrite: bool = False, lean: bool = True) -> Bundle:
+    """Write a standalone C bundle of ``optimized_mod`` (from ``tvm_bnn.compiler.analyse``) into ``out_dir``.
+
+    ``lean``: inline the kernels' injective intermediate stages (``deploy.lean``), which shrinks the arena."""
+    from ..compiler import fuse_pipeline
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        if not overwrite:
+            raise BundleError(f"{str(out_dir)!r} exists and is not empty; pass overwrite=True to replace it")
+        if out_dir.is_dir():
+            shutil.rmtree(out_dir)
+        else:
+            out_dir.unlink()
+    if "main" not in [gv.name_hint for gv in optimized_mod.functions]:
+        raise BundleError("the module has no 'main' function")
+    main = optimized_mod["main"]
+    if not isinstance(main, relax.Function):
+        raise BundleError("'main' is not a Relax function")
+    if len(main.params) != 1:
+        raise BundleError(f"the C bundle takes exactly one input; 'main' has {len(main.params)}")
+    in_shape = _static_shape(main.params[0].ty, "the input")
+    if input_shape is not None and tuple(input_shape) != in_shape:
+        raise BundleError(f"input_shape={tuple(input_shape)} but the model's input is {in_shape}")
+
+    with tvm.target.Target({"kind": "c"}), tvm.transform.PassContext(opt_level=3):
+        fused = fuse_pipeline()(optimized_mod)
+    main = fused["main"]
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    inp = main.params[0]
+    in_tensor = _Tensor("input", str(inp.ty.dtype), in_shape, _Storage("input", 0))
+    if in_tensor.dtype not in _CTYPES:
+        raise BundleError(f"input dtype {in_tensor.dtype} is not supported")
+    in_tensor.storage.nbytes = in_tensor.nbytes
+    env = {inp: in_tensor}  # relax Var -> _Tensor or tuple of them
+    consts = []  # (relax Constant, _Tensor)
+    steps = []
+    funcs = {}  # C name -> PrimFunc
+    c_names = {}  # GlobalVar name -> C name
+    used = set()
+
+    def lookup(expr):
+        if isinstance(expr, relax.Var):
+            if expr not in env:
+                raise BundleError(f"variable {expr.name} is used before it is defined")
+            return env[expr]
+        if isinstance(expr, tvm.ir.Constant):
+            for c, t in consts:
+                if c.same_as(expr):
+                    return t
+            arr = expr.value.numpy()
+            name = f"tvm_bnn_w{len(consts)}"
+            t = _Tensor(name, str(arr.dtype), tuple(arr.shape), _Storage("const", arr.nbytes, name))
+            consts.append((expr, t))
+            return t
+        if isinstance(expr, relax.Tuple):
+            return tuple(lookup(f) for f in expr.fields)
+        raise BundleError(f"cannot handle the expression {type(expr).__name__}: {expr}")
+
+    if not isinstance(main.body, relax.SeqExpr):
+        raise BundleError("'main' has no binding blocks")
+    for block in main.body.blocks:
+        for binding in block.bindings:
+            if not isinstance(binding, relax.VarBinding):
+                raise BundleError(f"match_cast binding {binding.var.name} is not supported")
+            var, value = binding.var, binding.value
+            if isinstance(value, (relax.Var, tvm.ir.Constant, relax.Tuple)):
+                env[var] = lookup(value)
+                continue
+            if isinstance(value, relax.TupleGetItem):
+                tup = lookup(value.tuple_value)
+                if not isinstance(tup, tuple):
+                    raise BundleError(f"{var.name}: TupleGetItem of a non-tuple")
+                env[var] = tup[value.index]
+                continue
+            if not (isinstance(value, relax.Call) and value.op.same_as(call_tir)):
+                what = value.op.name if isinstance(value, relax.Call) and hasattr(value.op, "name") else \
+                    type(value).__name__
+                raise BundleError(f"{var.name} = {what}(...): after fusion only call_tir can go into the C "
+                                  f"bundle (this op was not legalized to TIR)")
+            if len(value.args) > 2:
+                raise BundleError(f"{var.name}: call_tir with symbolic TIR arguments (dynamic shapes)")
+            gv = value.args[0]
+            func = fused[gv]
+            if not isinstance(func, tvm.tirx.PrimFunc):
+                raise BundleError(f"{var.name}: callee {gv.name_hint} is not a PrimFunc")
+            if not isinstance(value.ty, relax.TensorType):
+                raise BundleError(f"{var.name}: call_tir of {gv.name_hint} has several outputs; unsupported")
+            shape = _static_shape(value.ty, f"the output of {gv.name_hint}")
+            dtype = str(value.ty.dtype)
+            if dtype not in _CTYPES:
+                raise BundleError(f"{var.name}: dtype {dtype} is not supported")
+            args = [lookup(a) for a in value.args[1].fields]
+            if any(isinstance(a, tuple) for a in args):
+                raise BundleError(f"{var.name}: a tuple argument to {gv.name_hint}")
+            if len(func.params) != len(args) + 1:
+                raise BundleError(f"{gv.name_hint} takes {len(func.params)} buffers, call passes {len(args) + 1}")
+            src = args[0] if len(args) == 1 else None
+            if (_VIEW_FUNC.fullmatch(gv.name_hint) and src is not None and src.storage.kind != "const"
+                    and src.dtype == dtype and src.nbytes == int(np.prod(shape, dtype=np.int64)) *
+                    np.dtype(dtype).itemsize):
+                env[var] = _Tensor(var.name, dtype, shape, src.storage)  # a view: same bytes, no call
+                continue
+            if gv.name_hint not in c_names:
+                c_names[gv.name_hint] = _c_name(gv.name_hint, used)
+                funcs[c_names[gv.name_hint]] = inline_intermediates(func) if lean else func
+            out = _Tensor(var.name, dtype, shape, _Storage("arena", 0))
+            out.storage.nbytes = out.nbytes
+            steps.append(_Step(c_names[gv.name_hint], args + [out], out))
+            env[var] = out
+
+    result = lookup(main.body.body)
+    while isinstance(result, tuple):
+        if len(result) != 1:
+            raise BundleError(f"the C bundle has one output; the model returns {len(result)}")
+        result = result[0]
+    out_t = result
+    if output_shape is not None and tuple(output_shape) != tuple(out_t.shape):
+        raise BundleError(f"output_shape={tuple(output_shape)} but the model's output is {out_t.shape}")
+    if not steps:
+        raise BundleError("the model has no kernel call")
+
+    src = generate_c(funcs)
+    code = src.code
+    math = tuple(f for f in _MATH_FUNCS if re.search(rf"\b{f}\(", code))
+
+    # storage lifetimes, the output in place
+    copy_output = out_t.storage.kind in ("input", "const")
+    if not copy_output:
+        out_t.storage.kind = "output"
+    for i, step in enumerate(steps):
+        kernel = src.kernels[step.kernel]
+        nparam = len(step.args)
+        for t, p in zip(step.args, kernel.params[:nparam]):
+            if (p.dtype, p.size) != (t.dtype, int(np.prod(t.shape, dtype=np.int64))):
+                raise BundleError(f"{step.kernel}: parameter {p.name} is {p.dtype}[{p.size}], the call passes "
+                                  f"{t.dtype}{list(t.shape)}")
+        for t, p in zip(step.args[:-1], kernel.params[:nparam - 1]):
+            if t.storage.kind in ("input", "const") and not p.readonly:
+                raise BundleError(f"{step.kernel} writes its input {p.name}, which is read-only here")
+            t.storage.last = max(t.storage.last, i)
+        step.out.storage.first = i
+        step.out.storage.last = max(step.out.storage.last, i)
+        step.scratch = [_Storage("arena", p.nbytes, first=i, last=i) for p in kernel.params[nparam:]]
+
+    # first-fit arena planning in call order
+    plan = _FirstFit()
+    no_reuse = 0
+    intermediate = 0
+    for i, step in enumerate(steps):
+        for st in [step.out.storage] + step.scratch:
+            if st.kind == "arena":
+                plan.alloc(st)
+                no_reuse += _align(max(st.nbytes, 1))
+                if st is step.out.storage:
+                    intermediate += st.nbytes
+        for st in step.scratch:
+            plan.free(st)
+        for t in step.args:
+            if t.storage.kind == "arena" and t.storage.last <= i:
+                plan.free(t.storage)
+    arena_bytes = plan.size
+    blocks = []
+    for step in steps:
+        if step.out.storage.kind == "arena":
+            st = step.out.storage
+            blocks.append((step.out.name, st.offset, st.nbytes, st.first, st.last))
+        blocks += [(f"{step.kernel}.scratch{j}", st.offset, st.nbytes, st.first, st.last)
+                   for j, st in enumerate(step.scratch)]
+
+    # model.c
+    out_ctype, in_ctype = _CTYPES[out_t.dtype], _CTYPES[in_tensor.dtype]
+    in_size = int(np.prod(in_shape, dtype=np.int64))
+    out_size = int(np.prod(out_t.shape, dtype=np.int64))
+
+    def ref(t: _Tensor, p) -> str:
+        st = t.storage
+        if st.kind == "input":
+            return "in"
+        if st.kind == "output":
+            return "out"
+        if st.kind == "const":
+            return st.name
+        return f"({p.ctype} *)(tvm_bnn_arena + {st.offset})"
+
+    header = (f"/* Generated by tvm_bnn.deploy.bundle: a standalone C99 model, no TVM runtime, no malloc. */\n"
+              f"#ifndef TVM_BNN_MODEL_H\n#define TVM_BNN_MODEL_H\n#include <stdint.h>\n\n"
+              f"/* input: {in_tensor.dtype}{list(in_shape)}, output: {out_t.dtype}{list(out_t.shape)} (C order) */\n"
+              f"#define TVM_BNN_INPUT_SIZE {in_size}\n#define TVM_BNN_OUTPUT_SIZE {out_size}\n"
+              f"#define TVM_BNN_ARENA_BYTES {arena_bytes}\n\n"
+              f"#ifdef __cplusplus\nextern \"C\" {{\n#endif\n"
+              f"/* Runs one inference: reads TVM_BNN_INPUT_SIZE values from in, writes TVM_BNN_OUTPUT_SIZE to out.\n"
+              f"   Not reentrant (one static arena of TVM_BNN_ARENA_BYTES bytes). Returns 0. */\n"
+              f"int tvm_bnn_model_run(const {in_ctype} *in, {out_ctype} *out);\n"
+              f"#ifdef __cplusplus\n}}\n#endif\n#endif\n")
+    lines = [f'#include "model.h"\n\n', code, "\n/* weights.c */\n"]
+    for _, t in consts:
+        count = max(1, t.storage.nbytes // np.dtype(t.dtype).itemsize)
+        lines.append(f"extern const {_CTYPES[t.dtype]} {t.storage.name}[{count}];\n")
+    if arena_bytes:
+        lines.append(f"\n/* all intermediate tensors and scratch buffers, reused by liveness "
+                     f"({no_reuse} bytes without reuse) */\n"
+                     f"static uint8_t tvm_bnn_arena[{arena_bytes}] __attribute__((aligned({ALIGN})));\n")
+    lines.append(f"\nint tvm_bnn_model_run(const {in_ctype} *in, {out_ctype} *out) {{\n")
+    for step in steps:
+        kernel = src.kernels[step.kernel]
+        refs = [ref(t, p) for t, p in zip(step.args, kernel.params)]
+        refs += [f"({p.ctype} *)(tvm_bnn_arena + {st.offset})" for st, p in
+                 zip(step.scratch, kernel.params[len(step.args):])]
+        lines.append(f"  /* {step.out.name}: {step.out.dtype}{list(step.out.shape)} */\n"
+                     f"  {step.kernel}({', '.join(refs)});\n")
+    if copy_output:
+        lines.append(f"  __builtin_memcpy(out, {ref(out_t, None)}, {out_t.nbytes});\n")
+    lines.append("  return 0;\n}\n")
+    model_c = "".join(lines)
+    weights_c = ["/* Generated by tvm_bnn.deploy.bundle: the model's constants (const: flash). */\n"
+                 "#include <stdint.h>\n#include <stdbool.h>\n\n"]
+    for _, t in consts:
+        arr = _const_array(t, consts)
+        weights_c.append(f"extern const {_CTYPES[str(arr.dtype)]} {t.storage.name}[{max(1, arr.size)}];\n")
+        weights_c.append(c_array(t.storage.name, arr, const=True, static=False) + "\n")
+    weights_c = "".join(weights_c)
+    weight_bytes = sum(t.storage.nbytes for _, t in consts)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sources = {"model.h": header, "model.c": model_c, "weights.c": weights_c}
+    files = {}
+    for name, text in list(sources.items()) + [("Makefile", _makefile(math)), ("README.md", _readme(
+            in_tensor, out_t, arena_bytes, no_reuse, weight_bytes, steps, math))]:
+        (out_dir / name).write_text(text)
+        files[name] = out_dir / name
+    return Bundle(out_dir, files, sources, arena_bytes, no_reuse, weight_bytes, in_shape, tuple(out_t.shape),
+                  in_tensor.dtype, out_t.dtype, [s.kernel for s in steps], math, intermediate, blocks)
+
+
+def _const_array(t: _Tensor, consts) -> np.ndarray:
+    for c, tt in consts:
+        if tt is t:
+            return np.ascontiguousarray(c.value.numpy())
+    raise AssertionError(t.name)
+
+
+def _makefile(math) -> str:
+    return f"""# Builds libtvm_bnn_model.a for a Cortex-M: make [CPU=cortex-m7] [FLOAT_ABI=softfp] [FPU=fpv5-d16]
+CROSS ?= arm-none-eabi-
+CPU ?= cortex-m4
+FLOAT_ABI ?= hard
+FPU ?= fpv4-sp-d16
+OPT ?= -O2
+ifeq ($(FLOAT_ABI),soft)
+FPU_FLAGS = -mfloat-abi=soft
+else
+FPU_FLAGS = -mfloat-abi=$(FLOAT_ABI) -mfpu=$(FPU)
+endif
+CC = $(CROSS)gcc
+AR = $(CROSS)ar
+SIZE = $(CROSS)size
+CFLAGS += -mcpu=$(CPU) -mthumb $(FPU_FLAGS) -std=c99 $(OPT) -ffreestanding -fno-strict-aliasing \\
+	-ffunction-sections -fdata-sections -Wall -Wextra
+# link the library with your firmware{' and -lm (the kernels call ' + ', '.join(math) + ')' if math else ''}
+
+OBJS = model.o weights.o
+
+libtvm_bnn_model.a: $(OBJS)
+	$(AR) rcs $@ $^
+	$(SIZE) $^
+
+%.o: %.c model.h
+	$(CC) $(CFLAGS) -c $< -o $@
+
+clean:
+	rm -f $(OBJS) libtvm_bnn_model.a
+
+.PHONY: clean
+"""
+
+
+def _readme(in_t, out_t, arena, no_reuse, weights, steps, math) -> str:
+    libm = "; the kernels call " + ", ".join(f"`{m}`" for m in math) + " (link `-lm`)" if math else ""
+    calls = "\n".join(f"{i + 1}. `{s.kernel}` -> {s.out.dtype}{list(s.out.shape)}" for i, s in enumerate(steps))
+    return f"""# tvm_bnn model bundle
+
+Generated by `tvm_bnn.deploy.bundle.build_bundle`: plain C99, no TVM runtime, no malloc, no libc beyond what gcc
+itself may call (`memcpy`/`memset`){libm}.
+
+- `model.h`: `int tvm_bnn_model_run(const {_CTYPES[in_t.dtype]} *in, {_CTYPES[out_t.dtype]} *out);`
+  input {in_t.dtype}{list(in_t.shape)} (`TVM_BNN_INPUT_SIZE` values, C order), output {out_t.dtype}{list(out_t.shape)}
+  (`TVM_BNN_OUTPUT_SIZE` values). Not reentrant: one static arena.
+- `model.c`: the kernels and the run function; `weights.c`: the constants ({weights} bytes, `const`, so in flash).
+- Arena: {arena} bytes of RAM (`TVM_BNN_ARENA_BYTES`; {no_reuse} bytes without reuse), 16-byte aligned.
+
+Build: `make` (arm-none-eabi-gcc, `CPU=cortex-m4` by default; e.g. `make CPU=cortex-m7 FPU=fpv5-d16`,
+`make CPU=cortex-m0 FLOAT_ABI=soft`) gives `libtvm_bnn_model.a`; or add `model.c` and `weights.c` to your project.
+Compile with `-fno-strict-aliasing` (the kernels share the arena through pointers of different types).
+
+```c
+#include "model.h"
+static float input[TVM_BNN_INPUT_SIZE], output[TVM_BNN_OUTPUT_SIZE];
+/* fill input */
+tvm_bnn_model_run(input, output);
+```
+
+Calls per inference:
+
+{calls}
+"""
