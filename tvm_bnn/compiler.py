@@ -174,6 +174,8 @@ def compile(model, target="x86", example_inputs=None, *, tuning_db: str | None =
     ``tuning_db``: a ``work_dir`` written by :func:`tvm_bnn.tune`; its best schedules replace the defaults.
     """
     spec = resolve_target(target)
+    if spec.family == "c":
+        return _compile_bundle(model, spec, example_inputs, tuning_db)
     steps = tqdm(total=3, desc="tvm_bnn.compile", disable=(progress is False) or None, leave=False)
     try:
         steps.set_postfix_str("import + binarize")
@@ -192,6 +194,26 @@ def compile(model, target="x86", example_inputs=None, *, tuning_db: str | None =
     finally:
         steps.close()
     return CompiledModel(executable, spec.name, spec.target, inputs, num_outputs, report, scheduled)
+
+
+def _compile_bundle(model, spec, example_inputs, tuning_db):
+    """Bare-metal / portable C: a standalone bundle (deploy/bundle.py) instead of a TVM runtime library."""
+    import tempfile
+
+    from .deploy.bundle import build_bundle
+    from .deploy.bundle_model import BundleModel
+    from .targets import qemu
+
+    if tuning_db is not None:
+        raise TvmBnnError(f"tuning_db: target {spec.name!r} builds a C bundle, which takes no tuning database")
+    if spec.board is not None:  # fail early, naming the package, rather than at the first call
+        qemu.require_tool("arm-none-eabi-gcc")
+        qemu.require_tool("qemu-system-arm")
+    imported, optimized, report = analyse(model, example_inputs)
+    main = imported.mod["main"]
+    inputs = [(name, static_shape(p), str(p.ty.dtype)) for name, p in zip(imported.input_names, main.params)]
+    bundle = build_bundle(optimized, tempfile.mkdtemp(prefix="tvm_bnn_bundle_"), overwrite=True)
+    return BundleModel(bundle, spec, inputs, report)
 
 
 def load(path: str) -> CompiledModel:

@@ -16,8 +16,9 @@ from ..errors import UnknownTargetError
 @dataclass(frozen=True)
 class TargetSpec:
     name: str  # the preset name, or "custom"
-    family: str  # "x86" (schedules/x86.py); later "arm", "c"
+    family: str  # "x86" (schedules/x86.py, TVM runtime library) or "c" (standalone C bundle, deploy/bundle.py)
     target: tvm.target.Target
+    board: str | None = None  # emulated board that runs a "c" bundle (targets/qemu.py); None: the host's gcc
 
     @property
     def popcount_isa(self) -> str:
@@ -27,6 +28,8 @@ class TargetSpec:
         if "+avx512vpopcntdq" in mattr or mcpu in ("znver4", "znver5", "icelake-server", "icelake-client",
                                                       "sapphirerapids", "tigerlake", "graniterapids"):
             return "avx512-vpopcntdq"
+        if self.family == "c":
+            return "SWAR software popcount in C (Cortex-M has no popcount instruction)"
         if mcpu in ("", "generic", "x86-64") and not any(a in mattr for a in ("+popcnt", "+avx2")):
             return "none (generic CPU: software popcount)"
         return "popcnt"
@@ -55,8 +58,18 @@ _PRESETS = {
 }
 
 
+_C_PRESETS = {
+    "cortex-m4": "bare-metal Cortex-M4 C bundle, verified on QEMU mps2-an386",
+    "cortex-m7": "bare-metal Cortex-M7 C bundle, verified on QEMU mps2-an500",
+    "cortex-m55": "bare-metal Cortex-M55 C bundle, verified on QEMU mps3-an547",
+    "cortex-m3": "bare-metal Cortex-M3 C bundle, verified on QEMU mps2-an385",
+    "cortex-m0": "bare-metal Cortex-M0 (ARMv6-M) C bundle, run on QEMU mps2-an385",
+    "c": "portable C bundle (no OS, no malloc); cm(x) runs it with the host's gcc",
+}
+
+
 def known_targets() -> dict:
-    return {name: desc for name, (_, _, desc) in _PRESETS.items()}
+    return {**{name: desc for name, (_, _, desc) in _PRESETS.items()}, **_C_PRESETS}
 
 
 def resolve_target(target) -> TargetSpec:
@@ -65,8 +78,10 @@ def resolve_target(target) -> TargetSpec:
         return target
     if isinstance(target, str):
         key = target.strip().lower()
+        if key in _C_PRESETS:
+            return TargetSpec(key, "c", tvm.target.Target({"kind": "c"}), None if key == "c" else key)
         if key not in _PRESETS:
-            choices = ", ".join(f"{n!r}" for n in _PRESETS)
+            choices = ", ".join(f"{n!r}" for n in list(_PRESETS) + list(_C_PRESETS))
             raise UnknownTargetError(f"target={target!r} is not a known target; choose one of {choices}, "
                                      "or pass a TVM target dict such as {'kind': 'llvm', 'mcpu': 'znver4'}")
         family, make, _ = _PRESETS[key]

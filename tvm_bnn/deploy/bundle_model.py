@@ -1,0 +1,97 @@
+"""The callable a bare-metal compile returns: a C bundle that runs on an emulated board (or the host for "c")."""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InputError, TvmBnnError
+
+
+@dataclass
+class BundleStats:
+    """Sizes and cost of one inference; the instruction count is measured on the emulated board."""
+
+    flash_code_bytes: int
+    flash_weight_bytes: int
+    ram_arena_bytes: int
+    ram_arena_bytes_without_reuse: int
+    ram_static_bytes: int  # .data + .bss of the whole firmware (arena, input/output buffers, startup)
+    instructions_per_inference: int | None
+    board: str
+
+    def __str__(self):
+        ins = f"{self.instructions_per_inference:,}" if self.instructions_per_inference is not None else "-"
+        return (f"{self.board}: flash {self.flash_code_bytes:,} B code + {self.flash_weight_bytes:,} B weights; "
+                f"RAM arena {self.ram_arena_bytes:,} B ({self.ram_arena_bytes_without_reuse:,} B without reuse), "
+                f"static RAM {self.ram_static_bytes:,} B; {ins} instructions per inference")
+
+
+class BundleModel:
+    """``cm(x)`` builds firmware around the bundle and runs it under QEMU (target "c": with the host's gcc)."""
+
+    def __init__(self, bundle, spec, inputs, report):
+        self.bundle = bundle
+        self.target_name = spec.name
+        self.board = spec.board
+        self.inputs = inputs
+        self.report = report
+        self.num_outputs = 1
+        self._stats = None
+
+    def _input(self, args):
+        if len(args) != 1:
+            raise InputError(f"the bundle takes 1 input ({self.inputs[0][0]}), got {len(args)}")
+        value = args[0]
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().numpy()
+        arr = np.asarray(value, dtype=self.inputs[0][2])
+        name, shape, _ = self.inputs[0]
+        if tuple(arr.shape) != tuple(shape):
+            raise InputError(f"input {name!r}: shape {tuple(arr.shape)} does not match the compiled shape "
+                             f"{tuple(shape)}")
+        return arr
+
+    def __call__(self, *args):
+        x = self._input(args)
+        if self.board is None:
+            return self.bundle.run_host(x)
+        y, instructions = self.bundle.run_board(x, self.board)
+        self._record(instructions)
+        return y
+
+    def _record(self, instructions):
+        run = self.bundle.last_board_run
+        sizes = getattr(run, "sizes", {}) or {}
+        text = int(sizes.get("text", 0))
+        self._stats = BundleStats(
+            flash_code_bytes=max(text - self.bundle.weight_bytes, 0), flash_weight_bytes=self.bundle.weight_bytes,
+            ram_arena_bytes=self.bundle.arena_bytes, ram_arena_bytes_without_reuse=self.bundle.no_reuse_bytes,
+            ram_static_bytes=int(sizes.get("data", 0)) + int(sizes.get("bss", 0)),
+            instructions_per_inference=int(round(instructions)), board=self.board)
+
+    @property
+    def stats(self) -> BundleStats:
+        """Flash, RAM and instructions per inference (runs one inference on zeros the first time)."""
+        if self.board is None:
+            raise TvmBnnError(f"target {self.target_name!r} has no board to measure on; use a cortex-m target")
+        if self._stats is None:
+            self(np.zeros(self.inputs[0][1], self.inputs[0][2]))
+        return self._stats
+
+    def export(self, path: str, overwrite: bool = False) -> str:
+        """Copy the C bundle (model.h, model.c, weights.c, Makefile, README.md) into directory ``path``."""
+        path = os.fspath(path)
+        if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+            if not overwrite:
+                raise FileExistsError(f"{path!r} exists and is not empty; pass overwrite=True (--force on the CLI) "
+                                      "to replace it")
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        shutil.copytree(self.bundle.out_dir, path, dirs_exist_ok=True)
+        return path
+
+    def __repr__(self):
+        return (f"<tvm_bnn.BundleModel target={self.target_name} input={self.inputs[0][1]} "
+                f"binarized {self.report.num_binarized}/{len(self.report)} layers>")
