@@ -22,17 +22,30 @@ def float_output(dot: te.Tensor, scale: te.Tensor, bias: te.Tensor, channel_axis
 
 
 def bits_output(dot_last_channel: te.Tensor, direction: te.Tensor, threshold: te.Tensor, name: str) -> te.Tensor:
-    """dot int32[..., O] -> uint64[..., ceil(O/64)] with bit o = (dot[..., o] * direction[o] >= threshold[o])."""
-    *outer, o_ = (int(d) for d in dot_last_channel.shape)
+    """dot int32[..., O'] -> uint64[..., ceil(O/64)] with bit o = (dot[..., o] * direction[o] >= threshold[o]).
+
+    ``O = len(direction)``; ``dot`` may be padded past ``O`` (``O' >= O``, e.g. to whole words): those channels are
+    masked off. Word ``ow`` gathers bits ``b`` of channels ``ow*64 + b``; the 64 bits are disjoint, so a sum packs them.
+    """
+    *outer, o_pad = (int(d) for d in dot_last_channel.shape)
+    o_ = int(direction.shape[0])
+    words = num_words(o_)
     b = te.reduce_axis((0, WORD_BITS), name="b")
 
     def word(*idx):
         *pre, ow = idx
         o = ow * WORD_BITS + b
-        on = tirx.if_then_else(o < o_, dot_last_channel(*pre, o) * direction[o] >= threshold[o], tirx.const(False))
+        if o_pad >= words * WORD_BITS:  # every read in bounds: clamp the parameter loads, mask the bit
+            oc = o if o_pad == o_ else tirx.min(o, o_ - 1)
+            on = dot_last_channel(*pre, o) * direction[oc] >= threshold[oc]
+            if o_ != words * WORD_BITS:
+                on = tirx.all(o < o_, on)
+        else:
+            on = tirx.if_then_else(o < o_, dot_last_channel(*pre, o) * direction[o] >= threshold[o],
+                                   tirx.const(False))
         return te.sum(bit_if(on, b), axis=b)
 
-    return te.compute(tuple(outer) + (num_words(o_),), word, name=name)
+    return te.compute(tuple(outer) + (words,), word, name=name)
 
 
 def float_reference(dot: np.ndarray, scale, bias, channel_axis: int) -> np.ndarray:

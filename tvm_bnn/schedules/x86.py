@@ -1,13 +1,47 @@
 """x86 schedules of the bit-packed kernels.
 
-Correct and reasonable rather than tuned (the tuning spaces come with MetaSchedule): the integer ``dot`` is inlined
-into its epilogue, the outer output loops run in parallel over the cores, and the innermost loop over packed words
-is left contiguous for LLVM, which vectorises ``popcount(a ^ w)`` over uint64 lanes into ``vpopcntq`` on CPUs with
-AVX-512 VPOPCNTDQ and into scalar ``popcnt`` otherwise (the target's ``mcpu`` decides).
+The binary layers are bit-GEMMs, ``popcount[.., p, o] = sum_r popcount(x[p, r] ^ w[o, r])`` over packed words ``r``
+(see ops/binary_conv2d.py and ops/binary_dense.py for the TE, laid out for these schedules). The schedule
+
+* tiles the output into register blocks of ``tile_p`` pixels (conv: along OW) / rows (dense) x ``tile_o`` output
+  channels; the outer tile loops are fused and run in parallel over the cores;
+* conv: vectorises over output channels (``vector`` lanes, weights transposed to [KH, KW, CW, O] inside the kernel):
+  each input word is broadcast and XORed with a vector of filters, ``vpopcntq`` + ``vpaddq`` into uint64
+  accumulators, no horizontal sums, no narrowing in the hot loop;
+* dense: vectorises over the packed K words (rfactor of the word axis into ``vector`` lanes), one horizontal lane
+  sum per output; ``block_o`` weight rows are kept in L1 while all rows of x stream past them;
+* unrolls the register block so LLVM keeps the accumulators in registers, and computes the epilogue (scale/bias,
+  or threshold-and-pack into bits) per tile straight from them;
+* conv padding costs nothing in the interior: the kernel reads a zero-padded copy of the input and adds a per
+  border-class correction (ops/binary_conv2d.py).
+
+``vector=1`` is scalar ``popcnt`` (CPUs without a vector popcount). All knobs are explicit (:class:`Knobs`):
+:func:`schedule_kernel` picks defaults per target (:func:`default_knobs`), :func:`design_space` samples the same
+knobs for MetaSchedule. bitpack (NCHW) is vectorised over W; maxpool/bitpack rows are parallelised.
 """
-from tvm import s_tir
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm import s_tir, tirx
 
 from .generic import parallelize_outer
+
+L1_BYTES = 32 * 1024
+BINARY_OPS = ("binary_conv2d", "binary_conv2d_bits", "binary_dense", "binary_dense_bits")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    tile_p: int = 4  # output pixels (conv) / rows (dense) per register block
+    tile_o: int = 4  # output channels per register block
+    vector: int = 8  # uint64 lanes per popcount vector (1: scalar popcnt)
+    unroll: bool = True  # unroll the register block (keeps accumulators in registers)
+    block_o: int = 0  # dense: output channels per cache block (their weight rows stay in L1); 0 = from L1 size
+
+
+# ---------------------------------------------------------------------------------------------------------- helpers
 
 
 def _try(fn, *args):
@@ -17,12 +51,400 @@ def _try(fn, *args):
         return None
 
 
-def schedule_kernel(func, op: str, num_cores: int):
+def _extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _divisor_le(n: int, limit: int) -> int:
+    """The largest divisor of n that is <= limit."""
+    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
+
+
+def _loop_kinds(sch, block, below=None):
+    """[(loop, is_reduction, block iter index)] of the loops above ``block`` (only those inside ``below``)."""
+    loops = sch.get_loops(block)
+    realize = sch.get(loops[-1]).body
+    if below is not None:
+        stop = sch.get(below)
+        loops = loops[[i for i, lp in enumerate(loops) if sch.get(lp).same_as(stop)][0] + 1:]
+    while not isinstance(realize, s_tir.SBlockRealize):  # the block sits directly under its innermost loop
+        realize = realize.seq[0] if hasattr(realize, "seq") else realize.body
+    kinds = {}
+    for i, (iv, value) in enumerate(zip(realize.block.iter_vars, realize.iter_values)):
+        for var in tirx.analysis.undefined_vars(value):
+            kinds[var.name] = (int(iv.iter_type) == 2, i)
+    return [(lp, *kinds.get(sch.get(lp).loop_var.name, (False, -1))) for lp in loops]
+
+
+def popcount_isa(target=None) -> str:
+    """"avx512" (vpopcntq), "avx2" (vector popcount via pshufb nibble tables) or "scalar" (popcnt), from the
+    target's LLVM CPU features (``target`` defaults to ``Target.current()``, which is set during the build)."""
+    from tvm.target import codegen
+
+    target = target if target is not None else tvm.target.Target.current(allow_none=True)
+    if target is None or target.kind.name != "llvm":
+        return "avx512"
+    try:
+        if codegen.target_has_features(["avx512vpopcntdq"], target):
+            return "avx512"
+        if codegen.target_has_features(["avx2"], target):
+            return "avx2"
+    except Exception:  # noqa: BLE001 - a target LLVM cannot describe: the portable choice
+        pass
+    return "scalar"
+
+
+def default_knobs(op: str, func, target=None) -> Knobs:
+    """The default (untuned) knobs, measured on Zen 4 for each popcount ISA (bench/kernels.py):
+
+    * conv (vectorised over output channels): avx512 8 pixels (fit_knobs shrinks them to a divisor of OW: 7 for
+      28/14/7, 8 for 56) x 16 channels in 2 zmm for the bits output and 7x7 maps, x 8 channels for the float
+      output (its NCHW stores prefer it); avx2 4 x 8 channels in ymm (LLVM's pshufb popcount); scalar 2 x 8;
+    * dense (vectorised over K words): avx512 8 lanes (one zmm; or the whole word axis when it is short and not a
+      multiple of 8), 2 x 4 blocks (4 x 4 for <= 4 lanes); avx2 4 lanes, 2 x 4; scalar popcnt, 2 x 4.
+    """
+    isa = popcount_isa(target)
+    words = _reduction_words(func)
+    if op.startswith("binary_conv2d") and _has_block(func, "weights_t"):
+        if isa == "avx512":
+            # float output (NCHW stores): 8 channels per block, unless one pixel tile covers the row (7x7 maps)
+            sch = s_tir.Schedule(func)
+            ow = int(sch.get(sch.get_sblock(op)).iter_vars[-1].dom.extent)  # float output: (n, o, oh, ow)
+            wide = op.endswith("bits") or _divisor_le(ow, 8) == ow
+            return Knobs(tile_p=8, tile_o=16 if wide else 8, vector=8)
+        return {"avx2": Knobs(tile_p=4, tile_o=8, vector=4), "scalar": Knobs(tile_p=2, tile_o=8, vector=1)}[isa]
+    if isa == "scalar":
+        return Knobs(tile_p=2, tile_o=4, vector=1)
+    if isa == "avx2":
+        return Knobs(tile_p=2, tile_o=4, vector=4)
+    vector = _divisor_le(words, 8)
+    if vector < 8 and words <= 16:
+        vector = words
+    return Knobs(tile_p=4 if vector <= 4 else 2, tile_o=4, vector=vector)
+
+
+def _has_block(func, name: str) -> bool:
+    return _try(s_tir.Schedule(func).get_sblock, name) is not None
+
+
+def _reduction_words(func) -> int:
     sch = s_tir.Schedule(func)
+    block = sch.get_sblock("popcount")
+    return int(sch.get(block).iter_vars[-1].dom.extent)
+
+
+# ---------------------------------------------------------------------------------------------------- bit-GEMM core
+
+
+def _schedule_popcount(sch, tile_loop, vector, unroll: bool):
+    """Move ``popcount`` (and its rfactor block) under ``tile_loop`` and block it in registers.
+
+    ``vector``: lanes (an int, 1 = scalar), or a function(loop) -> split factors of the word loop (sampling)."""
+    pop = sch.get_sblock("popcount")
+    if callable(vector) or vector > 1:
+        red = [lp for lp, is_red, _ in _loop_kinds(sch, pop) if is_red]
+        ro, ri = sch.split(red[-1], vector(red[-1]) if callable(vector) else [None, vector])
+        n_spatial = sum(1 for iv in sch.get(pop).iter_vars if int(iv.iter_type) == 0)
+        rf = sch.rfactor(ri, n_spatial)
+        sch.compute_at(pop, tile_loop, preserve_unit_loops=True)
+        sch.compute_at(rf, tile_loop, preserve_unit_loops=True)
+        # rf: reductions outside, the register block inside, the lanes innermost
+        kinds = _loop_kinds(sch, rf, tile_loop)
+        lane = [lp for lp, _, iv in kinds if iv == 0][0]  # rfactor makes the lane axis the first block iter
+        spatial = [lp for lp, is_red, iv in kinds if not is_red and iv != 0]
+        reds = [lp for lp, is_red, _ in kinds if is_red]
+        sch.reorder(*reds, *spatial, lane)
+        sch.vectorize(lane)
+        if unroll:
+            for lp in spatial:
+                sch.unroll(lp)
+        # final lane sum: output loops outside, lanes inside, all unrolled
+        kinds = _loop_kinds(sch, pop, tile_loop)
+        sp = [lp for lp, is_red, _ in kinds if not is_red]
+        rd = [lp for lp, is_red, _ in kinds if is_red]
+        sch.reorder(*sp, *rd)
+        if unroll:
+            for lp in sp + rd:
+                sch.unroll(lp)
+        if reds:
+            sch.decompose_reduction(rf, reds[0])
+    else:
+        sch.compute_at(pop, tile_loop, preserve_unit_loops=True)
+        kinds = _loop_kinds(sch, pop, tile_loop)
+        spatial = [lp for lp, is_red, _ in kinds if not is_red]
+        reds = [lp for lp, is_red, _ in kinds if is_red]
+        sch.reorder(*reds, *spatial)
+        if unroll:
+            for lp in spatial:
+                sch.unroll(lp)
+        if reds:
+            sch.decompose_reduction(pop, reds[0])
+
+
+def _schedule_popcount_channels(sch, tile_loop, lanes, unroll: bool):
+    """Conv with weights transposed to [KH, KW, CW, O]: the register block is ``tile_p`` pixels x ``tile_o``
+    channels, the channels split into vectors of ``lanes``; each input word is broadcast against a vector of filters,
+    so the accumulators need no horizontal sum."""
+    pop = sch.get_sblock("popcount")
+    sch.compute_at(pop, tile_loop, preserve_unit_loops=True)
+    kinds = _loop_kinds(sch, pop, tile_loop)
+    o_loop = [lp for lp, is_red, iv in kinds if iv == 2][0]  # popcount iters: (n, p, o | rkh, rkw, rcw)
+    lane = None
+    if not (isinstance(lanes, int) and lanes == 1):
+        _, lane = sch.split(o_loop, [None, lanes])
+    kinds = _loop_kinds(sch, pop, tile_loop)
+    is_lane = (lambda lp: lane is not None and sch.get(lp).same_as(sch.get(lane)))
+    spatial = [lp for lp, is_red, _ in kinds if not is_red and not is_lane(lp)]
+    reds = [lp for lp, is_red, _ in kinds if is_red]
+    sch.reorder(*reds, *spatial, *([lane] if lane is not None else []))
+    if lane is not None:
+        sch.vectorize(lane)
+    if unroll:
+        for lp in spatial:
+            sch.unroll(lp)
+    if reds:
+        sch.decompose_reduction(pop, reds[0])
+
+
+def _schedule_conv_prologue(sch, num_cores: int, isa: str):
+    """The small stages of the padded conv: the padded input copy, popcount(w) per tap, the border table."""
+    pad = _try(sch.get_sblock, "pad")
+    if pad is not None:
+        loops = sch.get_loops(pad)
+        if _extent(sch, loops[-1]) > 1:
+            _try(sch.vectorize, loops[-1])
+        parallelize_outer(sch, pad, min_parallel=4 * num_cores)
+    wt = _try(sch.get_sblock, "weights_t")
+    if wt is not None:
+        parallelize_outer(sch, wt, min_parallel=4 * num_cores)
+    if isa == "avx512":  # small per-channel tables: reductions outside, channels vectorised (vpopcntq)
+        for name in ("popw", "pad_adjust"):
+            _try(_vectorize_channel_table, sch, name)
+
+
+def _vectorize_channel_table(sch, name: str):
+    block = sch.get_sblock(name)
+    kinds = _loop_kinds(sch, block)
+    spatial = [lp for lp, is_red, _ in kinds if not is_red]
+    reds = [lp for lp, is_red, _ in kinds if is_red]
+    sch.reorder(*spatial[:-1], *reds, spatial[-1])
+    _, lane = sch.split(spatial[-1], [None, _divisor_le(_extent(sch, spatial[-1]), 16)])
+    sch.vectorize(lane)
+    if reds:
+        sch.decompose_reduction(block, reds[0])
+
+
+class _Fixed:
+    """Split factors from fixed knobs."""
+
+    def __init__(self, knobs: Knobs, isa: str):
+        self.knobs = knobs
+        self.isa = isa
+        self.vector = knobs.vector
+
+    def p(self, sch, loop):
+        return [None, self.knobs.tile_p]
+
+    def o(self, sch, loop):
+        return [None, self.knobs.tile_o]
+
+    def o_block(self, sch, loop):
+        return [None, self.knobs.block_o // self.knobs.tile_o, self.knobs.tile_o]
+
+    def o3(self, sch, loop):
+        """(blocks, vectors per block, lanes) of an output-channel loop."""
+        self.lanes = self.knobs.vector
+        return [None, self.knobs.tile_o // self.knobs.vector, self.knobs.vector]
+
+
+class _Sampled:
+    """Split factors sampled by MetaSchedule (``sample_perfect_tile``): the same knobs as :class:`Knobs`."""
+
+    def __init__(self, sch, isa: str, words: int):
+        self.isa = isa
+        self.vector = 1 if isa == "scalar" or words == 1 else (
+            lambda loop: sch.sample_perfect_tile(loop, n=2, max_innermost_factor=16))
+
+    def o3(self, sch, loop):
+        if self.isa == "scalar":
+            self.lanes = 1
+            return list(sch.sample_perfect_tile(loop, n=2, max_innermost_factor=8)) + [1]
+        f = sch.sample_perfect_tile(loop, n=3, max_innermost_factor=16)
+        self.lanes = f[2]
+        return f
+
+    def p(self, sch, loop):
+        return sch.sample_perfect_tile(loop, n=2, max_innermost_factor=8)
+
+    def o(self, sch, loop):
+        return sch.sample_perfect_tile(loop, n=2, max_innermost_factor=16)
+
+    def o_block(self, sch, loop):
+        return sch.sample_perfect_tile(loop, n=3, max_innermost_factor=16)
+
+
+def _apply(sch, op: str, how, num_cores: int, unroll: bool = True):
     _try(lambda: sch.compute_inline(sch.get_sblock("dot")))
-    for name in ("popcount", "bitpack", "binary_maxpool", "binary_conv2d", "binary_dense",
-                 "binary_conv2d_bits", "binary_dense_bits"):
+    channels = _try(sch.get_sblock, "weights_t") is not None
+    epi = sch.get_sblock(op)
+    if op == "binary_dense":
+        m, n = sch.get_loops(epi)
+        mo, mi = sch.split(m, how.p(sch, m))
+        nb, no, ni = sch.split(n, how.o_block(sch, n))
+        sch.reorder(nb, mo, no, mi, ni)
+        outer = sch.fuse(nb, mo)
+        tile_loop = no
+    elif op == "binary_dense_bits":
+        m, w, b = sch.get_loops(epi)
+        mo, mi = sch.split(m, how.p(sch, m))
+        bo, bi = sch.split(b, how.o(sch, b))
+        sch.reorder(mo, w, bo, mi, bi)
+        outer = sch.fuse(mo, w)
+        tile_loop = bo
+    elif op == "binary_conv2d" and channels:
+        n, o, oh, ow = sch.get_loops(epi)
+        oo, ob, ov = sch.split(o, how.o3(sch, o))
+        wo, wi = sch.split(ow, how.p(sch, ow))
+        sch.reorder(n, oo, oh, wo, ob, ov, wi)
+        outer = sch.fuse(n, oo, oh, wo)
+        tile_loop = outer
+    elif op == "binary_conv2d_bits" and channels:
+        n, oh, ow, w, b = sch.get_loops(epi)
+        wo, wi = sch.split(ow, how.p(sch, ow))
+        bo, bb, bv = sch.split(b, how.o3(sch, b))
+        sch.reorder(n, w, oh, wo, bo, wi, bb, bv)
+        outer = sch.fuse(n, w, oh, wo)
+        tile_loop = bo
+    elif op == "binary_conv2d":
+        n, o, oh, ow = sch.get_loops(epi)
+        oo, oi = sch.split(o, how.o(sch, o))
+        wo, wi = sch.split(ow, how.p(sch, ow))
+        sch.reorder(n, oo, oh, wo, oi, wi)
+        outer = sch.fuse(n, oo, oh, wo)
+        tile_loop = outer
+    elif op == "binary_conv2d_bits":
+        n, oh, ow, w, b = sch.get_loops(epi)
+        wo, wi = sch.split(ow, how.p(sch, ow))
+        bo, bi = sch.split(b, how.o(sch, b))
+        sch.reorder(n, w, oh, wo, bo, wi, bi)
+        outer = sch.fuse(n, w, oh, wo)
+        tile_loop = bo
+    else:
+        raise ValueError(op)
+    sch.parallel(outer)
+    _schedule_conv_prologue(sch, num_cores, how.isa)
+    if channels:
+        _schedule_popcount_channels(sch, tile_loop, how.lanes, unroll)
+    else:
+        _schedule_popcount(sch, tile_loop, how.vector, unroll)
+    return sch
+
+
+def schedule_binary(func, op: str, knobs: Knobs, num_cores: int, target=None):
+    """The bit-GEMM kernels with explicit knobs (shrunk to divisors of the extents by fit_knobs)."""
+    sch = s_tir.Schedule(func)
+    _apply(sch, op, _Fixed(fit_knobs(sch, op, knobs), popcount_isa(target)), num_cores, knobs.unroll)
+    return sch.mod["main"]
+
+
+def fit_knobs(sch, op: str, knobs: Knobs) -> Knobs:
+    """Shrink the knobs to divisors of this kernel's extents (so no tile needs a bounds check)."""
+    pop = sch.get(sch.get_sblock("popcount"))
+    ivs = pop.iter_vars
+    spatial = [int(iv.dom.extent) for iv in ivs if int(iv.iter_type) == 0]
+    words = int(ivs[-1].dom.extent)
+    out = sch.get(sch.get_sblock(op))
+    if op == "binary_dense":
+        p_ext, o_ext = spatial[0], spatial[1]
+    elif op == "binary_dense_bits":
+        p_ext, o_ext = spatial[0], 64
+    elif op == "binary_conv2d":
+        p_ext, o_ext = int(out.iter_vars[3].dom.extent), int(out.iter_vars[1].dom.extent)
+    else:
+        p_ext, o_ext = int(out.iter_vars[2].dom.extent), 64
+    tile_p, tile_o = _divisor_le(p_ext, knobs.tile_p), knobs.tile_o
+    if tile_p < knobs.tile_p and _divisor_le(p_ext, 8) > knobs.tile_p:
+        # e.g. 7x7 maps with a 2 x 4 block: 7 x 2 (measured 25% faster than 1 x 4 on Zen 4)
+        tile_p = _divisor_le(p_ext, 8)
+        tile_o = -(-knobs.tile_p * knobs.tile_o // tile_p)
+    if _try(sch.get_sblock, "weights_t") is not None:  # conv, vectorised over output channels
+        vector = _divisor_le(o_ext, knobs.vector)
+        tile_o = vector * _divisor_le(o_ext // vector, max(1, tile_o // vector))
+        return Knobs(tile_p=tile_p, tile_o=tile_o, vector=vector, unroll=knobs.unroll)
+    tile_o = _divisor_le(o_ext, tile_o)
+    block_o = knobs.block_o or max(tile_o, L1_BYTES // 2 // (8 * words))
+    block_o = tile_o * _divisor_le(o_ext // tile_o, max(1, block_o // tile_o))
+    return Knobs(tile_p=tile_p, tile_o=tile_o, vector=_divisor_le(words, knobs.vector),
+                 unroll=knobs.unroll, block_o=block_o)
+
+
+def design_space(sch: s_tir.Schedule, target=None, num_cores: int | None = None) -> s_tir.Schedule:
+    """MetaSchedule design space of a binary kernel (``ms.space_generator.ScheduleFn(design_space)``): the same
+    schedule as :func:`schedule_kernel` with the knobs sampled (``sample_perfect_tile``): register block
+    (pixels/rows x channels), vector lanes (the inner factor of the word axis), dense cache block. Kernels that
+    are not bit-GEMMs get their fixed schedule. ``target``/``num_cores`` default to ``Target.current()``."""
+    target = target if target is not None else tvm.target.Target.current(allow_none=True)
+    if num_cores is None:
+        num_cores = int(target.attrs.get("num-cores", 1)) if target is not None else 1
+    func = sch.mod["main"]
+    op = str(func.attrs["tvm_bnn.op"]) if func.attrs is not None and "tvm_bnn.op" in func.attrs else None
+    if op in BINARY_OPS:
+        _apply(sch, op, _Sampled(sch, popcount_isa(target), _reduction_words(func)), num_cores)
+    elif op is not None:
+        _schedule_simple(sch, op, num_cores)
+    return sch
+
+
+# ------------------------------------------------------------------------------------------------ the other kernels
+
+
+def _schedule_bitpack_nchw(sch, num_cores: int, lanes: int = 16):
+    """float NCHW -> packed NHWC words: vectorised over W (contiguous in the input), one compare + select + or
+    per input element into a register-resident row of words, then one strided store per word."""
+    block = sch.get_sblock("bitpack")
+    local = sch.cache_write(block, 0, "local")
+    n, h, w, cw = sch.get_loops(local)
+    wo, wi = sch.split(w, [None, _divisor_le(_extent(sch, w), lanes)])
+    sch.reorder(n, h, wo, cw, wi)
+    sch.compute_at(block, cw, preserve_unit_loops=True)
+    kinds = _loop_kinds(sch, block, cw)
+    lane = [lp for lp, _, iv in kinds if iv == 2][0]  # the W axis of (n, h, w, cw | b)
+    others = [lp for lp, is_red, iv in kinds if not is_red and iv != 2]
+    reds = [lp for lp, is_red, _ in kinds if is_red]
+    sch.reorder(*reds, *others, lane)
+    sch.vectorize(lane)
+    sch.vectorize(wi)
+    sch.parallel(sch.fuse(n, h, wo))
+    sch.decompose_reduction(block, reds[0])
+    return sch
+
+
+def _schedule_simple(sch, op: str, num_cores: int):
+    if op == "bitpack_nchw":
+        return _schedule_bitpack_nchw(sch, num_cores)
+    for name in ("bitpack", "binary_maxpool"):
         block = _try(sch.get_sblock, name)
         if block is not None:
             parallelize_outer(sch, block, min_parallel=4 * num_cores)
+    return sch
+
+
+# ------------------------------------------------------------------------------------------------------ entry points
+
+
+def schedule_kernel(func, op: str, num_cores: int, target=None, knobs: Knobs | None = None):
+    """Schedule one tvm_bnn kernel for x86. ``target`` defaults to ``Target.current()`` (set during the build)."""
+    if op in BINARY_OPS:
+        if not _has_block(func, "dot"):
+            return func  # already scheduled (``dot`` is always inlined), e.g. a PrimFunc from a tuning database
+        return schedule_binary(func, op, knobs or default_knobs(op, func, target), num_cores, target)
+    try:
+        sch = s_tir.Schedule(func)
+        _schedule_simple(sch, op, num_cores)
+    except Exception:  # noqa: BLE001 - a shape the specialised schedule does not handle: the generic one
+        sch = s_tir.Schedule(func)
+        for name in ("bitpack", "binary_maxpool"):
+            block = _try(sch.get_sblock, name)
+            if block is not None:
+                parallelize_outer(sch, block, min_parallel=4 * num_cores)
     return sch.mod["main"]

@@ -1,0 +1,172 @@
+"""Single-kernel benchmark: the x86 bit-packed kernels against PyTorch fp32 on the same shapes, same run.
+
+Shapes (from the issue): binary dense M=N=1024, K=4096 bits (torch: matmul [1024,4096]x[4096,1024]) and binary
+conv2d 3x3, 256->256 channels, 28x28, stride 1, pad 1, batch 1 (torch: F.conv2d). Each kernel is built alone:
+TE (tvm_bnn.ops) -> schedules/x86.py -> tvm.compile for the target, timed with time_evaluator; torch with
+bench/common.py's median_seconds; both with BENCH_THREADS (default 2) threads. The measurements are interleaved in
+rounds (torch, then each target) and the figures are medians over the rounds, so that background load on a shared
+machine hits both sides alike.
+
+bit-MAC/cycle/core = bit-MACs / (seconds * clock * threads), against the AVX-512 peak of 512 (one 512-bit
+vpopcntq per cycle). bit-MACs count every tap (the padded ones too, as torch's MAC count does). The clock is
+measured with a dependent-add chain (gcc) when a compiler is present, else read from /proc/cpuinfo.
+
+    TVM_NUM_THREADS=2 python bench/kernels.py [--repeat 15] [--targets x86,x86-avx2,x86-popcnt] [--extra]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import THREADS, median_seconds, torch_threads  # noqa: E402
+
+torch = torch_threads()
+import numpy as np  # noqa: E402
+import tvm  # noqa: E402
+from tvm import te  # noqa: E402
+
+from tvm_bnn.ops import binary_conv2d, binary_dense, binary_maxpool, bitpack  # noqa: E402
+from tvm_bnn.schedules import x86  # noqa: E402
+from tvm_bnn.targets import resolve_target  # noqa: E402
+
+PEAK = 512  # bit-MACs per cycle per core: one 512-bit vpopcntq per cycle
+
+_CLOCK_C = r"""
+#include <stdio.h>
+#include <time.h>
+int main(void) {
+  struct timespec a, b; long n = 300000000, x = 0;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  for (long i = 0; i < n; i++) __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  printf("%f\n", 4.0 * n / ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9));
+  return 0;
+}
+"""
+
+
+def clock_hz() -> tuple:
+    """(Hz, how it was obtained)."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            src, exe = os.path.join(tmp, "clk.c"), os.path.join(tmp, "clk")
+            with open(src, "w") as f:
+                f.write(_CLOCK_C)
+            subprocess.run(["gcc", "-O2", src, "-o", exe], check=True, capture_output=True)
+            hz = max(float(subprocess.run([exe], check=True, capture_output=True, text=True).stdout)
+                     for _ in range(3))
+            return hz, "measured (dependent add chain, best of 3)"
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        pass
+    with open("/proc/cpuinfo") as f:
+        mhz = [float(line.split(":")[1]) for line in f if line.startswith("cpu MHz")]
+    return max(mhz) * 1e6, "/proc/cpuinfo cpu MHz"
+
+
+def build(op: str, make_out, inputs, target_name: str, knobs=None):
+    target = resolve_target(target_name).target
+    phs = [te.placeholder(a.shape, str(a.dtype), name=f"in{i}") for i, a in enumerate(inputs)]
+    out = make_out(*phs)
+    func = te.create_prim_func(phs + [out]).with_attr("tvm_bnn.op", op)
+    with target:
+        func = x86.schedule_kernel(func, op, THREADS, knobs=knobs)
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev) for a in inputs]
+    args.append(tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], str(out.dtype)), dev))
+    return ex, args
+
+
+def time_kernel(ex, args, repeat: int) -> float:
+    f = ex.mod.time_evaluator("main", tvm.cpu(), number=5, repeat=repeat, min_repeat_ms=10)
+    return float(np.median(f(*args).results))
+
+
+def words(rng, shape):
+    return rng.integers(0, 2 ** 63, size=shape, dtype=np.uint64) | rng.integers(0, 2, size=shape, dtype=np.uint64) << 63
+
+
+def cases(rng, bits: bool):
+    m = n = 1024
+    k = 4096
+    dense_in = [words(rng, (m, k // 64)), words(rng, (n, k // 64))]
+    geo = binary_conv2d.Conv2dGeometry(256, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    conv_in = [words(rng, (1, 28, 28, 4)), words(rng, (256, 3, 3, 4))]
+    if bits:
+        aff = [rng.choice([-1, 1], 1024).astype(np.int32), rng.integers(-50, 50, 1024).astype(np.int32)]
+        return [
+            ("dense bits 1024x1024x4096", "binary_dense_bits", dense_in + aff,
+             lambda a, b, d, t: binary_dense.compute_bits(a, b, d, t, k), m * n * k, None),
+            ("conv bits 3x3 256->256 28x28", "binary_conv2d_bits", conv_in + [a[:256] for a in aff],
+             lambda a, b, d, t: binary_conv2d.compute_bits(a, b, d, t, geo), 28 * 28 * 256 * 256 * 9, None),
+        ]
+    aff = [np.ones(1024, np.float32), np.zeros(1024, np.float32)]
+    xa, xb = torch.randn(m, k), torch.randn(k, n)
+    xc, wc = torch.randn(1, 256, 28, 28), torch.randn(256, 256, 3, 3)
+    return [
+        ("dense 1024x1024x4096", "binary_dense", dense_in + aff,
+         lambda a, b, s, t: binary_dense.compute(a, b, s, t, k), m * n * k, lambda: torch.matmul(xa, xb)),
+        ("conv 3x3 256->256 28x28", "binary_conv2d", conv_in + [a[:256] for a in aff],
+         lambda a, b, s, t: binary_conv2d.compute(a, b, s, t, geo), 28 * 28 * 256 * 256 * 9,
+         lambda: torch.nn.functional.conv2d(xc, wc, padding=1)),
+    ]
+
+
+def other_cases(rng):
+    x = rng.standard_normal((1, 256, 28, 28)).astype(np.float32)
+    geo = binary_maxpool.PoolGeometry((3, 3), (2, 2), (1, 1, 1, 1))
+    return [
+        ("bitpack nchw 1x256x28x28", "bitpack_nchw", [x], bitpack.compute_nchw),
+        ("bitpack rows 1024x4096", "bitpack_rows", [rng.standard_normal((1024, 4096)).astype(np.float32)],
+         bitpack.compute_rows),
+        ("maxpool 3x3/2 1x56x56x256", "binary_maxpool", [words(rng, (1, 56, 56, 4))],
+         lambda a: binary_maxpool.compute(a, geo)),
+    ]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=15, help="interleaved rounds (torch, then each target)")
+    parser.add_argument("--targets", default="x86,x86-avx2,x86-popcnt")
+    parser.add_argument("--extra", action="store_true", help="also the bits outputs, bitpack and maxpool")
+    parser.add_argument("--knobs", default=None, help="tile_p,tile_o,vector (override the defaults)")
+    args = parser.parse_args(argv)
+    knobs = None
+    if args.knobs:
+        p, o, v = (int(t) for t in args.knobs.split(","))
+        knobs = x86.Knobs(p, o, v)
+    rng = np.random.default_rng(0)
+    hz, how = clock_hz()
+    print(f"threads={THREADS} TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')} clock={hz / 1e9:.2f} GHz ({how})")
+    print(f"{'kernel':32s} {'target':11s} {'tvm ms':>9s} {'torch ms':>9s} {'speedup':>8s} {'bitMAC/cyc/core':>16s}")
+    targets = args.targets.split(",")
+    rows = cases(rng, False) + (cases(rng, True) if args.extra else [])
+    for label, op, inputs, make, macs, torch_fn in rows:
+        built = [(tname, *build(op, make, inputs, tname, knobs)) for tname in targets]
+        # interleaved rounds: torch and every TVM variant see the same background load (shared machines)
+        t_torch, t_tvm = [], {tname: [] for tname in targets}
+        for _ in range(args.repeat):
+            if torch_fn:
+                t_torch.append(median_seconds(torch_fn, repeat=3, warmup=1))
+            for tname, ex, targs in built:
+                t_tvm[tname].append(time_kernel(ex, targs, 1))
+        tt = float(np.median(t_torch)) if torch_fn else None
+        for tname, _, _ in built:
+            t = float(np.median(t_tvm[tname]))
+            rate = macs / (t * hz * THREADS)
+            speed = f"{tt / t:7.1f}x" if tt else f"{'':8s}"
+            ts = f"{tt * 1e3:9.3f}" if tt else f"{'':9s}"
+            print(f"{label:32s} {tname:11s} {t * 1e3:9.3f} {ts} {speed} {rate:9.0f} / {PEAK}", flush=True)
+    if args.extra:
+        for label, op, inputs, make in other_cases(rng):
+            for tname in targets:
+                ex, targs = build(op, make, inputs, tname)
+                print(f"{label:32s} {tname:11s} {time_kernel(ex, targs, args.repeat) * 1e3:9.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
