@@ -9,6 +9,7 @@ already in the database count against the budget.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -71,6 +72,35 @@ def _progress_callback(bar, names, best):
     return _Progress()
 
 
+def space_for(func, target, num_cores: int):
+    """Our binary kernels are searched in their own design space (schedules/x86.design_space: register block,
+    vector lanes, cache block); float kernels in MetaSchedule's default CPU space."""
+    if func.attrs is not None and "tvm_bnn.op" in func.attrs:
+        from .schedules import x86
+
+        return ms.space_generator.ScheduleFn(functools.partial(x86.design_space, target=target,
+                                                               num_cores=num_cores))
+    return "post-order-apply"
+
+
+def _tune_contexts(tasks, work_dir, target, num_cores, seed):
+    # MetaSchedule rebuilds its logging config from the handlers already on its logger and fails on an unnamed one
+    # (left by an earlier tuning run or another library); it recreates the ones it needs.
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(ms_logger.handlers):
+        ms_logger.removeHandler(handler)
+    loggers = ms.logging.get_loggers_from_work_dir(work_dir, [t.task_name for t in tasks])
+    contexts, weights = [], []
+    for task, logger, rand_state in zip(tasks, loggers, ms.utils.fork_seed(seed, n=len(tasks))):
+        mod = task.dispatched[0]
+        contexts.append(ms.TuneContext(mod=mod, target=task.target, space_generator=space_for(mod["main"], target,
+                                                                                               num_cores),
+                                       search_strategy="evolutionary", task_name=task.task_name, logger=logger,
+                                       rand_state=rand_state, num_threads=num_cores).clone())
+        weights.append(task.weight)
+    return contexts, weights
+
+
 def extract_tasks(model, target="x86", example_inputs=None):
     """The MetaSchedule tasks of a model for ``target``: (spec, tasks, report)."""
     from .compiler import analyse, fuse_pipeline
@@ -99,9 +129,8 @@ def tune(model, target="x86", example_inputs=None, *, trials: int = 256, work_di
     names = [t.task_name for t in tasks]
     best = {}
     if remaining > 0 and tasks:
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            tasks, work_dir, space="post-order-apply", num_threads=int(spec.target.attrs["num-cores"]), seed=seed)
         num_cores = int(spec.target.attrs["num-cores"])
+        contexts, weights = _tune_contexts(tasks, work_dir, spec.target, num_cores, seed)
         evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
         # generous timeouts: LLVM builds of big candidates on a loaded 2-core machine take tens of seconds
         builder = ms.builder.LocalBuilder(max_workers=num_cores, timeout_sec=timeout_sec)

@@ -16,7 +16,7 @@ def ScheduleKernels(spec):  # noqa: N802 - TVM pass naming
             if not isinstance(func, tirx.PrimFunc) or (func.attrs is not None and func.attrs.get("tirx.is_scheduled")):
                 continue  # not TIR, or already scheduled from a tuning database
             if is_kernel(func):
-                new = x86.schedule_kernel(func, str(func.attrs["tvm_bnn.op"]), num_cores)
+                new = x86.schedule_kernel(func, str(func.attrs["tvm_bnn.op"]), num_cores, spec.target)
             else:
                 new = generic.schedule_generic(func, num_cores, spec.target)
             updates[gvar] = new
