@@ -4,34 +4,32 @@ Binarization is monotone, so it commutes with max-pooling; max-pooling ±1 value
 64 channels per instruction. Moving the pack before the pool also lets FuseThreshold reach the layer producing z.
 Matches NCHW max_pool2d only.
 """
-import tvm
 
 from .graph import Graph, is_op
 from .kernels import call_kernel, kernel_of
-from .rewrite import apply_recipes, relax_functions
+from .rewrite import rewrite_pass
 
 
-@tvm.transform.module_pass(opt_level=0, name="tvm_bnn.PackBeforeMaxPool")
-def PackBeforeMaxPool(mod, _ctx):  # noqa: N802
-    for gvar, func in relax_functions(mod):
-        graph = Graph(func)
-        recipes = {}
-        for _, value in graph.order:
-            kernel = kernel_of(mod, value)
-            if kernel is None or kernel.op != "bitpack_nchw":
-                continue
-            pool = graph.value(kernel.args[0])
-            if not is_op(pool, "nn.max_pool2d") or pool.attrs.layout != "NCHW":
-                continue
-            a = pool.attrs
-            params = dict(pool=[int(v) for v in a.pool_size], strides=[int(v) for v in a.strides],
-                          padding=[int(v) for v in a.padding], dilation=[int(v) for v in a.dilation],
-                          ceil_mode=bool(a.ceil_mode))
+def _plan(mod, graph: Graph) -> dict:
+    recipes = {}
+    for _, value in graph.order:
+        kernel = kernel_of(mod, value)
+        if kernel is None or kernel.op != "bitpack_nchw":
+            continue
+        pool = graph.value(kernel.args[0])
+        if not is_op(pool, "nn.max_pool2d") or pool.attrs.layout != "NCHW":
+            continue
+        a = pool.attrs
+        params = dict(pool=[int(v) for v in a.pool_size], strides=[int(v) for v in a.strides],
+                      padding=[int(v) for v in a.padding], dilation=[int(v) for v in a.dilation],
+                      ceil_mode=bool(a.ceil_mode))
 
-            def recipe(bb, new, z=pool.args[0], params=params):
-                packed = bb.emit(call_kernel(bb, "bitpack_nchw", [new(z)]))
-                return call_kernel(bb, "binary_maxpool", [packed], **params)
+        def recipe(bb, new, z=pool.args[0], params=params):
+            packed = bb.emit(call_kernel(bb, "bitpack_nchw", [new(z)]))
+            return call_kernel(bb, "binary_maxpool", [packed], **params)
 
-            recipes[value] = recipe
-        mod = apply_recipes(mod, gvar, recipes)
-    return mod
+        recipes[value] = recipe
+    return recipes
+
+
+PackBeforeMaxPool = rewrite_pass("tvm_bnn.PackBeforeMaxPool", _plan)

@@ -10,12 +10,11 @@ and emits ``S``. These are algebraically S but not bit-for-bit in float (PyTorch
 ±1); the compiled model computes the exact ±1. Requires common subexpressions merged (EliminateCommonSubexpr), so
 that both occurrences of ``a`` are the same variable.
 """
-import tvm
 from tvm import relax
 
 from .binarizers import is_binarizer
 from .graph import Graph, is_op
-from .rewrite import apply_recipes, relax_functions
+from .rewrite import rewrite_pass
 
 
 def _same(graph, a, b):
@@ -40,14 +39,13 @@ def _ste_target(graph: Graph, value):
     return None
 
 
-@tvm.transform.module_pass(opt_level=0, name="tvm_bnn.CanonicalizeBinarization")
-def CanonicalizeBinarization(mod, _ctx):  # noqa: N802 - TVM pass naming
-    for gvar, func in relax_functions(mod):
-        graph = Graph(func)
-        recipes = {}
-        for _, value in graph.order:
-            target = _ste_target(graph, value)
-            if target is not None:
-                recipes[value] = lambda bb, new, t=target: new(t)
-        mod = apply_recipes(mod, gvar, recipes)
-    return mod
+def _plan(mod, graph: Graph) -> dict:
+    recipes = {}
+    for _, value in graph.order:
+        target = _ste_target(graph, value)
+        if target is not None:
+            recipes[value] = lambda bb, new, t=target: new(t)
+    return recipes
+
+
+CanonicalizeBinarization = rewrite_pass("tvm_bnn.CanonicalizeBinarization", _plan)

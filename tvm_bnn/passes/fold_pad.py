@@ -5,11 +5,10 @@ are exactly what the binary kernel's border handling computes, but only if the c
 directly, so the pad is folded into the conv's own padding. Exact for float convolutions too. Matches a constant
 pad with value 0, non-negative widths, and nothing padded on N or C.
 """
-import tvm
 from tvm import relax
 
 from .graph import Graph, is_op
-from .rewrite import apply_recipes, relax_functions
+from .rewrite import rewrite_pass
 
 
 def _spatial_pad(pad_call):
@@ -23,28 +22,27 @@ def _spatial_pad(pad_call):
     return top, left, bottom, right
 
 
-@tvm.transform.module_pass(opt_level=0, name="tvm_bnn.FoldZeroPadIntoConv")
-def FoldZeroPadIntoConv(mod, _ctx):  # noqa: N802
-    for gvar, func in relax_functions(mod):
-        graph = Graph(func)
-        recipes = {}
-        for _, value in graph.order:
-            if not is_op(value, "nn.conv2d") or value.attrs.data_layout != "NCHW":
-                continue
-            pad = graph.value(value.args[0])
-            if not is_op(pad, "nn.pad"):
-                continue
-            extra = _spatial_pad(pad)
-            if extra is None:
-                continue
-            a = value.attrs
-            padding = [int(p) + e for p, e in zip(a.padding, extra)]
+def _plan(mod, graph: Graph) -> dict:
+    recipes = {}
+    for _, value in graph.order:
+        if not is_op(value, "nn.conv2d") or value.attrs.data_layout != "NCHW":
+            continue
+        pad = graph.value(value.args[0])
+        if not is_op(pad, "nn.pad"):
+            continue
+        extra = _spatial_pad(pad)
+        if extra is None:
+            continue
+        a = value.attrs
+        padding = [int(p) + e for p, e in zip(a.padding, extra)]
 
-            def recipe(bb, new, x=pad.args[0], w=value.args[1], a=a, padding=padding):
-                return relax.op.nn.conv2d(new(x), new(w), strides=a.strides, padding=padding, dilation=a.dilation,
-                                          groups=a.groups, data_layout=a.data_layout, kernel_layout=a.kernel_layout,
-                                          out_layout=a.out_layout, out_dtype=a.out_dtype)
+        def recipe(bb, new, x=pad.args[0], w=value.args[1], a=a, padding=padding):
+            return relax.op.nn.conv2d(new(x), new(w), strides=a.strides, padding=padding, dilation=a.dilation,
+                                      groups=a.groups, data_layout=a.data_layout, kernel_layout=a.kernel_layout,
+                                      out_layout=a.out_layout, out_dtype=a.out_dtype)
 
-            recipes[value] = recipe
-        mod = apply_recipes(mod, gvar, recipes)
-    return mod
+        recipes[value] = recipe
+    return recipes
+
+
+FoldZeroPadIntoConv = rewrite_pass("tvm_bnn.FoldZeroPadIntoConv", _plan)

@@ -14,14 +14,13 @@ A channel whose bit is not a step function (a non-monotone epilogue) leaves the 
 Consecutive binary layers then exchange packed bits and never materialise float tensors.
 """
 import numpy as np
-import tvm
 from tvm import relax
 
 from .channel_ops import channel_function
 from .fuse_output import FLOAT_KERNELS
 from .graph import Graph
 from .kernels import call_kernel, kernel_of
-from .rewrite import apply_recipes, relax_functions
+from .rewrite import rewrite_pass
 
 _PACK_FOR = {"binary_conv2d": "bitpack_nchw", "binary_dense": "bitpack_rows"}
 
@@ -75,39 +74,38 @@ def _chain_back(graph: Graph, mod, z):
         current = prev
 
 
-@tvm.transform.module_pass(opt_level=0, name="tvm_bnn.FuseThreshold")
-def FuseThreshold(mod, _ctx):  # noqa: N802
-    for gvar, func in relax_functions(mod):
-        graph = Graph(func)
-        recipes = {}
-        for _, value in graph.order:
-            pack = kernel_of(mod, value)
-            if pack is None or pack.op not in ("bitpack_nchw", "bitpack_rows"):
+def _plan(mod, graph: Graph) -> dict:
+    recipes = {}
+    for _, value in graph.order:
+        pack = kernel_of(mod, value)
+        if pack is None or pack.op not in ("bitpack_nchw", "bitpack_rows"):
+            continue
+        found = _chain_back(graph, mod, pack.args[0])
+        if found is None:
+            continue
+        kernel, chain = found
+        if _PACK_FOR[kernel.op] != pack.op:
+            continue
+        scale = graph.constant(kernel.args[2]).astype(np.float64)
+        bias = graph.constant(kernel.args[3]).astype(np.float64)
+        dots = np.arange(-fan_in(kernel), fan_in(kernel) + 1, dtype=np.float64)
+        t = dots[None, :] * scale[:, None] + bias[:, None]
+        for call, var_in in chain:
+            fn = channel_function(graph, call, var_in, scale.size)
+            if fn is None:
+                break
+            t = fn(t)
+        else:
+            steps = step_thresholds(t >= 0, dots.astype(np.int64))
+            if steps is None:
                 continue
-            found = _chain_back(graph, mod, pack.args[0])
-            if found is None:
-                continue
-            kernel, chain = found
-            if _PACK_FOR[kernel.op] != pack.op:
-                continue
-            scale = graph.constant(kernel.args[2]).astype(np.float64)
-            bias = graph.constant(kernel.args[3]).astype(np.float64)
-            dots = np.arange(-fan_in(kernel), fan_in(kernel) + 1, dtype=np.float64)
-            t = dots[None, :] * scale[:, None] + bias[:, None]
-            for call, var_in in chain:
-                fn = channel_function(graph, call, var_in, scale.size)
-                if fn is None:
-                    break
-                t = fn(t)
-            else:
-                steps = step_thresholds(t >= 0, dots.astype(np.int64))
-                if steps is None:
-                    continue
 
-                def recipe(bb, new, k=kernel, steps=steps):
-                    args = [new(k.args[0]), new(k.args[1]), relax.const(steps[0]), relax.const(steps[1])]
-                    return call_kernel(bb, k.op + "_bits", args, **k.params)
+            def recipe(bb, new, k=kernel, steps=steps):
+                args = [new(k.args[0]), new(k.args[1]), relax.const(steps[0]), relax.const(steps[1])]
+                return call_kernel(bb, k.op + "_bits", args, **k.params)
 
-                recipes[value] = recipe
-        mod = apply_recipes(mod, gvar, recipes)
-    return mod
+            recipes[value] = recipe
+    return recipes
+
+
+FuseThreshold = rewrite_pass("tvm_bnn.FuseThreshold", _plan)

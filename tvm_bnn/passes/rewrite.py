@@ -34,3 +34,16 @@ def apply_recipes(mod: tvm.IRModule, gvar: tvm.ir.GlobalVar, recipes: dict) -> t
 
 def relax_functions(mod: tvm.IRModule):
     return [(gv, f) for gv, f in mod.functions_items() if isinstance(f, relax.Function)]
+
+
+def rewrite_pass(name: str, plan) -> tvm.transform.Pass:
+    """A module pass that rewrites every Relax function with the recipes ``plan(mod, graph)`` returns."""
+    from .graph import Graph
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def _pass(mod, _ctx):
+        for gvar, func in relax_functions(mod):
+            mod = apply_recipes(mod, gvar, plan(mod, Graph(func)))
+        return mod
+
+    return _pass
