@@ -77,7 +77,7 @@ def measure(name, model, x, board):
           f"-> {fb.weight_bytes / s.flash_weight_bytes:.1f}x less")
     print(f"  code flash:   binarized {s.flash_code_bytes:,} B  float {max(fsizes.get('text', 0) - fb.weight_bytes, 0):,} B")
     print(f"  RAM arena:    binarized {s.ram_arena_bytes:,} B (no reuse {s.ram_arena_bytes_without_reuse:,} B)  "
-          f"float {fb.arena_bytes:,} B")
+          f"float {fb.arena_bytes:,} B; binarized stack {s.ram_stack_bytes} B")
     print(f"  binary MACs {macs:,}: {macs / s.instructions_per_inference:.2f} binary MACs per instruction "
           f"(whole model, float stem included)")
 

@@ -50,6 +50,7 @@ def test_cortex_m4_compile_run_stats_export(tiny, tmp_path):
     stats = cm.stats
     assert stats.instructions_per_inference > 1000 and stats.flash_weight_bytes > 0
     assert stats.ram_arena_bytes <= stats.ram_arena_bytes_without_reuse
+    assert stats.ram_stack_bytes is not None and 0 < stats.ram_stack_bytes < 4096
     assert "instructions per inference" in str(stats)
     out = tmp_path / "fw"
     cm.export(str(out))

@@ -19,6 +19,7 @@ class BundleStats:
     ram_arena_bytes: int
     ram_arena_bytes_without_reuse: int
     ram_static_bytes: int  # .data + .bss of the whole firmware (arena, input/output buffers, startup)
+    ram_stack_bytes: int | None  # tvm_bnn_model_run's frame + the deepest kernel's (gcc -fstack-usage)
     instructions_per_inference: int | None
     board: str
 
@@ -26,7 +27,8 @@ class BundleStats:
         ins = f"{self.instructions_per_inference:,}" if self.instructions_per_inference is not None else "-"
         return (f"{self.board}: flash {self.flash_code_bytes:,} B code + {self.flash_weight_bytes:,} B weights; "
                 f"RAM arena {self.ram_arena_bytes:,} B ({self.ram_arena_bytes_without_reuse:,} B without reuse), "
-                f"static RAM {self.ram_static_bytes:,} B; {ins} instructions per inference")
+                f"static RAM {self.ram_static_bytes:,} B, stack {self.ram_stack_bytes or 0:,} B; "
+                f"{ins} instructions per inference")
 
 
 class BundleModel:
@@ -63,13 +65,18 @@ class BundleModel:
         return y
 
     def _record(self, instructions):
+        from ..targets.qemu import stack_usage
+
         run = self.bundle.last_board_run
         sizes = getattr(run, "sizes", {}) or {}
+        usage = stack_usage(run.elf.parent) if getattr(run, "elf", None) is not None else {}
+        kernels = [usage[k] for k in self.bundle.kernels if k in usage]
+        stack = usage["tvm_bnn_model_run"] + max(kernels, default=0) if "tvm_bnn_model_run" in usage else None
         text = int(sizes.get("text", 0))
         self._stats = BundleStats(
             flash_code_bytes=max(text - self.bundle.weight_bytes, 0), flash_weight_bytes=self.bundle.weight_bytes,
             ram_arena_bytes=self.bundle.arena_bytes, ram_arena_bytes_without_reuse=self.bundle.no_reuse_bytes,
-            ram_static_bytes=int(sizes.get("data", 0)) + int(sizes.get("bss", 0)),
+            ram_static_bytes=int(sizes.get("data", 0)) + int(sizes.get("bss", 0)), ram_stack_bytes=stack,
             instructions_per_inference=int(round(instructions)), board=self.board)
 
     @property

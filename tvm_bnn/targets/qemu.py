@@ -128,7 +128,7 @@ def build_firmware(sources: Mapping[str, str], target: str | Board = "cortex-m4"
         "@RAM_KB@", str(b.ram_kb)).replace("@STACK_BYTES@", str(int(stack_bytes)))
     (workdir / "link.ld").write_text(ld)
     elf = workdir / "fw.elf"
-    cmd = [cc, *b.cflags, "-std=c99", opt, "-g", "-ffreestanding", "-nostdlib", "-Wall", "-Werror",
+    cmd = [cc, *b.cflags, "-std=c99", opt, "-g", "-fstack-usage", "-ffreestanding", "-nostdlib", "-Wall", "-Werror",
            "-ffunction-sections", "-fdata-sections", *[f"-D{d}" for d in defines], *extra_cflags,
            f"-I{STARTUP_DIR}", f"-I{workdir}", str(STARTUP_DIR / "startup_cortexm.c"), *map(str, files),
            "-T", str(workdir / "link.ld"), "-Wl,--gc-sections", "-lgcc", "-o", str(elf)]
@@ -136,6 +136,17 @@ def build_firmware(sources: Mapping[str, str], target: str | Board = "cortex-m4"
     if proc.returncode != 0:
         raise FirmwareError(f"firmware build failed:\n{' '.join(cmd)}\n{proc.stderr}")
     return elf
+
+
+def stack_usage(workdir: str | Path) -> dict:
+    """Static stack bytes per function, from the ``.su`` files gcc's -fstack-usage wrote in ``workdir``."""
+    usage = {}
+    for su in Path(workdir).glob("*.su"):
+        for line in su.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2 and parts[1].strip().isdigit():
+                usage[parts[0].rsplit(":", 1)[-1]] = int(parts[1])
+    return usage
 
 
 def elf_sizes(elf: Path) -> dict:
