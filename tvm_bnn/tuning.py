@@ -83,6 +83,12 @@ def space_for(func, target, num_cores: int):
     return "post-order-apply"
 
 
+def _search_strategy():
+    """Evolutionary search sized for a 2-core machine: MetaSchedule's default population (512, 4 generations) spends
+    ~40 s per task per round predicting costs before anything is measured; a model has ~25 tasks."""
+    return ms.search_strategy.EvolutionarySearch(population_size=96, init_min_unmeasured=16, genetic_num_iters=2)
+
+
 def _tune_contexts(tasks, work_dir, target, num_cores, seed):
     # MetaSchedule rebuilds its logging config from the handlers already on its logger and fails on an unnamed one
     # (left by an earlier tuning run or another library); it recreates the ones it needs.
@@ -95,7 +101,7 @@ def _tune_contexts(tasks, work_dir, target, num_cores, seed):
         mod = task.dispatched[0]
         contexts.append(ms.TuneContext(mod=mod, target=task.target, space_generator=space_for(mod["main"], target,
                                                                                                num_cores),
-                                       search_strategy="evolutionary", task_name=task.task_name, logger=logger,
+                                       search_strategy=_search_strategy(), task_name=task.task_name, logger=logger,
                                        rand_state=rand_state, num_threads=num_cores).clone())
         weights.append(task.weight)
     return contexts, weights
