@@ -83,6 +83,25 @@ def space_for(func, target, num_cores: int):
     return "post-order-apply"
 
 
+def worth_tuning(func) -> bool:
+    """Tasks with a reduction (conv, matmul, pooling, our popcount kernels) are tuned; purely elementwise ones (adds,
+    casts) are memory-bound, keep their default schedule, and would only take budget from the rest; so do our
+    bitpack / max-pool kernels, whose design space has no knobs."""
+    from tvm import s_tir
+
+    from .schedules.x86 import BINARY_OPS
+
+    if func.attrs is not None and "tvm_bnn.op" in func.attrs:
+        return str(func.attrs["tvm_bnn.op"]) in BINARY_OPS
+
+    try:
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        return any(int(iv.iter_type) == 2 for b in blocks for iv in sch.get(b).iter_vars)
+    except Exception:  # noqa: BLE001 - unknown structure: let MetaSchedule decide
+        return True
+
+
 def _search_strategy():
     """Evolutionary search sized for a 2-core machine: MetaSchedule's default population (512, 4 generations) spends
     ~40 s per task per round predicting costs before anything is measured; a model has ~25 tasks."""
@@ -126,6 +145,7 @@ def tune(model, target="x86", example_inputs=None, *, trials: int = 256, work_di
     if trials < 1:
         raise TvmBnnError(f"trials={trials}: the tuning budget must be at least 1")
     spec, tasks, _ = extract_tasks(model, target, example_inputs)
+    tasks = [t for t in tasks if worth_tuning(t.dispatched[0]["main"])]
     database = open_database(work_dir, create=True)
     done = {}
     for t in tasks:
