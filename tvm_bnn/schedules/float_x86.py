@@ -55,6 +55,19 @@ def isa_of(target) -> VectorISA:
     return SSE
 
 
+def _finish_register_tile(sch, block, outer_loops, unrolled, vector, lanes: int, reduction_loop):
+    """The tail shared by the conv and matmul tiles: the outer tile loops fused and parallel, the epilogue computed
+    at the tile, the register block unrolled, the lane loop vectorised, the accumulator init split off."""
+    outer = sch.fuse(*outer_loops)
+    sch.parallel(outer)
+    _fuse_epilogue(sch, block, outer, lanes)
+    for loop in unrolled:
+        sch.unroll(loop)
+    if lanes > 1:
+        sch.vectorize(vector)
+    sch.decompose_reduction(block, reduction_loop)
+
+
 class NotApplicable(Exception):
     """The PrimFunc does not have the structure this schedule expects."""
 
@@ -190,14 +203,7 @@ def schedule_conv2d_nchw(func, num_cores: int, isa: VectorISA = AVX512,
     fo_, fi_ = sch.split(f, [None, fi])
     xo_, xi_, xv_ = sch.split(x, [None, xi, lanes])
     sch.reorder(n, fo_, y, xo_, rc, ry, rx, fi_, xi_, xv_)
-    outer = sch.fuse(n, fo_, y, xo_)
-    sch.parallel(outer)
-    _fuse_epilogue(sch, conv, outer, lanes)
-    sch.unroll(fi_)
-    sch.unroll(xi_)
-    if lanes > 1:
-        sch.vectorize(xv_)
-    sch.decompose_reduction(conv, rc)
+    _finish_register_tile(sch, conv, (n, fo_, y, xo_), (fi_, xi_), xv_, lanes, rc)
     if pad is not None:
         _vector_parallel(sch, pad, num_cores, isa.lanes)
     _parallelize_rest(sch, num_cores)
@@ -277,14 +283,7 @@ def schedule_matmul(func, num_cores: int, isa: VectorISA = AVX512) -> tirx.PrimF
     io, ii = sch.split(i, [None, mi])
     jo, jj, jv = sch.split(j, [None, ji, lanes])
     sch.reorder(*batch, io, jo, k, ii, jj, jv)
-    outer = sch.fuse(*batch, io, jo)
-    sch.parallel(outer)
-    _fuse_epilogue(sch, mm, outer, lanes)
-    sch.unroll(ii)
-    sch.unroll(jj)
-    if lanes > 1:
-        sch.vectorize(jv)
-    sch.decompose_reduction(mm, k)
+    _finish_register_tile(sch, mm, (*batch, io, jo), (ii, jj), jv, lanes, k)
     _parallelize_rest(sch, num_cores)
     return sch.mod["main"]
 
