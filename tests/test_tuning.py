@@ -1,4 +1,5 @@
 """Autotuning: tasks, the database, resuming, applying it at compile time, and measuring over TVM RPC."""
+import json
 import os
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import torch
 
 import tvm_bnn
 from tvm_bnn import nn as bnn
-from tvm_bnn.tuning import extract_tasks, parse_rpc
+from tvm_bnn.tuning import BASELINE_FILE, extract_tasks, parse_rpc
 
 
 def small_model():
@@ -39,12 +40,22 @@ def test_tune_resume_and_apply(tmp_path):
     assert os.path.isfile(os.path.join(work, "database_tuning_record.json"))
     again = tvm_bnn.tune(model, "x86", (x,), trials=measured, work_dir=work, cost_model="random", progress=False)
     assert sum(r.trials for r in again) == measured  # nothing new: the budget was already spent
-    cm = tvm_bnn.compile(model, "x86", example_inputs=(x,), tuning_db=work, progress=False)
-    tuned = [gv.name_hint for gv, f in cm.scheduled.functions_items()
-             if getattr(f, "attrs", None) is not None and f.attrs.get("tirx.is_scheduled")]
-    assert tuned, "no kernel took its schedule from the database"
-    with torch.no_grad():
-        np.testing.assert_array_equal(cm(x), model(x).numpy())
+    baseline_path = os.path.join(work, BASELINE_FILE)
+    baseline = json.load(open(baseline_path))
+    assert len(baseline) == len(first) and all(v > 0 for v in baseline.values())
+
+    def tuned_kernels():
+        cm = tvm_bnn.compile(model, "x86", example_inputs=(x,), tuning_db=work, progress=False)
+        with torch.no_grad():
+            np.testing.assert_array_equal(cm(x), model(x).numpy())
+        return [gv.name_hint for gv, f in cm.scheduled.functions_items()
+                if getattr(f, "attrs", None) is not None and f.attrs.get("tirx.is_scheduled")]
+
+    # a tuned schedule is used only where it measured faster than our default one
+    json.dump({k: 1e9 for k in baseline}, open(baseline_path, "w"))
+    assert tuned_kernels(), "no kernel took its schedule from the database"
+    json.dump({k: 1e-9 for k in baseline}, open(baseline_path, "w"))
+    assert tuned_kernels() == []
 
 
 def test_bad_tuning_database(tmp_path):

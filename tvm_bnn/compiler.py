@@ -33,16 +33,9 @@ def schedule_pipeline(spec, tuning_db: str | None = None) -> tvm.transform.Pass:
     """Fuse, apply tuned schedules from ``tuning_db`` if given, and give every other PrimFunc our default."""
     passes = [fuse_pipeline()]
     if tuning_db is not None:
-        from .tuning import open_database
+        from .tuning import apply_database_pass
 
-        database = open_database(tuning_db, create=False)
-
-        @tvm.transform.module_pass(opt_level=0, name="tvm_bnn.ApplyTuningDatabase")
-        def apply_database(mod, _ctx):
-            with database:
-                return relax.transform.MetaScheduleApplyDatabase()(mod)
-
-        passes.append(apply_database)
+        passes.append(apply_database_pass(tuning_db, spec))
     passes.append(ScheduleKernels(spec))
     return tvm.transform.Sequential(passes, name="tvm_bnn.Schedule")
 

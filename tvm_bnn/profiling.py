@@ -58,6 +58,14 @@ def _random_args(func: tirx.PrimFunc, dev, rng):
     return args
 
 
+def time_primfunc(func: tirx.PrimFunc, target, number: int = 5, repeat: int = 3, rng=None) -> float:
+    """Median seconds of one scheduled PrimFunc, built alone for ``target``, on random data."""
+    dev = tvm.cpu()
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    timer = lib.mod.time_evaluator("main", dev, number=number, repeat=repeat)
+    return float(np.median(timer(*_random_args(func, dev, rng or np.random.default_rng(0))).results))
+
+
 def profile_kernels(scheduled: tvm.IRModule, target, number: int = 5, repeat: int = 3) -> list[KernelTime]:
     """Time every PrimFunc of ``scheduled`` (a module after scheduling, before VM lowering)."""
     counts = _calls(scheduled)
@@ -67,9 +75,7 @@ def profile_kernels(scheduled: tvm.IRModule, target, number: int = 5, repeat: in
     for gvar, func in scheduled.functions_items():
         if not isinstance(func, tirx.PrimFunc) or gvar.name_hint not in counts:
             continue
-        lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
-        timer = lib.mod.time_evaluator("main", dev, number=number, repeat=repeat)
-        seconds = float(np.median(timer(*_random_args(func, dev, rng)).results))
+        seconds = time_primfunc(func, target, number, repeat, rng)
         op = str(func.attrs["tvm_bnn.op"]) if func.attrs is not None and "tvm_bnn.op" in func.attrs else "float"
         out.append(KernelTime(gvar.name_hint, op, counts[gvar.name_hint], seconds))
     return sorted(out, key=lambda k: -k.total)

@@ -10,11 +10,13 @@ already in the database count against the budget.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from dataclasses import dataclass
 
 import tvm
+import tvm_ffi
 from tqdm.auto import tqdm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
@@ -54,6 +56,64 @@ def open_database(work_dir: str, create: bool) -> ms.database.JSONDatabase:
         raise TvmBnnError(f"tuning_db={work_dir!r}: the tuning database cannot be read ({exc.__class__.__name__}: "
                           f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}); delete it and "
                           "tune again") from exc
+
+
+BASELINE_FILE = "tvm_bnn_default_latency.json"
+
+
+def _as_task(func):
+    """A PrimFunc the way MetaSchedule's task extraction stores it (global symbol "main")."""
+    return func.with_attr("global_symbol", "main")
+
+
+def workload_key(func) -> str:
+    return str(tvm_ffi.structural_hash(_as_task(func)))
+
+
+def measure_defaults(tasks, spec, work_dir: str) -> dict:
+    """Latency (us) of our default schedule for each task, merged into ``work_dir``/BASELINE_FILE."""
+    from .profiling import time_primfunc
+    from .schedules.apply import default_schedule
+
+    path = os.path.join(work_dir, BASELINE_FILE)
+    baseline = json.load(open(path)) if os.path.isfile(path) else {}
+    for t in tasks:
+        func = t.dispatched[0]["main"]
+        key = workload_key(func)
+        if key not in baseline:
+            with spec.target:
+                baseline[key] = 1e6 * time_primfunc(default_schedule(func, spec), spec.target)
+    with open(path, "w") as f:
+        json.dump(baseline, f, indent=1)
+    return baseline
+
+
+def apply_database_pass(work_dir: str, spec) -> tvm.transform.Pass:
+    """Each PrimFunc takes the database's best schedule only where it measured faster than our default schedule
+    (recorded by tune()); everything else keeps the default, so a tuned build is never slower kernel by kernel."""
+    database = open_database(work_dir, create=False)
+    path = os.path.join(work_dir, BASELINE_FILE)
+    baseline = json.load(open(path)) if os.path.isfile(path) else {}
+
+    @tvm.transform.module_pass(opt_level=0, name="tvm_bnn.ApplyTuningDatabase")
+    def _pass(mod, _ctx):
+        for gvar, func in list(mod.functions_items()):
+            if not isinstance(func, tvm.tirx.PrimFunc):
+                continue
+            one = tvm.IRModule({"main": _as_task(func)})
+            record = database.query_tuning_record(one, spec.target, gvar.name_hint)
+            if record is None or not record.run_secs:
+                continue
+            tuned_us = 1e6 * sum(float(x) for x in record.run_secs) / len(record.run_secs)
+            default_us = baseline.get(workload_key(func))
+            if default_us is not None and default_us <= tuned_us:
+                continue
+            sch = database.query_schedule(one, spec.target, gvar.name_hint)
+            if sch is not None:
+                mod[gvar] = sch.mod["main"].without_attr("global_symbol").with_attr("tirx.is_scheduled", True)
+        return mod
+
+    return _pass
 
 
 def _progress_callback(bar, names, best):
@@ -176,6 +236,7 @@ def tune(model, target="x86", example_inputs=None, *, trials: int = 256, work_di
                                + [_progress_callback(bar, names, best)])
         finally:
             bar.close()
+    measure_defaults(tasks, spec, work_dir)
     results = []
     for i, t in enumerate(tasks):
         top = database.get_top_k(database.commit_workload(t.dispatched[0]), 1 << 30)
