@@ -12,7 +12,8 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 
 from .errors import InputError, TvmBnnError
 from .frontends import import_model
-from .passes import binarize_module
+from .frontends.importer import main_outputs
+from .passes import binarize_module, cleanup
 from .passes.graph import is_op, static_shape
 from .report import LayerRecord, Report
 from .schedules import ScheduleKernels
@@ -150,10 +151,7 @@ def _name_layers(mod, names):
 def analyse(model, example_inputs=None):
     """Import and run our passes without building: (imported model, optimized module, Report)."""
     imported = import_model(model, example_inputs)
-    mod = tvm.ir.transform.PassContext(opt_level=3)
-    with mod:
-        from .passes.cleanup import cleanup
-
+    with tvm.ir.transform.PassContext(opt_level=3):
         cleaned = cleanup()(imported.mod)
         names = _name_layers(cleaned, imported.layer_names)
         optimized, records = binarize_module(cleaned, names)
@@ -181,8 +179,7 @@ def compile(model, target="x86", example_inputs=None, *, tuning_db: str | None =
         steps.update()
         main = imported.mod["main"]
         inputs = [(name, static_shape(p), str(p.ty.dtype)) for name, p in zip(imported.input_names, main.params)]
-        ret = main.ret_ty if hasattr(main, "ret_ty") else None
-        num_outputs = len(ret.fields) if isinstance(ret, relax.TupleType) else 1
+        num_outputs = main_outputs(imported.mod)
         steps.update()
     finally:
         steps.close()

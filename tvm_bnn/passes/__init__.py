@@ -14,8 +14,7 @@ from .fuse_threshold import FuseThreshold
 
 
 def binarize_module(mod: tvm.IRModule, layer_names=None):
-    """Run every tvm_bnn pass; returns (module, per-layer records)."""
-    mod = cleanup()(mod)
+    """Run every tvm_bnn pass on a module already through :func:`cleanup`; returns (module, per-layer records)."""
     mod = FoldZeroPadIntoConv(mod)
     mod = CanonicalizeBinarization(mod)
     binarize = BinarizeLayers(layer_names)
