@@ -77,13 +77,16 @@ def _loop_kinds(sch, block, below=None):
 
 
 def popcount_isa(target=None) -> str:
-    """"avx512" (vpopcntq), "avx2" (vector popcount via pshufb nibble tables) or "scalar" (popcnt), from the
-    target's LLVM CPU features (``target`` defaults to ``Target.current()``, which is set during the build)."""
+    """"avx512" (vpopcntq), "avx2" (vector popcount via pshufb nibble tables), "neon" (ARM ``cnt`` on 128-bit
+    vectors) or "scalar" (popcnt), from the target's LLVM triple and CPU features (``target`` defaults to
+    ``Target.current()``, which is set during the build)."""
     from tvm.target import codegen
 
     target = target if target is not None else tvm.target.Target.current(allow_none=True)
     if target is None or target.kind.name != "llvm":
         return "avx512"
+    if is_arm(target):
+        return "neon"
     try:
         if codegen.target_has_features(["avx512vpopcntdq"], target):
             return "avx512"
@@ -94,6 +97,11 @@ def popcount_isa(target=None) -> str:
     return "scalar"
 
 
+def is_arm(target) -> bool:
+    triple = str(target.attrs.get("mtriple", "")) if target is not None else ""
+    return triple.startswith(("aarch64", "arm", "thumb"))
+
+
 def default_knobs(op: str, func, target=None) -> Knobs:
     """The default (untuned) knobs, measured on Zen 4 for each popcount ISA (bench/kernels.py):
 
@@ -101,9 +109,16 @@ def default_knobs(op: str, func, target=None) -> Knobs:
       28/14/7, 8 for 56) x 16 channels in 2 zmm for the bits output and 7x7 maps, x 8 channels for the float
       output (its NCHW stores prefer it); avx2 4 x 8 channels in ymm (LLVM's pshufb popcount); scalar 2 x 8;
     * dense (vectorised over K words): avx512 8 lanes (one zmm; or the whole word axis when it is short and not a
-      multiple of 8), 2 x 4 blocks (4 x 4 for <= 4 lanes); avx2 4 lanes, 2 x 4; scalar popcnt, 2 x 4.
+      multiple of 8), 2 x 4 blocks (4 x 4 for <= 4 lanes); avx2 4 lanes, 2 x 4; scalar popcnt, 2 x 4;
+    * neon (128-bit ``cnt``: 2 uint64 lanes): conv 4 pixels x 8 channels (16 q-register accumulators of the 32 on
+      aarch64; armv7's 16 q registers get 2 x 8), dense 2 lanes, 2 x 4.
     """
     isa = popcount_isa(target)
+    if isa == "neon":
+        wide = str(target.attrs.get("mtriple", "")).startswith("aarch64")
+        if op.startswith("binary_conv2d") and _has_block(func, "weights_t"):
+            return Knobs(tile_p=4 if wide else 2, tile_o=8, vector=2)
+        return Knobs(tile_p=2, tile_o=4, vector=_divisor_le(_reduction_words(func), 2))
     words = _reduction_words(func)
     if op.startswith("binary_conv2d") and _has_block(func, "weights_t"):
         if isa == "avx512":
