@@ -54,7 +54,10 @@ BOARDS = {
 }
 
 _PACKAGES = {"arm-none-eabi-gcc": "gcc-arm-none-eabi libnewlib-arm-none-eabi",
-             "qemu-system-arm": "qemu-system-arm", "gcc": "gcc", "clang": "clang"}
+             "qemu-system-arm": "qemu-system-arm", "qemu-system-aarch64": "qemu-system-arm", "gcc": "gcc",
+             "clang": "clang", "aarch64-linux-gnu-gcc": "gcc-aarch64-linux-gnu libc6-dev-arm64-cross",
+             "arm-linux-gnueabihf-gcc": "gcc-arm-linux-gnueabihf libc6-dev-armhf-cross",
+             "qemu-aarch64": "qemu-user", "qemu-arm": "qemu-user"}
 
 
 class FirmwareError(TvmBnnError, RuntimeError):
@@ -200,25 +203,67 @@ class HostRun:
 
 
 def run_on_host(sources: Mapping[str, str], cc: str = "gcc", workdir=None, opt: str = "-O2",
-                defines: Sequence[str] = (), extra_cflags: Sequence[str] = (), timeout: float = 60) -> HostRun:
-    """The same sources for the host: ``cc -std=c99 -Wall -Wextra -Werror`` with ``host_shim.c``, run, outputs back."""
+                defines: Sequence[str] = (), extra_cflags: Sequence[str] = (), timeout: float = 60,
+                objects: Mapping[str, bytes] | None = None, launcher: Sequence[str] = (),
+                ldflags: Sequence[str] = ()) -> HostRun:
+    """The same sources for the host: ``cc -std=c99 -Wall -Wextra -Werror`` with ``host_shim.c``, run, outputs back.
+
+    ``objects`` (file name -> bytes, e.g. LLVM-compiled kernels) are linked in; ``launcher`` runs the program (e.g.
+    ``["qemu-aarch64"]`` for a cross-compiled one, see :func:`run_linux_user`)."""
     compiler = require_tool(cc)
-    workdir = Path(workdir or tempfile.mkdtemp(prefix=f"tvm_bnn_{cc}_"))
+    workdir = Path(workdir or tempfile.mkdtemp(prefix=f"tvm_bnn_{os.path.basename(cc)}_"))
     workdir.mkdir(parents=True, exist_ok=True)
     files = _write_sources(sources, workdir)
+    for name, data in (objects or {}).items():
+        (workdir / name).write_bytes(data)
+        files.append(workdir / name)
     exe = workdir / "prog"
     cmd = [compiler, "-std=c99", opt, "-Wall", "-Wextra", "-Werror", *[f"-D{d}" for d in defines], *extra_cflags,
-           f"-I{STARTUP_DIR}", f"-I{workdir}", str(STARTUP_DIR / "host_shim.c"), *map(str, files), "-lm",
+           f"-I{STARTUP_DIR}", f"-I{workdir}", str(STARTUP_DIR / "host_shim.c"), *map(str, files), *ldflags, "-lm",
            "-o", str(exe)]
     proc = _run(cmd, workdir, 300, cc)
     if proc.returncode != 0:
-        raise FirmwareError(f"host build failed:\n{' '.join(cmd)}\n{proc.stderr}")
+        raise FirmwareError(f"build failed:\n{' '.join(cmd)}\n{proc.stderr}")
     out_path = workdir / "tvm_bnn_out.bin"
     out_path.unlink(missing_ok=True)
-    proc = _run([str(exe)], workdir, timeout, str(exe))
+    proc = _run([*launcher, str(exe)], workdir, timeout, str(exe))
     if proc.returncode != 0:
-        raise FirmwareError(f"host program exited with {proc.returncode}: {proc.stderr}")
+        raise FirmwareError(f"program exited with {proc.returncode}{' under ' + launcher[0] if launcher else ''}: "
+                            f"{proc.stderr}")
     return HostRun(out_path.read_bytes() if out_path.exists() else b"", cc, exe)
+
+
+@dataclass(frozen=True)
+class LinuxArch:
+    """An ARM Linux user-mode target: cross gcc (static link, so no sysroot at run time) and its QEMU."""
+
+    name: str
+    cc: str
+    qemu: str
+    cflags: tuple
+
+
+LINUX_ARCHES = {
+    "aarch64": LinuxArch("aarch64", "aarch64-linux-gnu-gcc", "qemu-aarch64", ("-march=armv8-a",)),
+    "armv7": LinuxArch("armv7", "arm-linux-gnueabihf-gcc", "qemu-arm",
+                       ("-march=armv7-a", "-mfpu=neon-vfpv4", "-mfloat-abi=hard")),
+}
+
+
+def linux_arch(name: str) -> LinuxArch:
+    try:
+        return LINUX_ARCHES[name]
+    except KeyError:
+        raise TvmBnnError(f"no ARM Linux emulation for {name!r}; choose one of {', '.join(LINUX_ARCHES)}") from None
+
+
+def run_linux_user(sources: Mapping[str, str], arch: str = "aarch64", objects: Mapping[str, bytes] | None = None,
+                   workdir=None, opt: str = "-O2", extra_cflags: Sequence[str] = (), timeout: float = 300) -> HostRun:
+    """Cross-compile ``sources`` (+ ``objects``) for ARM Linux (static) and run them under qemu-user."""
+    a = linux_arch(arch)
+    launcher = require_tool(a.qemu)
+    return run_on_host(sources, a.cc, workdir, opt, extra_cflags=(*a.cflags, *extra_cflags), timeout=timeout,
+                       objects=objects, launcher=[launcher], ldflags=["-static"])
 
 
 def disassemble(elf: str | Path, symbol: str) -> str:
@@ -249,7 +294,7 @@ def calibrate(target: str | Board = "cortex-m4", n: int = 1_000_000, workdir=Non
 
 def toolchain_status() -> dict:
     """Which of the external tools are installed (tool -> path or None)."""
-    return {tool: shutil.which(tool) for tool in ("arm-none-eabi-gcc", "qemu-system-arm", "gcc", "clang")}
+    return {tool: shutil.which(tool) for tool in _PACKAGES}
 
 
 def remove_workdir(path: str | Path) -> None:
