@@ -109,23 +109,33 @@ class CompiledModel:
 
     def export(self, path: str, overwrite: bool = False) -> str:
         """Write a TVM runtime library (``.so``) and its metadata; ``tvm_bnn.load(path)`` gives the model back."""
-        path = os.fspath(path)
-        if not path.endswith(".so"):
-            raise TvmBnnError(f"path={path!r}: the x86 export is a shared library; use a name ending in .so")
-        for p in (path, path + META_SUFFIX):
-            if os.path.exists(p) and not overwrite:
-                raise FileExistsError(f"{p!r} already exists; pass overwrite=True (--force on the CLI) to replace it")
-        self.executable.export_library(path)
-        meta = {"target": self.target_name, "target_json": str(self.target.export()) if self.target else "",
-                "inputs": [[n, list(s), d] for n, s, d in self.inputs], "num_outputs": self.num_outputs,
-                "report": [r.as_dict() for r in self.report]}
-        with open(path + META_SUFFIX, "w") as f:
-            json.dump(meta, f, indent=1)
-        return path
+        return write_library(self.executable, path, self.target_name, self.target, self.inputs, self.num_outputs,
+                             self.report, overwrite)
 
     def __repr__(self):
         return (f"<tvm_bnn.CompiledModel target={self.target_name} inputs={[(n, s) for n, s, _ in self.inputs]} "
                 f"binarized {self.report.num_binarized}/{len(self.report)} layers>")
+
+
+def write_library(executable, path, target_name, target, inputs, num_outputs, report, overwrite: bool = False,
+                  fcompile=None) -> str:
+    """``executable.export_library(path)`` (``fcompile``: a cross compiler) + the metadata ``load`` reads."""
+    path = os.fspath(path)
+    if not path.endswith(".so"):
+        raise TvmBnnError(f"path={path!r}: a TVM runtime library is a shared library; use a name ending in .so")
+    for p in (path, path + META_SUFFIX):
+        if os.path.exists(p) and not overwrite:
+            raise FileExistsError(f"{p!r} already exists; pass overwrite=True (--force on the CLI) to replace it")
+    if fcompile is None:
+        executable.export_library(path)
+    else:
+        executable.export_library(path, fcompile=fcompile)
+    meta = {"target": target_name, "target_json": str(target.export()) if target else "",
+            "inputs": [[n, list(s), d] for n, s, d in inputs], "num_outputs": num_outputs,
+            "report": [r.as_dict() for r in report]}
+    with open(path + META_SUFFIX, "w") as f:
+        json.dump(meta, f, indent=1)
+    return path
 
 
 def _flatten(result):
@@ -167,6 +177,8 @@ def compile(model, target="x86", example_inputs=None, *, tuning_db: str | None =
     spec = resolve_target(target)
     if spec.family == "c":
         return _compile_bundle(model, spec, example_inputs, tuning_db)
+    if spec.family == "arm":
+        return _compile_arm(model, spec, example_inputs, tuning_db)
     steps = tqdm(total=3, desc="tvm_bnn.compile", disable=(progress is False) or None, leave=False)
     try:
         steps.set_postfix_str("import + binarize")
@@ -204,6 +216,26 @@ def _compile_bundle(model, spec, example_inputs, tuning_db):
     inputs = [(name, static_shape(p), str(p.ty.dtype)) for name, p in zip(imported.input_names, main.params)]
     bundle = build_bundle(optimized, tempfile.mkdtemp(prefix="tvm_bnn_bundle_"), overwrite=True)
     return BundleModel(bundle, spec, inputs, report)
+
+
+def _compile_arm(model, spec, example_inputs, tuning_db):
+    """ARM Linux: a bundle whose kernels TVM's LLVM codegen compiled for the board (run here under qemu-user), and
+    the scheduled module, built into a cross-compiled TVM runtime library on ``export("model.so")``."""
+    import tempfile
+
+    from .deploy.bundle import build_bundle
+    from .deploy.bundle_model import BundleModel
+    from .targets import qemu
+
+    arch = qemu.linux_arch(spec.board)
+    qemu.require_tool(arch.cc)  # fail early, naming the package, rather than at the first call
+    imported, optimized, report = analyse(model, example_inputs)
+    main = imported.mod["main"]
+    inputs = [(name, static_shape(p), str(p.ty.dtype)) for name, p in zip(imported.input_names, main.params)]
+    bundle = build_bundle(optimized, tempfile.mkdtemp(prefix="tvm_bnn_bundle_"), overwrite=True, target=spec)
+    with spec.target:
+        scheduled = schedule_pipeline(spec, tuning_db)(optimized)
+    return BundleModel(bundle, spec, inputs, report, scheduled=scheduled)
 
 
 def load(path: str) -> CompiledModel:

@@ -38,6 +38,7 @@ from tvm import relax
 from ..errors import TvmBnnError
 from ..targets import qemu
 from ..targets.c_codegen import _CTYPES, c_array, generate_c
+from ..targets.llvm_object import generate_object
 from .lean import inline_intermediates
 
 ALIGN = 16
@@ -137,6 +138,8 @@ class Bundle:
     math_functions: tuple  # libm functions the kernels call (link -lm)
     intermediate_bytes: int = 0  # sum of the intermediate tensors' sizes (no scratch)
     plan: list = field(default_factory=list)  # arena blocks: (label, offset, nbytes, first step, last step)
+    objects: dict = field(default_factory=dict)  # name -> bytes: LLVM-compiled kernels (ARM), linked with the C
+    arch: str | None = None  # the ARM Linux architecture the objects are for (targets/qemu.LINUX_ARCHES)
     last_board_run: object = None
 
     def _main(self, x: np.ndarray) -> str:
@@ -164,6 +167,21 @@ class Bundle:
                 shutil.rmtree(tmp, ignore_errors=True)
         return self._result(run.output)
 
+    def run_linux(self, x: np.ndarray, workdir=None, opt: str = "-O2") -> np.ndarray:
+        """Cross-compile the bundle + a main holding ``x`` for its ARM Linux architecture (static) and run it
+        under qemu-user."""
+        if self.arch is None:
+            raise BundleError("this bundle is not built for ARM Linux (no arch)")
+        srcs = dict(self.sources, **{"test_main.c": self._main(x)})
+        tmp = None if workdir else tempfile.mkdtemp(prefix=f"tvm_bnn_bundle_{self.arch}_")
+        try:
+            run = qemu.run_linux_user(srcs, self.arch, self.objects, workdir=workdir or tmp, opt=opt,
+                                      extra_cflags=CFLAGS_EXTRA)
+        finally:
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return self._result(run.output)
+
     def run_board(self, x: np.ndarray, board: str = "cortex-m4", workdir=None, opt: str = "-O2") -> tuple:
         """Firmware of the bundle + a main holding ``x`` on an emulated board: (output, instructions of one
         ``tvm_bnn_model_run``). The BoardRun (sizes of .text/.data/.bss) is kept in ``last_board_run``."""
@@ -185,12 +203,26 @@ def _c_name(name: str, used: set) -> str:
     return out
 
 
+def _serial_schedule(func, spec):
+    """Our default schedule for ``spec``'s target (its parallel loops are made serial by ``generate_object``)."""
+    from ..schedules.apply import default_schedule
+
+    with spec.target:
+        return default_schedule(func, spec)
+
+
 def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_shape=None, *,
-                 overwrite: bool = False, lean: bool = True) -> Bundle:
+                 overwrite: bool = False, lean: bool = True, target=None) -> Bundle:
     """Write a standalone C bundle of ``optimized_mod`` (from ``tvm_bnn.compiler.analyse``) into ``out_dir``.
 
-    ``lean``: inline the kernels' injective intermediate stages (``deploy.lean``), which shrinks the arena."""
+    ``lean``: inline the kernels' injective intermediate stages (``deploy.lean``), which shrinks the arena.
+    ``target``: None for plain C kernels (TVM's C codegen), or a ``TargetSpec`` of family "arm": the kernels then
+    get our vectorised schedules (serial: a bundle has no thread pool) and TVM's LLVM codegen compiles them into
+    ``kernels.o`` (``targets.llvm_object``); ``model.c`` only declares and calls them."""
     from ..compiler import fuse_pipeline
+
+    llvm = target is not None and target.family != "c"
+    lean = lean and not llvm  # the vectorised schedules need the kernels' stages as the ops define them
 
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -225,6 +257,7 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
     consts = []  # (relax Constant, _Tensor)
     steps = []
     funcs = {}  # C name -> PrimFunc
+    raw_funcs = {}  # C name -> the PrimFunc as fused, before the lean schedule
     c_names = {}  # GlobalVar name -> C name
     used = set()
 
@@ -293,6 +326,7 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
             if gv.name_hint not in c_names:
                 c_names[gv.name_hint] = _c_name(gv.name_hint, used)
                 funcs[c_names[gv.name_hint]] = inline_intermediates(func) if lean else func
+            raw_funcs[c_names[gv.name_hint]] = func
             out = _Tensor(var.name, dtype, shape, _Storage("arena", 0))
             out.storage.nbytes = out.nbytes
             steps.append(_Step(c_names[gv.name_hint], args + [out], out))
@@ -309,9 +343,14 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
     if not steps:
         raise BundleError("the model has no kernel call")
 
-    src = generate_c(funcs)
+    if llvm:
+        src = generate_object({name: _serial_schedule(func, target) for name, func in raw_funcs.items()},
+                              target.target)
+        math = tuple(f for f in _MATH_FUNCS if re.search(rf"^declare .*@{f}\(", src.llvm_ir, re.M))
+    else:
+        src = generate_c(funcs)
+        math = tuple(f for f in _MATH_FUNCS if re.search(rf"\b{f}\(", src.code))
     code = src.code
-    math = tuple(f for f in _MATH_FUNCS if re.search(rf"\b{f}\(", code))
 
     # storage lifetimes, the output in place
     copy_output = out_t.storage.kind in ("input", "const")
@@ -413,13 +452,19 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
 
     out_dir.mkdir(parents=True, exist_ok=True)
     sources = {"model.h": header, "model.c": model_c, "weights.c": weights_c}
+    objects = {"kernels.o": src.object_bytes} if llvm else {}
+    arch = target.board if llvm else None
     files = {}
-    for name, text in list(sources.items()) + [("Makefile", _makefile(math)), ("README.md", _readme(
-            in_tensor, out_t, arena_bytes, no_reuse, weight_bytes, steps, math))]:
+    for name, text in list(sources.items()) + [("Makefile", _makefile(math, arch)), ("README.md", _readme(
+            in_tensor, out_t, arena_bytes, no_reuse, weight_bytes, steps, math, arch))]:
         (out_dir / name).write_text(text)
         files[name] = out_dir / name
+    for name, data in objects.items():
+        (out_dir / name).write_bytes(data)
+        files[name] = out_dir / name
     return Bundle(out_dir, files, sources, arena_bytes, no_reuse, weight_bytes, in_shape, tuple(out_t.shape),
-                  in_tensor.dtype, out_t.dtype, [s.kernel for s in steps], math, intermediate, blocks)
+                  in_tensor.dtype, out_t.dtype, [s.kernel for s in steps], math, intermediate, blocks,
+                  objects=objects, arch=arch)
 
 
 def _const_array(t: _Tensor, consts) -> np.ndarray:
@@ -429,7 +474,31 @@ def _const_array(t: _Tensor, consts) -> np.ndarray:
     raise AssertionError(t.name)
 
 
-def _makefile(math) -> str:
+def _makefile(math, arch=None) -> str:
+    if arch is not None:
+        a = qemu.linux_arch(arch)
+        return f"""# Builds libtvm_bnn_model.a for {arch} Linux: make [CROSS={a.cc[:-3]}]
+# kernels.o holds the kernels (NEON), compiled by TVM's LLVM codegen for {arch}; model.c calls them.
+CROSS ?= {a.cc[:-3]}
+OPT ?= -O2
+CC = $(CROSS)gcc
+AR = $(CROSS)ar
+CFLAGS += {' '.join(a.cflags)} -std=c99 $(OPT) -fno-strict-aliasing -Wall -Wextra
+# link the library with your program and -lm
+
+OBJS = model.o weights.o kernels.o
+
+libtvm_bnn_model.a: $(OBJS)
+	$(AR) rcs $@ $^
+
+%.o: %.c model.h
+	$(CC) $(CFLAGS) -c $< -o $@
+
+clean:
+	rm -f model.o weights.o libtvm_bnn_model.a
+
+.PHONY: clean
+"""
     return f"""# Builds libtvm_bnn_model.a for a Cortex-M: make [CPU=cortex-m7] [FLOAT_ABI=softfp] [FPU=fpv5-d16]
 CROSS ?= arm-none-eabi-
 CPU ?= cortex-m4
@@ -464,9 +533,28 @@ clean:
 """
 
 
-def _readme(in_t, out_t, arena, no_reuse, weights, steps, math) -> str:
+def _readme(in_t, out_t, arena, no_reuse, weights, steps, math, arch=None) -> str:
     libm = "; the kernels call " + ", ".join(f"`{m}`" for m in math) + " (link `-lm`)" if math else ""
     calls = "\n".join(f"{i + 1}. `{s.kernel}` -> {s.out.dtype}{list(s.out.shape)}" for i, s in enumerate(steps))
+    if arch is not None:
+        a = qemu.linux_arch(arch)
+        return f"""# tvm_bnn model bundle for {arch} Linux
+
+Generated by `tvm_bnn.deploy.bundle.build_bundle`: the kernels (NEON popcount) in `kernels.o`, compiled by TVM's
+LLVM codegen for {arch}; `model.c` (the run function over one static arena) and `weights.c` in C99. No TVM
+runtime, no malloc, single-threaded{libm}.
+
+- `model.h`: `int tvm_bnn_model_run(const {_CTYPES[in_t.dtype]} *in, {_CTYPES[out_t.dtype]} *out);`
+  input {in_t.dtype}{list(in_t.shape)} (`TVM_BNN_INPUT_SIZE` values), output {out_t.dtype}{list(out_t.shape)}.
+- Arena: {arena} bytes (`TVM_BNN_ARENA_BYTES`; {no_reuse} bytes without reuse); weights: {weights} bytes.
+
+Build: `make` ({a.cc}) gives `libtvm_bnn_model.a`; link it into your program with `-lm`, or build directly:
+`{a.cc} {' '.join(a.cflags)} -O2 -fno-strict-aliasing main.c model.c weights.c kernels.o -lm`.
+
+Calls per inference:
+
+{calls}
+"""
     return f"""# tvm_bnn model bundle
 
 Generated by `tvm_bnn.deploy.bundle.build_bundle`: plain C99, no TVM runtime, no malloc, no libc beyond what gcc

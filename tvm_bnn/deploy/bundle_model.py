@@ -1,4 +1,5 @@
-"""The callable a bare-metal compile returns: a C bundle that runs on an emulated board (or the host for "c")."""
+"""The callable a bundle compile returns: a C bundle that runs on an emulated Cortex-M board, under qemu-user
+(ARM Linux, with LLVM-compiled NEON kernels) or on the host (target "c")."""
 from __future__ import annotations
 
 import os
@@ -32,12 +33,16 @@ class BundleStats:
 
 
 class BundleModel:
-    """``cm(x)`` builds firmware around the bundle and runs it under QEMU (target "c": with the host's gcc)."""
+    """``cm(x)`` builds firmware around the bundle and runs it under QEMU (target "c": with the host's gcc; ARM
+    Linux targets: a static program under qemu-aarch64 / qemu-arm)."""
 
-    def __init__(self, bundle, spec, inputs, report):
+    def __init__(self, bundle, spec, inputs, report, scheduled=None):
         self.bundle = bundle
+        self.spec = spec
         self.target_name = spec.name
-        self.board = spec.board
+        self.board = spec.board if spec.family == "c" else None
+        self.arch = spec.board if spec.family == "arm" else None
+        self.scheduled = scheduled  # ARM: the scheduled Relax module, built into a runtime library by export(.so)
         self.inputs = inputs
         self.report = report
         self.num_outputs = 1
@@ -58,6 +63,8 @@ class BundleModel:
 
     def __call__(self, *args):
         x = self._input(args)
+        if self.arch is not None:
+            return self.bundle.run_linux(x)
         if self.board is None:
             return self.bundle.run_host(x)
         y, instructions = self.bundle.run_board(x, self.board)
@@ -89,8 +96,12 @@ class BundleModel:
         return self._stats
 
     def export(self, path: str, overwrite: bool = False) -> str:
-        """Copy the C bundle (model.h, model.c, weights.c, Makefile, README.md) into directory ``path``."""
+        """Copy the C bundle (model.h, model.c, weights.c, Makefile, README.md; kernels.o on ARM) into directory
+        ``path``. ARM targets: a ``path`` ending in ``.so`` is a TVM runtime library cross-compiled for the board
+        (multi-threaded; ``tvm_bnn.load`` it there)."""
         path = os.fspath(path)
+        if path.endswith(".so"):
+            return self._export_library(path, overwrite)
         if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
             if not overwrite:
                 raise FileExistsError(f"{path!r} exists and is not empty; pass overwrite=True (--force on the CLI) "
@@ -98,6 +109,21 @@ class BundleModel:
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         shutil.copytree(self.bundle.out_dir, path, dirs_exist_ok=True)
         return path
+
+    def _export_library(self, path: str, overwrite: bool) -> str:
+        from tvm import relax
+        from tvm.support import cc
+
+        from ..compiler import lower_pipeline, write_library
+        from ..targets import qemu
+
+        if self.scheduled is None:
+            raise TvmBnnError(f"target {self.target_name!r} exports a C bundle directory, not a .so; "
+                              "use an ARM Linux or x86 target for a TVM runtime library")
+        compiler = qemu.require_tool(qemu.linux_arch(self.arch).cc)
+        executable = relax.build(self.scheduled, self.spec.target, relax_pipeline=lower_pipeline(self.spec))
+        return write_library(executable, path, self.target_name, self.spec.target, self.inputs, self.num_outputs,
+                             self.report, overwrite, fcompile=cc.cross_compiler(compiler))
 
     def __repr__(self):
         return (f"<tvm_bnn.BundleModel target={self.target_name} input={self.inputs[0][1]} "

@@ -25,6 +25,7 @@ from tvm import s_tir, tirx
 
 from .c_codegen import CCodegenError, CKernel, CSource, _c_ident, raw_pointer_func
 
+_MAX_STACK_BYTES = 1024  # TVM's kMaxStackAlloca: larger allocations go to TVMBackendAllocWorkspace
 _CALLING_CONV_C = 1  # tvm::CallingConv::kCPackedFunc: "the signature is already what the caller expects"
 _RUNTIME_CALL = re.compile(r"^declare .*@(TVMBackend\w+|TVMFFI\w+|__tvm_ffi\w+)\(", re.M)
 
@@ -47,21 +48,35 @@ _PLACE_ALLOCATIONS = tvm.transform.Sequential([
     s_tir.transform.CompactBufferAllocation()])
 
 
+def _nbytes(buf) -> int:
+    n = tvm.DataType(str(buf.dtype)).bits // 8 * tvm.DataType(str(buf.dtype)).lanes
+    for d in buf.shape:
+        n *= int(d) if isinstance(d, tirx.IntImm) else 1 << 30
+    return n
+
+
 def _serial_and_writes(func: tirx.PrimFunc) -> tuple:
-    """(the PrimFunc with every parallel loop of its block tree made serial, the buffers its blocks write).
+    """(the PrimFunc with every parallel loop of its block tree made serial and every nested allocation of
+    ``_MAX_STACK_BYTES`` or more moved to the root block, the buffers its blocks write).
 
-    A standalone bundle has no thread pool. Statements this does not descend into keep their loops;
-    ``generate_object`` then refuses the result (it would call TVMBackendParallelLaunch)."""
-    written = []
+    A standalone bundle has neither a thread pool nor TVM's workspace allocator (which LLVM codegen calls for large
+    nested allocations); once serial, a nested buffer can live at the root: one iteration's values never reach the
+    next. Statements this does not descend into keep their loops and allocations; ``generate_object`` then refuses
+    the result (it would call the TVM runtime)."""
+    written, lifted = [], []
 
-    def visit(stmt):
+    def visit(stmt, root=False):
         if isinstance(stmt, s_tir.SBlockRealize):
-            return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, visit(stmt.block))
+            return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, visit(stmt.block, root))
         if isinstance(stmt, s_tir.SBlock):
             written.extend(region.source for region in stmt.writes)
             init = visit(stmt.init) if stmt.init is not None else None
-            return s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, visit(stmt.body), init,
-                                stmt.alloc_buffers, stmt.match_buffers, stmt.annotations)
+            keep = [b for b in stmt.alloc_buffers if root or _nbytes(b) < _MAX_STACK_BYTES]
+            lifted.extend(b for b in stmt.alloc_buffers if not any(b.same_as(k) for k in keep))
+            body = visit(stmt.body)
+            allocs = keep + lifted if root else keep
+            return s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, body, init,
+                                allocs, stmt.match_buffers, stmt.annotations)
         if isinstance(stmt, tirx.SeqStmt):
             return tirx.SeqStmt([visit(s) for s in stmt.seq])
         if isinstance(stmt, tirx.For):
@@ -73,18 +88,37 @@ def _serial_and_writes(func: tirx.PrimFunc) -> tuple:
                                    visit(stmt.else_case) if stmt.else_case is not None else None)
         return stmt
 
-    return func.with_body(visit(func.body)), written
+    return func.with_body(visit(func.body, root=True)), written
+
+
+def _global_scope(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """Every "local" buffer (a schedule's register tile) in the "global" scope: on a CPU they are the same memory,
+    but LowerTVMBuiltin only puts small *global* allocations on the stack; the others would need the workspace."""
+    sch = s_tir.Schedule(func)
+    todo = list(sch.get_child_blocks(sch.get_sblock("root")))
+    while todo:
+        block = todo.pop()
+        todo.extend(sch.get_child_blocks(block))
+        for i, region in enumerate(sch.get(block).writes):
+            if region.source.scope() == "local":
+                sch.set_scope(block, i, "global")
+    return sch.mod["main"]
 
 
 def _object_kernel(name: str, func: tirx.PrimFunc) -> tuple:
     """One kernel -> (PrimFunc with pointer parameters and a C calling convention, CKernel)."""
-    placed = _PLACE_ALLOCATIONS(tvm.IRModule({"main": func}))["main"]
+    placed = _PLACE_ALLOCATIONS(tvm.IRModule({"main": _global_scope(func)}))["main"]
     serial, written = _serial_and_writes(placed)
     raw, params = raw_pointer_func(serial)
     buffers = list(serial.params)
     params = tuple(dataclasses.replace(p, readonly=i < len(buffers) and not any(
         w.same_as(buffers[i]) for w in written)) for i, p in enumerate(params))
-    raw = raw.with_attr("global_symbol", name).with_attr("calling_conv", _CALLING_CONV_C)
+    # MakePackedAPI, which we skip, is what tells LowerTVMBuiltin that the code runs on the CPU; without it every
+    # allocation would go to TVMBackendAllocWorkspace. With it, those under _MAX_STACK_BYTES are stack arrays.
+    zero = tirx.const(0, "int32")
+    body = tirx.AttrStmt(zero, "device_type", tirx.const(1, "int32"),  # kDLCPU
+                         tirx.AttrStmt(zero, "device_id", zero, raw.body))
+    raw = raw.with_body(body).with_attr("global_symbol", name).with_attr("calling_conv", _CALLING_CONV_C)
     return raw, CKernel(name, params)
 
 
@@ -106,7 +140,7 @@ def generate_object(kernels: Mapping[str, tirx.PrimFunc] | Sequence[tuple], targ
     try:
         with tvm.transform.PassContext(opt_level=opt_level):
             lib = tvm.compile(tvm.IRModule(funcs), target=target)
-    except tvm.error.TVMError as exc:
+    except (tvm.error.InternalError, RuntimeError, ValueError) as exc:
         raise CCodegenError(f"TVM's LLVM codegen failed for {target}: {exc}") from exc
     module = getattr(lib, "mod", lib)
     llvm_ir = module.inspect_source("ll")

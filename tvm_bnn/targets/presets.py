@@ -16,9 +16,11 @@ from ..errors import UnknownTargetError
 @dataclass(frozen=True)
 class TargetSpec:
     name: str  # the preset name, or "custom"
-    family: str  # "x86" (schedules/x86.py, TVM runtime library) or "c" (standalone C bundle, deploy/bundle.py)
+    family: str  # "x86" (TVM runtime library), "c" (standalone C bundle, deploy/bundle.py) or "arm" (both:
+    # a cross-compiled TVM runtime library to export, a bundle with LLVM-compiled NEON kernels to run here)
     target: tvm.target.Target
-    board: str | None = None  # emulated board that runs a "c" bundle (targets/qemu.py); None: the host's gcc
+    board: str | None = None  # "c": the emulated board (targets/qemu.BOARDS), None: the host's gcc;
+    # "arm": the qemu-user architecture (targets/qemu.LINUX_ARCHES)
 
     @property
     def popcount_isa(self) -> str:
@@ -30,6 +32,8 @@ class TargetSpec:
             return "avx512-vpopcntdq"
         if self.family == "c":
             return "SWAR software popcount in C (Cortex-M has no popcount instruction)"
+        if self.family == "arm":
+            return "NEON cnt (vcnt.8 on armv7) with pairwise widening adds"
         if mcpu in ("", "generic", "x86-64") and not any(a in mattr for a in ("+popcnt", "+avx2")):
             return "none (generic CPU: software popcount)"
         return "popcnt"
@@ -68,8 +72,30 @@ _C_PRESETS = {
 }
 
 
+_ARM_PRESETS = {
+    "aarch64": ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"],
+                 "num-cores": 4}, "aarch64", "64-bit ARM Linux with NEON (e.g. Raspberry Pi 4); cm(x) runs "
+                                             "under qemu-aarch64"),
+    "aarch64-dotprod": ({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76",
+                         "mattr": ["+neon", "+dotprod"], "num-cores": 4}, "aarch64",
+                        "64-bit ARM Linux with NEON and the dot-product extension (Cortex-A76 and later)"),
+    "armv7": ({"kind": "llvm", "mtriple": "armv7a-linux-gnueabihf", "mcpu": "cortex-a7",
+               "mattr": ["+neon", "+vfp4"], "mfloat-abi": "hard", "num-cores": 4}, "armv7",
+              "32-bit ARM Linux, armv7-a NEON, hard float (e.g. Raspberry Pi 2); cm(x) runs under qemu-arm"),
+}
+
+
 def known_targets() -> dict:
-    return {**{name: desc for name, (_, _, desc) in _PRESETS.items()}, **_C_PRESETS}
+    return {**{name: desc for name, (_, _, desc) in _PRESETS.items()}, **_C_PRESETS,
+            **{name: desc for name, (_, _, desc) in _ARM_PRESETS.items()}}
+
+
+def _arm_arch(triple: str) -> str | None:
+    if triple.startswith("aarch64"):
+        return "aarch64"
+    if triple.startswith(("armv7", "thumbv7a", "armv8")) and "eabihf" in triple:
+        return "armv7"
+    return None
 
 
 def resolve_target(target) -> TargetSpec:
@@ -80,17 +106,25 @@ def resolve_target(target) -> TargetSpec:
         key = target.strip().lower()
         if key in _C_PRESETS:
             return TargetSpec(key, "c", tvm.target.Target({"kind": "c"}), None if key == "c" else key)
+        if key in _ARM_PRESETS:
+            cfg, arch, _ = _ARM_PRESETS[key]
+            return TargetSpec(key, "arm", tvm.target.Target(cfg), arch)
         if key not in _PRESETS:
-            choices = ", ".join(f"{n!r}" for n in list(_PRESETS) + list(_C_PRESETS))
+            choices = ", ".join(f"{n!r}" for n in list(_PRESETS) + list(_C_PRESETS) + list(_ARM_PRESETS))
             raise UnknownTargetError(f"target={target!r} is not a known target; choose one of {choices}, "
                                      "or pass a TVM target dict such as {'kind': 'llvm', 'mcpu': 'znver4'}")
         family, make, _ = _PRESETS[key]
         return TargetSpec(key, family, tvm.target.Target(make()))
     if isinstance(target, dict | tvm.target.Target):
         tgt = tvm.target.Target(target) if isinstance(target, dict) else target
-        if tgt.kind.name != "llvm" or "arm" in str(tgt.attrs.get("mtriple", "")) or \
-                "aarch64" in str(tgt.attrs.get("mtriple", "")) or "thumb" in str(tgt.attrs.get("mtriple", "")):
-            raise UnknownTargetError(f"target={target!r}: only x86 LLVM targets are supported by this version")
+        triple = str(tgt.attrs.get("mtriple", ""))
+        if tgt.kind.name == "llvm" and _arm_arch(triple):
+            if "num-cores" not in tgt.attrs:
+                tgt = tvm.target.Target({**_as_dict(tgt), "num-cores": 4})
+            return TargetSpec("custom", "arm", tgt, _arm_arch(triple))
+        if tgt.kind.name != "llvm" or triple.startswith(("arm", "aarch64", "thumb")):
+            raise UnknownTargetError(f"target={target!r}: LLVM targets for x86, aarch64-linux-gnu and "
+                                     "armv7a-linux-gnueabihf are supported; for a Cortex-M use 'cortex-m4' etc.")
         if "num-cores" not in tgt.attrs:
             tgt = tvm.target.Target({**_x86(str(tgt.attrs.get("mcpu", "")) or None), **_as_dict(tgt)})
         return TargetSpec("custom", "x86", tgt)
@@ -99,4 +133,4 @@ def resolve_target(target) -> TargetSpec:
 
 def _as_dict(tgt):
     return {k: (list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v)
-            for k, v in tgt.export().items() if k in ("kind", "mcpu", "mattr", "mtriple", "num-cores")}
+            for k, v in tgt.export().items() if k in ("kind", "mcpu", "mattr", "mtriple", "mfloat-abi", "num-cores")}
