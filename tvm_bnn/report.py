@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 
 @dataclass
 class LayerRecord:
@@ -26,6 +28,11 @@ class Report(list):
     @property
     def num_binarized(self) -> int:
         return sum(r.binarized for r in self)
+
+    @property
+    def binary_macs(self) -> int:
+        """Multiply-accumulates the binarized layers do per inference (one per weight per output element)."""
+        return sum(int(np.prod(r.weight_shape[1:])) * int(np.prod(r.output_shape)) for r in self if r.binarized)
 
     @property
     def weight_bytes_float(self) -> int:

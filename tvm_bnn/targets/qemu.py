@@ -90,12 +90,17 @@ def _run(cmd, cwd, timeout, what):
     return proc
 
 
-def _write_sources(sources: Mapping[str, str], workdir: Path) -> list:
+def _write_sources(sources: Mapping[str, str | bytes], workdir: Path) -> list:
+    """Write the files; return those to compile (``.c``, ``.S``). Bytes values are data (e.g. a weights blob that
+    a ``.S`` file ``.incbin``s), written but not compiled."""
     files = []
     for name, text in sources.items():
         path = workdir / name
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+            continue
         path.write_text(text)
-        if name.endswith(".c"):
+        if name.endswith((".c", ".S")):
             files.append(path)
     return files
 
@@ -110,11 +115,12 @@ class BoardRun:
     elf: Path
     sizes: dict = field(default_factory=dict)  # text/data/bss bytes
     stderr: str = ""
+    icount_shift: int = ICOUNT_SHIFT
 
     @property
     def instructions(self) -> float:
         """Executed instructions inside the begin/end regions (see the module docstring)."""
-        return self.ticks * (1e9 / self.board.clock_hz) / 2 ** ICOUNT_SHIFT
+        return self.ticks * (1e9 / self.board.clock_hz) / 2 ** self.icount_shift
 
 
 def build_firmware(sources: Mapping[str, str], target: str | Board = "cortex-m4", workdir: str | Path | None = None,
@@ -264,6 +270,50 @@ def run_linux_user(sources: Mapping[str, str], arch: str = "aarch64", objects: M
     launcher = require_tool(a.qemu)
     return run_on_host(sources, a.cc, workdir, opt, extra_cflags=(*a.cflags, *extra_cflags), timeout=timeout,
                        objects=objects, launcher=[launcher], ldflags=["-static"])
+
+
+AARCH64_ICOUNT_SHIFT = 0  # 1 ns of virtual time per instruction; the 62.5 MHz counter then ticks every 16
+
+
+def count_aarch64(sources: Mapping[str, str], objects: Mapping[str, bytes] | None = None, workdir=None,
+                  opt: str = "-O2", extra_cflags: Sequence[str] = (), timeout: float = 1800,
+                  stack_bytes: int = 1 << 20) -> BoardRun:
+    """Instructions of the begin/end regions of ``sources`` (+ ``objects``) on a bare-metal AArch64 (QEMU virt,
+    Cortex-A72, ``-icount``; startup ``deploy/startup/startup_aarch64.c``). qemu-user has no instruction count; the
+    same C and objects run here without an OS. ``BoardRun.instructions`` is the count; outputs as for a board."""
+    cc = require_tool("aarch64-linux-gnu-gcc")
+    qemu = require_tool("qemu-system-aarch64")
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="tvm_bnn_a64_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = _write_sources(sources, workdir)
+    for name, data in (objects or {}).items():
+        (workdir / name).write_bytes(data)
+        files.append(workdir / name)
+    ld = (STARTUP_DIR / "aarch64_virt.ld.in").read_text().replace("@STACK_BYTES@", str(int(stack_bytes)))
+    (workdir / "link.ld").write_text(ld)
+    elf = workdir / "fw.elf"
+    cmd = [cc, "-march=armv8-a", "-std=c99", opt, "-ffreestanding", "-nostdlib", "-static", "-fno-pic", "-no-pie",
+           "-Wall", "-Werror", *extra_cflags, f"-I{STARTUP_DIR}", f"-I{workdir}",
+           str(STARTUP_DIR / "startup_aarch64.c"), *map(str, files), "-T", str(workdir / "link.ld"), "-lgcc",
+           "-o", str(elf)]
+    proc = _run(cmd, workdir, 300, "aarch64-linux-gnu-gcc")
+    if proc.returncode != 0:
+        raise FirmwareError(f"bare-metal aarch64 build failed:\n{' '.join(cmd)}\n{proc.stderr}")
+    for name in ("tvm_bnn_out.bin", "tvm_bnn_ticks.bin"):
+        (workdir / name).unlink(missing_ok=True)
+    run = [qemu, "-M", "virt", "-cpu", "cortex-a72", "-m", "2048", "-display", "none", "-serial", "none",
+           "-monitor", "none", "-nodefaults", "-semihosting-config", "enable=on,target=native",
+           "-icount", f"shift={AARCH64_ICOUNT_SHIFT},align=off,sleep=off", "-kernel", str(elf)]
+    proc = _run(run, workdir, timeout, "qemu-system-aarch64")
+    ticks_path = workdir / "tvm_bnn_ticks.bin"
+    if proc.returncode != 0 or not ticks_path.exists():
+        raise FirmwareError(f"bare-metal aarch64 program failed (exit {proc.returncode}): {proc.stderr.strip()}")
+    ticks, regions, overhead, freq = struct.unpack("<4Q", ticks_path.read_bytes()[:32])
+    a64 = Board("cortex-a72", "virt", (), 0, 2 << 20, int(freq))
+    out_path = workdir / "tvm_bnn_out.bin"
+    return BoardRun(output=out_path.read_bytes() if out_path.exists() else b"", exit_code=0,
+                    ticks=max(0, ticks - regions * overhead), regions=regions, board=a64, elf=elf,
+                    sizes=elf_sizes(elf), stderr=proc.stderr, icount_shift=AARCH64_ICOUNT_SHIFT)
 
 
 def disassemble(elf: str | Path, symbol: str) -> str:

@@ -1,0 +1,216 @@
+"""ARM Linux targets (aarch64, armv7 NEON): kernels compiled by TVM's LLVM codegen into plain-C-ABI objects and run
+under qemu-user, whole models against PyTorch, the cross-compiled runtime library, and the bare-metal AArch64
+instruction counter.
+
+A missing toolchain skips these tests, except under CI=true, where it fails them.
+"""
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from tvm import te
+
+import tvm_bnn
+from tvm_bnn import nn as bnn
+from tvm_bnn.errors import ToolchainMissingError, UnknownTargetError
+from tvm_bnn.ops import binary_conv2d, binary_dense, binary_maxpool, bitpack, epilogue
+from tvm_bnn.schedules.apply import default_schedule
+from tvm_bnn.targets import qemu, resolve_target
+from tvm_bnn.targets.c_codegen import harness_main
+from tvm_bnn.targets.llvm_object import generate_object
+
+from ..conftest import randomize_batchnorm
+
+ARCHES = ["aarch64", "armv7"]
+ELF_MACHINE = {"aarch64": 0xB7, "armv7": 0x28}
+
+
+def need_arch(arch):
+    tools = [qemu.linux_arch(arch).cc, qemu.linux_arch(arch).qemu]
+    for tool in tools:
+        try:
+            qemu.require_tool(tool)
+        except ToolchainMissingError as exc:
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(f"CI=true and the toolchain is missing: {exc}")
+            pytest.skip(str(exc))
+
+
+def pm1(rng, shape):
+    return np.where(rng.standard_normal(shape) >= 0, 1.0, -1.0).astype(np.float32)
+
+
+def run_kernel(tmp_path, arch, build_out, inputs, op):
+    """One TE kernel, scheduled by our default schedule for the ARM target (NEON), compiled to an object, run once
+    under qemu-user; returns its output."""
+    need_arch(arch)
+    spec = resolve_target(arch)
+    phs = [te.placeholder(a.shape, str(a.dtype), name=n) for n, a in inputs]
+    func = te.create_prim_func(phs + [build_out(*phs)]).with_attr("tvm_bnn.op", op)
+    with spec.target:
+        scheduled = default_schedule(func, spec)
+    src = generate_object({"kernel": scheduled}, spec.target)
+    kernel = src.kernels["kernel"]
+    assert all(p.readonly for p in kernel.params[:len(inputs)])
+    out = kernel.params[len(inputs)]
+    assert not out.readonly
+    main = harness_main(src, [("kernel", [p.name for p in kernel.params])], dict(inputs), [out.name])
+    run = qemu.run_linux_user({"main.c": main}, arch, {"kernels.o": src.object_bytes}, workdir=tmp_path / arch)
+    return np.frombuffer(run.output, out.dtype).reshape(out.shape)
+
+
+CONV_CASES = [
+    # C, O, H, W, kernel, strides, padding (t, l, b, r)
+    (3, 5, 7, 6, (3, 3), (1, 1), (1, 1, 1, 1)),
+    (70, 33, 9, 7, (3, 3), (2, 2), (1, 1, 1, 1)),
+    (65, 66, 6, 5, (3, 2), (2, 1), (1, 0, 2, 1)),
+    (130, 16, 5, 5, (1, 1), (1, 1), (0, 0, 0, 0)),
+]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("c,o,h,w,kernel,strides,padding", CONV_CASES)
+def test_binary_conv2d_neon_exact(tmp_path, rng, arch, c, o, h, w, kernel, strides, padding):
+    geo = binary_conv2d.Conv2dGeometry(c, kernel, strides, padding)
+    x, wt = pm1(rng, (2, c, h, w)), pm1(rng, (o, c) + kernel)
+    xp, wp = bitpack.reference_nchw(x), binary_conv2d.pack_weights(wt)
+    dot = binary_conv2d.reference_dot(x, wt, geo)
+    scale = rng.uniform(0.1, 2, o).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    got = run_kernel(tmp_path / "f", arch, lambda a, b, s, t: binary_conv2d.compute(a, b, s, t, geo),
+                     [("xp", xp), ("wp", wp), ("scale", scale), ("bias", bias)], "binary_conv2d")
+    # the integer dot is exact; LLVM may fuse the float epilogue's multiply-add on ARM (one rounding, not two)
+    np.testing.assert_allclose(got, epilogue.float_reference(dot, scale, bias, channel_axis=1), rtol=1e-6, atol=1e-5)
+    direction = rng.choice([-1, 0, 1], o).astype(np.int32)
+    threshold = rng.integers(-5, 6, o).astype(np.int32)
+    got = run_kernel(tmp_path / "b", arch, lambda a, b, d, t: binary_conv2d.compute_bits(a, b, d, t, geo),
+                     [("xp", xp), ("wp", wp), ("direction", direction), ("threshold", threshold)],
+                     "binary_conv2d_bits")
+    np.testing.assert_array_equal(got, epilogue.bits_reference(np.transpose(dot, (0, 2, 3, 1)), direction, threshold))
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 200, 10), (5, 1000, 67)])
+def test_binary_dense_neon_exact(tmp_path, rng, arch, m, k, n):
+    x, wt = pm1(rng, (m, k)), pm1(rng, (n, k))
+    xp, wp = bitpack.reference_rows(x), bitpack.reference_rows(wt)
+    scale = rng.uniform(0.1, 2, n).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    got = run_kernel(tmp_path, arch, lambda a, b, s, t: binary_dense.compute(a, b, s, t, k),
+                     [("xp", xp), ("wp", wp), ("scale", scale), ("bias", bias)], "binary_dense")
+    expected = epilogue.float_reference(binary_dense.reference_dot(x, wt), scale, bias, channel_axis=1)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)  # fused multiply-add: see above
+    got = run_kernel(tmp_path / "bits", arch, lambda a, b, s, t: binary_dense.compute_bits(a, b, s, t, k),
+                     [("xp", xp), ("wp", wp), ("direction", np.sign(scale).astype(np.int32)),
+                      ("threshold", np.round(bias).astype(np.int32))], "binary_dense_bits")
+    np.testing.assert_array_equal(got, epilogue.bits_reference(binary_dense.reference_dot(x, wt),
+                                                               np.sign(scale).astype(np.int32),
+                                                               np.round(bias).astype(np.int32)))
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_bitpack_and_maxpool_neon_exact(tmp_path, rng, arch):
+    x = rng.standard_normal((2, 67, 5, 7)).astype(np.float32)
+    x[0, 0, 0, 0], x[1, 66, 4, 6] = 0.0, -0.0  # ties pack as +1
+    got = run_kernel(tmp_path / "p", arch, bitpack.compute_nchw, [("x", x)], "bitpack_nchw")
+    np.testing.assert_array_equal(got, bitpack.reference_nchw(x))
+    packed = bitpack.reference_nchw(x)
+    geo = binary_maxpool.PoolGeometry((3, 3), (2, 2), (1, 1, 1, 1))
+    got = run_kernel(tmp_path / "m", arch, lambda a: binary_maxpool.compute(a, geo), [("xp", packed)],
+                     "binary_maxpool")
+    pm = np.where(x >= 0, 1.0, -1.0).astype(np.float32)
+    np.testing.assert_array_equal(got, bitpack.reference_nchw(binary_maxpool.reference(pm, geo)))
+
+
+class SpineNet(torch.nn.Module):
+    """The spine's forms in one model: float stem, BN with negative and zero gamma (threshold fusion), max-pool on
+    binary activations, a residual add, stride 2 with odd channels, a binary dense classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 33, 3, padding=1)
+        self.bn0 = torch.nn.BatchNorm2d(33)
+        self.c1 = bnn.BinaryConv2d(33, 33, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(33)
+        self.c2 = bnn.BinaryConv2d(33, 70, 3, stride=2, padding=1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(70)
+        self.fc = bnn.BinaryLinear(70 * 3 * 3, 11)
+
+    def forward(self, x):
+        x = self.bn0(self.stem(x))
+        x = x + self.bn1(self.c1(x))
+        x = F.max_pool2d(x, 2)
+        x = self.bn2(self.c2(x))
+        return self.fc(x.flatten(1))
+
+
+@pytest.fixture(scope="module")
+def spine():
+    torch.manual_seed(3)
+    model = randomize_batchnorm(SpineNet()).eval()
+    with torch.no_grad():
+        model.bn1.weight[:4] = torch.tensor([-1.0, 0.0, -0.5, 0.0])
+    return model
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_compiled_model_matches_pytorch_under_qemu_user(spine, arch):
+    need_arch(arch)
+    x = torch.randn(2, 3, 13, 13)
+    cm = tvm_bnn.compile(spine, arch, example_inputs=(x,), progress=False)
+    assert cm.report.num_binarized == 3
+    y = cm(x)
+    with torch.no_grad():
+        ref = spine(x).numpy()
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4)
+    assert "cnt" in subprocess.run([qemu.linux_arch(arch).cc.replace("gcc", "objdump"), "-d",
+                                    str(cm.bundle.files["kernels.o"])], capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_export_runtime_library_and_bundle(spine, arch, tmp_path):
+    need_arch(arch)
+    x = torch.randn(1, 3, 13, 13)
+    cm = tvm_bnn.compile(spine, arch, example_inputs=(x,), progress=False)
+    so = cm.export(str(tmp_path / "model.so"))
+    header = open(so, "rb").read(20)
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == ELF_MACHINE[arch]
+    assert os.path.exists(so + ".tvm_bnn.json")
+    with pytest.raises(FileExistsError):
+        cm.export(so)
+    out = cm.export(str(tmp_path / "bundle"))
+    assert {"model.h", "model.c", "kernels.o", "weights.S", "weights.bin", "Makefile"} <= set(os.listdir(out))
+    proc = subprocess.run(["make", "-C", out], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.exists(os.path.join(out, "libtvm_bnn_model.a"))
+
+
+def test_aarch64_instruction_count_is_calibrated_and_outputs_match(spine, tmp_path):
+    need_arch("aarch64")
+    try:
+        qemu.require_tool("qemu-system-aarch64")
+    except ToolchainMissingError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    n = 100_000
+    loop = ('#include "tvm_bnn_bm.h"\nint main(void) {\n  tvm_bnn_bm_begin();\n'
+            '  __asm__ volatile("ldr x0, =%0\\n1:\\n\\tsubs x0, x0, #1\\n\\tb.ne 1b" :: "i"(' + str(n) +
+            ') : "x0", "cc");\n  tvm_bnn_bm_end();\n  return 0;\n}\n')
+    run = qemu.count_aarch64({"main.c": loop}, workdir=tmp_path / "cal")
+    assert abs(run.instructions - (2 * n + 1)) <= 32  # the counter ticks every 16 instructions
+    x = torch.randn(1, 3, 13, 13)
+    cm = tvm_bnn.compile(spine, "aarch64", example_inputs=(x,), progress=False)
+    y, instructions = cm.bundle.count_instructions(x.numpy())
+    np.testing.assert_array_equal(y, cm(x))
+    assert instructions > 10_000
+
+
+def test_arm_target_errors():
+    with pytest.raises(UnknownTargetError, match="Cortex-M"):
+        resolve_target({"kind": "llvm", "mtriple": "thumbv7em-none-eabi", "mcpu": "cortex-m4"})
+    spec = resolve_target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
+    assert (spec.family, spec.board) == ("arm", "aarch64")
