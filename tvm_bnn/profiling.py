@@ -6,6 +6,8 @@ by several layers is charged for each call.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 
@@ -58,11 +60,20 @@ def _random_args(func: tirx.PrimFunc, dev, rng):
     return args
 
 
-def time_primfunc(func: tirx.PrimFunc, target, number: int = 5, repeat: int = 3, rng=None) -> float:
-    """Median seconds of one scheduled PrimFunc, built alone for ``target``, on random data."""
-    dev = tvm.cpu()
+def time_primfunc(func: tirx.PrimFunc, target, number: int = 5, repeat: int = 3, rng=None, remote=None,
+                  fcompile=None) -> float:
+    """Median seconds of one scheduled PrimFunc, built alone for ``target``, on random data; on this machine, or
+    on the device of ``remote`` (a TVM RPC session; ``fcompile``: the cross compiler that links the library)."""
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
-    timer = lib.mod.time_evaluator("main", dev, number=number, repeat=repeat)
+    if remote is None:
+        dev, mod = tvm.cpu(), lib.mod
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "tvm_bnn_kernel.so")
+            lib.export_library(path, **({"fcompile": fcompile} if fcompile is not None else {}))
+            remote.upload(path)
+        dev, mod = remote.cpu(), remote.load_module("tvm_bnn_kernel.so")
+    timer = mod.time_evaluator("main", dev, number=number, repeat=repeat)
     return float(np.median(timer(*_random_args(func, dev, rng or np.random.default_rng(0))).results))
 
 

@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 
 import tvm
@@ -70,8 +71,29 @@ def workload_key(func) -> str:
     return str(tvm_ffi.structural_hash(_as_task(func)))
 
 
-def measure_defaults(tasks, spec, work_dir: str) -> dict:
-    """Latency (us) of our default schedule for each task, merged into ``work_dir``/BASELINE_FILE."""
+def cross_compiler(spec):
+    """The compiler that links a library for ``spec``'s device: None (the host's) unless it is an ARM board."""
+    if spec.family != "arm":
+        return None
+    from tvm.support import cc
+
+    from .targets import qemu
+
+    return cc.cross_compiler(qemu.require_tool(qemu.linux_arch(spec.board).cc))
+
+
+def export_for_board(mod, cc: str) -> str:
+    """MetaSchedule's export step for a board: a shared library linked by ``cc`` (the RPC server loads it)."""
+    from tvm.support import cc as tvm_cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="tvm_bnn_ms_"), "tvm_tmp_mod.so")
+    mod.export_library(path, fcompile=tvm_cc.cross_compiler(cc))
+    return path
+
+
+def measure_defaults(tasks, spec, work_dir: str, rpc: str | None = None) -> dict:
+    """Latency (us) of our default schedule for each task, merged into ``work_dir``/BASELINE_FILE; measured where the
+    tuning trials were (``rpc``: on the RPC device), so the two are comparable."""
     from .profiling import time_primfunc
     from .schedules.apply import default_schedule
 
@@ -81,8 +103,10 @@ def measure_defaults(tasks, spec, work_dir: str) -> dict:
         func = t.dispatched[0]["main"]
         key = workload_key(func)
         if key not in baseline:
+            remote = parse_rpc(rpc).connect_server() if rpc else None  # a session per task: they time out
             with spec.target:
-                baseline[key] = 1e6 * time_primfunc(default_schedule(func, spec), spec.target)
+                baseline[key] = 1e6 * time_primfunc(default_schedule(func, spec), spec.target, remote=remote,
+                                                    fcompile=cross_compiler(spec))
     with open(path, "w") as f:
         json.dump(baseline, f, indent=1)
     return baseline
@@ -204,7 +228,13 @@ def tune(model, target="x86", example_inputs=None, *, trials: int = 256, work_di
     """Tune the model's kernels; returns one TaskResult per task and leaves the database in ``work_dir``."""
     if trials < 1:
         raise TvmBnnError(f"trials={trials}: the tuning budget must be at least 1")
-    spec, tasks, _ = extract_tasks(model, target, example_inputs)
+    spec = resolve_target(target)
+    if spec.family == "c":
+        raise TvmBnnError(f"target={target!r} builds a C bundle; tuning is for x86 and ARM Linux targets")
+    if spec.family == "arm" and not rpc:
+        raise TvmBnnError(f"target={target!r}: ARM kernels are measured on the board; run a TVM RPC server there "
+                          "(README: tuning on a board) and pass rpc='tracker_host:port:device_key'")
+    spec, tasks, _ = extract_tasks(model, spec, example_inputs)
     tasks = [t for t in tasks if worth_tuning(t.dispatched[0]["main"])]
     database = open_database(work_dir, create=True)
     done = {}
@@ -219,7 +249,13 @@ def tune(model, target="x86", example_inputs=None, *, trials: int = 256, work_di
         contexts, weights = _tune_contexts(tasks, work_dir, spec.target, num_cores, seed)
         evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
         # generous timeouts: LLVM builds of big candidates on a loaded 2-core machine take tens of seconds
-        builder = ms.builder.LocalBuilder(max_workers=num_cores, timeout_sec=timeout_sec)
+        f_export = None
+        if spec.family == "arm":
+            from .targets import qemu
+
+            f_export = functools.partial(export_for_board, cc=qemu.require_tool(qemu.linux_arch(spec.board).cc))
+        builder = ms.builder.LocalBuilder(max_workers=min(num_cores, os.cpu_count() or 1), timeout_sec=timeout_sec,
+                                          f_export=f_export)
         if rpc:
             runner = ms.runner.RPCRunner(rpc_config=parse_rpc(rpc), evaluator_config=evaluator)
         else:
@@ -236,7 +272,7 @@ def tune(model, target="x86", example_inputs=None, *, trials: int = 256, work_di
                                + [_progress_callback(bar, names, best)])
         finally:
             bar.close()
-    measure_defaults(tasks, spec, work_dir)
+    measure_defaults(tasks, spec, work_dir, rpc)
     results = []
     for i, t in enumerate(tasks):
         top = database.get_top_k(database.commit_workload(t.dispatched[0]), 1 << 30)

@@ -214,3 +214,24 @@ def test_arm_target_errors():
         resolve_target({"kind": "llvm", "mtriple": "thumbv7em-none-eabi", "mcpu": "cortex-m4"})
     spec = resolve_target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
     assert (spec.family, spec.board) == ("arm", "aarch64")
+
+
+def test_tuning_for_a_board_needs_rpc_and_cross_compiles(spine, tmp_path):
+    """Tuning an ARM target measures on the board (rpc=...); MetaSchedule's builder links each candidate with the
+    board's cross compiler. (No aarch64 TVM runtime exists on this machine to serve RPC: the link is checked here,
+    the RPC path itself by tests/test_tuning.py on x86.)"""
+    import tvm
+
+    from tvm_bnn.errors import TvmBnnError
+    from tvm_bnn.tuning import export_for_board
+
+    need_arch("aarch64")
+    x = torch.randn(1, 3, 13, 13)
+    with pytest.raises(TvmBnnError, match="rpc="):
+        tvm_bnn.tune(spine, "aarch64", example_inputs=(x,), trials=1, work_dir=str(tmp_path / "t"), progress=False)
+    a = te.placeholder((64,), "uint64", name="a")
+    func = te.create_prim_func([a, te.compute((64,), lambda i: tvm.tirx.popcount(a[i]), name="p")])
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=resolve_target("aarch64").target)
+    path = export_for_board(lib, qemu.linux_arch("aarch64").cc)
+    header = open(path, "rb").read(20)
+    assert int.from_bytes(header[18:20], "little") == ELF_MACHINE["aarch64"]
