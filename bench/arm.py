@@ -1,6 +1,6 @@
 """ARM Linux (aarch64): instructions per inference of the Bi-Real-Net-18-style model, binarized vs float, same run.
 
-    python bench/arm.py [--size 224] [--target aarch64]
+    python bench/arm.py [--size 224] [--target aarch64] [--breakdown 15]
 
 Both builds are tvm_bnn bundles for the same aarch64 target (kernels compiled by TVM's LLVM codegen with NEON,
 single-threaded): the binarized model, and the same model with no binarization (its convs and dense layers as
@@ -29,6 +29,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--target", default="aarch64")
+    parser.add_argument("--breakdown", type=int, default=15, help="kernels to list (0: none)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     model = randomize_batchnorm_(bireal_net18()).eval()
@@ -62,6 +63,15 @@ def main(argv=None):
     print(f"  arena: binarized {cm.bundle.arena_bytes:,} B  float {fb.arena_bytes:,} B")
     print(f"  binary MACs {macs:,}: {macs / bin_ins:.2f} per instruction (whole model, float stem included)")
     print(f"  compile: binarized {t_compile:.1f} s, float bundle {t_float:.1f} s")
+    if args.breakdown:
+        _, calls = cm.bundle.count_instructions(x.numpy(), per_call=True)
+        per_kernel = {}
+        for name, ins in calls:
+            n, total = per_kernel.get(name, (0, 0.0))
+            per_kernel[name] = (n + 1, total + ins)
+        print(f"\n  binarized build, instructions per kernel (sum of calls {sum(i for _, i in calls):,.0f}):")
+        for name, (n, total) in sorted(per_kernel.items(), key=lambda kv: -kv[1][1])[:args.breakdown]:
+            print(f"    {name[:56]:56s} {n:3d} calls {total:14,.0f}  {total / bin_ins:6.1%}")
 
 
 if __name__ == "__main__":

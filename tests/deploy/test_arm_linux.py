@@ -207,6 +207,11 @@ def test_aarch64_instruction_count_is_calibrated_and_outputs_match(spine, tmp_pa
     y, instructions = cm.bundle.count_instructions(x.numpy())
     np.testing.assert_array_equal(y, cm(x))
     assert instructions > 10_000
+    y2, calls = cm.bundle.count_instructions(x.numpy(), per_call=True)  # one counted region per kernel call
+    np.testing.assert_array_equal(y2, y)
+    assert [k for k, _ in calls] == cm.bundle.kernels and all(n > 0 for _, n in calls)
+    total = sum(n for _, n in calls)
+    assert instructions - 64 * len(calls) <= total <= instructions  # the run function's own glue is not in a call
 
 
 def test_arm_target_errors():

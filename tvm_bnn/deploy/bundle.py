@@ -142,15 +142,18 @@ class Bundle:
     arch: str | None = None  # the ARM Linux architecture the objects are for (targets/qemu.LINUX_ARCHES)
     last_board_run: object = None
 
-    def _main(self, x: np.ndarray) -> str:
+    def _main(self, x: np.ndarray, bracket: bool = True) -> str:
+        """A main() running one inference on ``x``; ``bracket``: count the whole call (else the per-call hooks
+        of model.c do)."""
         x = np.ascontiguousarray(np.asarray(x, dtype=self.input_dtype))
         if tuple(x.shape) != tuple(self.input_shape):
             raise BundleError(f"input shape {tuple(x.shape)} is not the bundle's {tuple(self.input_shape)}")
         octype = _CTYPES[self.output_dtype]
+        begin, end = ("  tvm_bnn_bm_begin();\n", "  tvm_bnn_bm_end();\n") if bracket else ("", "")
         return ('#include "model.h"\n#include "tvm_bnn_bm.h"\n\n' + c_array("g_input", x) +
                 f"static {octype} g_output[TVM_BNN_OUTPUT_SIZE] __attribute__((aligned(16)));\n\n"
-                "int main(void) {\n  tvm_bnn_bm_begin();\n  int rc = tvm_bnn_model_run(g_input, g_output);\n"
-                "  tvm_bnn_bm_end();\n  tvm_bnn_bm_output(g_output, sizeof(g_output));\n  return rc;\n}\n")
+                f"int main(void) {{\n{begin}  int rc = tvm_bnn_model_run(g_input, g_output);\n{end}"
+                "  tvm_bnn_bm_output(g_output, sizeof(g_output));\n  return rc;\n}\n")
 
     def _result(self, raw: bytes) -> np.ndarray:
         out = np.frombuffer(raw, self.output_dtype)
@@ -182,19 +185,26 @@ class Bundle:
                 shutil.rmtree(tmp, ignore_errors=True)
         return self._result(run.output)
 
-    def count_instructions(self, x: np.ndarray, workdir=None, opt: str = "-O2") -> tuple:
+    def count_instructions(self, x: np.ndarray, workdir=None, opt: str = "-O2", per_call: bool = False) -> tuple:
         """(output, instructions of one ``tvm_bnn_model_run``) of an aarch64 bundle on a bare-metal AArch64 under
-        ``qemu-system-aarch64 -icount`` (qemu-user, which ``run_linux`` uses, cannot count)."""
+        ``qemu-system-aarch64 -icount`` (qemu-user, which ``run_linux`` uses, cannot count). ``per_call``: the
+        instructions are a list of (kernel, instructions), one per call in order, instead of the total."""
         if self.arch != "aarch64":
             raise BundleError(f"instruction counts are measured for aarch64 bundles; this one is for {self.arch}")
-        srcs = dict(self.sources, **{"test_main.c": self._main(x)})
+        srcs = dict(self.sources, **{"test_main.c": self._main(x, bracket=not per_call)})
+        hooks = ("-DTVM_BNN_PROFILE_STEPS",) if per_call else ()
         tmp = None if workdir else tempfile.mkdtemp(prefix="tvm_bnn_bundle_a64_")
         try:
-            run = qemu.count_aarch64(srcs, self.objects, workdir=workdir or tmp, opt=opt, extra_cflags=CFLAGS_EXTRA)
+            run = qemu.count_aarch64(srcs, self.objects, workdir=workdir or tmp, opt=opt,
+                                     extra_cflags=(*CFLAGS_EXTRA, *hooks))
         finally:
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
         self.last_board_run = run
+        if per_call:
+            if len(run.per_region) != len(self.kernels):
+                raise BundleError(f"{len(run.per_region)} counted calls, {len(self.kernels)} kernels")
+            return self._result(run.output), list(zip(self.kernels, run.per_region_instructions))
         return self._result(run.output), run.instructions
 
     def run_board(self, x: np.ndarray, board: str = "cortex-m4", workdir=None, opt: str = "-O2") -> tuple:
@@ -444,14 +454,19 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
         lines.append(f"\n/* all intermediate tensors and scratch buffers, reused by liveness "
                      f"({no_reuse} bytes without reuse) */\n"
                      f"static uint8_t tvm_bnn_arena[{arena_bytes}] __attribute__((aligned({ALIGN})));\n")
+    lines.append("\n#ifdef TVM_BNN_PROFILE_STEPS /* tvm_bnn's instruction profiler: one counted region per call */\n"
+                 "void tvm_bnn_bm_begin(void);\nvoid tvm_bnn_bm_end(void);\n"
+                 "#define TVM_BNN_STEP_BEGIN(step) tvm_bnn_bm_begin()\n#define TVM_BNN_STEP_END(step) tvm_bnn_bm_end()\n"
+                 "#else\n#define TVM_BNN_STEP_BEGIN(step)\n#define TVM_BNN_STEP_END(step)\n#endif\n")
     lines.append(f"\nint tvm_bnn_model_run(const {in_ctype} *in, {out_ctype} *out) {{\n")
-    for step in steps:
+    for i, step in enumerate(steps):
         kernel = src.kernels[step.kernel]
         refs = [ref(t, p) for t, p in zip(step.args, kernel.params)]
         refs += [f"({p.ctype} *)(tvm_bnn_arena + {st.offset})" for st, p in
                  zip(step.scratch, kernel.params[len(step.args):])]
         lines.append(f"  /* {step.out.name}: {step.out.dtype}{list(step.out.shape)} */\n"
-                     f"  {step.kernel}({', '.join(refs)});\n")
+                     f"  TVM_BNN_STEP_BEGIN({i});\n  {step.kernel}({', '.join(refs)});\n"
+                     f"  TVM_BNN_STEP_END({i});\n")
     if copy_output:
         lines.append(f"  __builtin_memcpy(out, {ref(out_t, None)}, {out_t.nbytes});\n")
     lines.append("  return 0;\n}\n")

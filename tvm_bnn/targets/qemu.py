@@ -116,11 +116,16 @@ class BoardRun:
     sizes: dict = field(default_factory=dict)  # text/data/bss bytes
     stderr: str = ""
     icount_shift: int = ICOUNT_SHIFT
+    per_region: list = field(default_factory=list)  # ticks of each region, where the startup records them
 
     @property
     def instructions(self) -> float:
         """Executed instructions inside the begin/end regions (see the module docstring)."""
         return self.ticks * (1e9 / self.board.clock_hz) / 2 ** self.icount_shift
+
+    @property
+    def per_region_instructions(self) -> list:
+        return [t * (1e9 / self.board.clock_hz) / 2 ** self.icount_shift for t in self.per_region]
 
 
 def build_firmware(sources: Mapping[str, str], target: str | Board = "cortex-m4", workdir: str | Path | None = None,
@@ -308,12 +313,15 @@ def count_aarch64(sources: Mapping[str, str], objects: Mapping[str, bytes] | Non
     ticks_path = workdir / "tvm_bnn_ticks.bin"
     if proc.returncode != 0 or not ticks_path.exists():
         raise FirmwareError(f"bare-metal aarch64 program failed (exit {proc.returncode}): {proc.stderr.strip()}")
-    ticks, regions, overhead, freq = struct.unpack("<4Q", ticks_path.read_bytes()[:32])
+    raw = ticks_path.read_bytes()
+    ticks, regions, overhead, freq = struct.unpack("<4Q", raw[:32])
+    each = struct.unpack(f"<{(len(raw) - 32) // 8}Q", raw[32:32 + (len(raw) - 32) // 8 * 8])
     a64 = Board("cortex-a72", "virt", (), 0, 2 << 20, int(freq))
     out_path = workdir / "tvm_bnn_out.bin"
     return BoardRun(output=out_path.read_bytes() if out_path.exists() else b"", exit_code=0,
                     ticks=max(0, ticks - regions * overhead), regions=regions, board=a64, elf=elf,
-                    sizes=elf_sizes(elf), stderr=proc.stderr, icount_shift=AARCH64_ICOUNT_SHIFT)
+                    sizes=elf_sizes(elf), stderr=proc.stderr, icount_shift=AARCH64_ICOUNT_SHIFT,
+                    per_region=[max(0, t - overhead) for t in each])
 
 
 def disassemble(elf: str | Path, symbol: str) -> str:

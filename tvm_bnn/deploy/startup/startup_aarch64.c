@@ -9,7 +9,7 @@
  * return code. Files written on the host (relative to QEMU's working directory):
  *   tvm_bnn_out.bin    everything main() passed to tvm_bnn_bm_output()
  *   tvm_bnn_ticks.bin  uint64 x 4: counter ticks summed over begin/end regions, number of regions, ticks of one
- *                      empty region, CNTFRQ_EL0
+ *                      empty region, CNTFRQ_EL0; then the ticks of each region (the first 4096)
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -96,12 +96,16 @@ uint64_t tvm_bnn_bm_ticks(void) {
   return v;
 }
 
+#define MAX_REGIONS 4096
 static uint64_t region_start, region_ticks, region_count, region_overhead;
+static uint64_t region_each[MAX_REGIONS]; /* ticks of each region, in order (per-kernel profiles) */
 
 void tvm_bnn_bm_begin(void) { region_start = tvm_bnn_bm_ticks(); }
 
 void tvm_bnn_bm_end(void) {
-  region_ticks += tvm_bnn_bm_ticks() - region_start;
+  uint64_t ticks = tvm_bnn_bm_ticks() - region_start;
+  region_ticks += ticks;
+  if (region_count < MAX_REGIONS) region_each[region_count] = ticks;
   region_count++;
 }
 
@@ -166,6 +170,7 @@ void __attribute__((noreturn, used, optimize("no-tree-loop-distribute-patterns")
   int64_t fd = sh_open("tvm_bnn_ticks.bin");
   if (fd >= 0) {
     sh_write(fd, ticks, sizeof(ticks));
+    sh_write(fd, region_each, (region_count < MAX_REGIONS ? region_count : MAX_REGIONS) * sizeof(uint64_t));
     sh_close(fd);
   }
   sh_exit((uint64_t)(uint32_t)rc);
