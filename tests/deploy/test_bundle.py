@@ -18,7 +18,7 @@ import tvm_bnn
 from tvm_bnn import nn as bnn
 from tvm_bnn.compiler import analyse
 from tvm_bnn.deploy.bundle import BundleError, build_bundle
-from tvm_bnn.errors import TvmBnnError
+from tvm_bnn.errors import InputError, TvmBnnError
 from tvm_bnn.targets import qemu
 
 from ..conftest import assert_float_close, randomize_batchnorm
@@ -202,16 +202,67 @@ def test_errors(tmp_path, digits):
     dyn = relax.Var("x", relax.TensorType((n, 4), "float32"))
     with pytest.raises(BundleError, match="dynamic shape"):
         build_bundle(_module([dyn], lambda bb, v: bb.emit(relax.op.add(v, v))), tmp_path / "dyn")
-    a, b = relax.Var("a", relax.TensorType((4,), "float32")), relax.Var("b", relax.TensorType((4,), "float32"))
-    with pytest.raises(BundleError, match="exactly one input"):
-        build_bundle(_module([a, b], lambda bb, u, v: bb.emit(relax.op.add(u, v))), tmp_path / "two")
     ext = _module([x], lambda bb, v: bb.emit(relax.call_dps_packed(
         "my_extern", relax.Tuple([v]), relax.TensorType((1, 4), "float32"))))
     with pytest.raises(BundleError, match="only call_tir"):
         build_bundle(ext, tmp_path / "ext")
     assert issubclass(BundleError, TvmBnnError)
-    with pytest.raises(BundleError, match="input shape"):
+    with pytest.raises(BundleError, match="input 0: shape"):
         digits[0].run_host(np.zeros((1, 1, 4, 4), np.float32))
+
+
+def test_several_inputs_and_outputs(tmp_path, rng):
+    """Two inputs, three outputs: one computed in place, one that is an input passed through (copied), one that
+    is the first output again (copied): the C signature, the sizes in model.h and the values (host gcc)."""
+    a = relax.Var("a", relax.TensorType((2, 3), "float32"))
+    b = relax.Var("b", relax.TensorType((3,), "int32"))
+
+    def body(bb, u, v):
+        s = bb.emit(relax.op.multiply(u, u))
+        return relax.Tuple([s, v, s])
+
+    bundle = build_bundle(_module([a, b], body), tmp_path / "multi")
+    header = bundle.sources["model.h"]
+    assert "int tvm_bnn_model_run(const float *in0, const int32_t *in1, float *out0, int32_t *out1, float *out2);" \
+        in header
+    assert "#define TVM_BNN_INPUT1_SIZE 3" in header and "#define TVM_BNN_OUTPUT0_SIZE 6" in header
+    assert "TVM_BNN_INPUT_SIZE" not in header  # only defined for one input
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    y = rng.integers(-9, 9, 3).astype(np.int32)
+    got = bundle.run_host([x, y])
+    assert isinstance(got, tuple) and len(got) == 3
+    np.testing.assert_array_equal(got[0], x * x)
+    np.testing.assert_array_equal(got[1], y)
+    np.testing.assert_array_equal(got[2], x * x)
+    with pytest.raises(BundleError, match="2 input"):
+        bundle.run_host(x)
+
+
+@pytest.mark.parametrize("target,tools", [("c", ("gcc",)), ("cortex-m4", ("arm-none-eabi-gcc", "qemu-system-arm")),
+                                          ("aarch64", ("aarch64-linux-gnu-gcc", "qemu-aarch64"))])
+def test_compiled_model_with_two_inputs_and_outputs(tmp_path, target, tools):
+    need(*tools)
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = bnn.BinaryConv2d(5, 7, 3, padding=1)
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward(self, image, features):
+            return self.conv(image).mean(dim=(2, 3)), self.fc(features)
+
+    torch.manual_seed(0)
+    model = TwoHeads().eval()
+    x, f = torch.randn(1, 5, 6, 6), torch.randn(2, 4)
+    cm = tvm_bnn.compile(model, target, example_inputs=(x, f))
+    assert cm.num_outputs == 2 and cm.report.num_binarized == 1
+    y0, y1 = cm(x, f)
+    with torch.no_grad():
+        r0, r1 = model(x, f)
+    assert_float_close(y0, r0.numpy())
+    assert_float_close(y1, r1.numpy())
+    with pytest.raises(InputError, match="2 input"):
+        cm(x)
 
 
 def test_float_only_bundle(tmp_path):

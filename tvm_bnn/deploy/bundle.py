@@ -130,10 +130,8 @@ class Bundle:
     arena_bytes: int
     no_reuse_bytes: int  # the arena without reuse: every intermediate tensor and scratch buffer side by side
     weight_bytes: int
-    input_shape: tuple
-    output_shape: tuple
-    input_dtype: str
-    output_dtype: str
+    inputs: list  # (shape, dtype) per input of tvm_bnn_model_run, in order
+    outputs: list  # (shape, dtype) per output
     kernels: list  # C function names, in call order
     math_functions: tuple  # libm functions the kernels call (link -lm)
     intermediate_bytes: int = 0  # sum of the intermediate tensors' sizes (no scratch)
@@ -142,24 +140,51 @@ class Bundle:
     arch: str | None = None  # the ARM Linux architecture the objects are for (targets/qemu.LINUX_ARCHES)
     last_board_run: object = None
 
-    def _main(self, x: np.ndarray, bracket: bool = True) -> str:
-        """A main() running one inference on ``x``; ``bracket``: count the whole call (else the per-call hooks
-        of model.c do)."""
-        x = np.ascontiguousarray(np.asarray(x, dtype=self.input_dtype))
-        if tuple(x.shape) != tuple(self.input_shape):
-            raise BundleError(f"input shape {tuple(x.shape)} is not the bundle's {tuple(self.input_shape)}")
-        octype = _CTYPES[self.output_dtype]
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.inputs[0][0])
+
+    @property
+    def output_shape(self) -> tuple:
+        return tuple(self.outputs[0][0])
+
+    @property
+    def output_dtype(self) -> str:
+        return self.outputs[0][1]
+
+    def _main(self, xs, bracket: bool = True) -> str:
+        """A main() running one inference on ``xs`` (an array, or one per input); ``bracket``: count the whole
+        call (else the per-call hooks of model.c do)."""
+        xs = [xs] if isinstance(xs, np.ndarray) else list(xs)
+        if len(xs) != len(self.inputs):
+            raise BundleError(f"the bundle takes {len(self.inputs)} input(s), got {len(xs)}")
+        text = ['#include "model.h"\n#include "tvm_bnn_bm.h"\n\n']
+        for i, (x, (shape, dtype)) in enumerate(zip(xs, self.inputs)):
+            x = np.ascontiguousarray(np.asarray(x, dtype=dtype))
+            if tuple(x.shape) != tuple(shape):
+                raise BundleError(f"input {i}: shape {tuple(x.shape)} is not the bundle's {tuple(shape)}")
+            text.append(c_array(f"g_input{i}", x))
+        for i, (shape, dtype) in enumerate(self.outputs):
+            text.append(f"static {_CTYPES[dtype]} g_output{i}[{max(1, _numel(shape))}] __attribute__((aligned(16)));\n")
+        args = [f"g_input{i}" for i in range(len(self.inputs))] + [f"g_output{i}" for i in range(len(self.outputs))]
         begin, end = ("  tvm_bnn_bm_begin();\n", "  tvm_bnn_bm_end();\n") if bracket else ("", "")
-        return ('#include "model.h"\n#include "tvm_bnn_bm.h"\n\n' + c_array("g_input", x) +
-                f"static {octype} g_output[TVM_BNN_OUTPUT_SIZE] __attribute__((aligned(16)));\n\n"
-                f"int main(void) {{\n{begin}  int rc = tvm_bnn_model_run(g_input, g_output);\n{end}"
-                "  tvm_bnn_bm_output(g_output, sizeof(g_output));\n  return rc;\n}\n")
+        text.append(f"\nint main(void) {{\n{begin}  int rc = tvm_bnn_model_run({', '.join(args)});\n{end}")
+        text += [f"  tvm_bnn_bm_output(g_output{i}, sizeof(g_output{i}));\n" for i in range(len(self.outputs))]
+        text.append("  return rc;\n}\n")
+        return "".join(text)
 
-    def _result(self, raw: bytes) -> np.ndarray:
-        out = np.frombuffer(raw, self.output_dtype)
-        return out.reshape(self.output_shape).copy()
+    def _result(self, raw: bytes):
+        """The outputs' bytes, in order -> one array, or a tuple of them."""
+        outs, offset = [], 0
+        for shape, dtype in self.outputs:
+            n = _numel(shape) * np.dtype(dtype).itemsize
+            outs.append(np.frombuffer(raw[offset:offset + n], dtype).reshape(shape).copy())
+            offset += n
+        if offset != len(raw):
+            raise BundleError(f"the program wrote {len(raw)} bytes of output, expected {offset}")
+        return outs[0] if len(outs) == 1 else tuple(outs)
 
-    def run_host(self, x: np.ndarray, cc: str = "gcc", workdir=None, opt: str = "-O2") -> np.ndarray:
+    def run_host(self, x, cc: str = "gcc", workdir=None, opt: str = "-O2"):
         """Build the bundle + a main holding ``x`` with the host ``cc`` (-Wall -Wextra -Werror) and run it."""
         srcs = dict(self.sources, **{"test_main.c": self._main(x)})
         tmp = None if workdir else tempfile.mkdtemp(prefix=f"tvm_bnn_bundle_{cc}_")
@@ -170,7 +195,7 @@ class Bundle:
                 shutil.rmtree(tmp, ignore_errors=True)
         return self._result(run.output)
 
-    def run_linux(self, x: np.ndarray, workdir=None, opt: str = "-O2") -> np.ndarray:
+    def run_linux(self, x, workdir=None, opt: str = "-O2"):
         """Cross-compile the bundle + a main holding ``x`` for its ARM Linux architecture (static) and run it
         under qemu-user."""
         if self.arch is None:
@@ -185,7 +210,7 @@ class Bundle:
                 shutil.rmtree(tmp, ignore_errors=True)
         return self._result(run.output)
 
-    def count_instructions(self, x: np.ndarray, workdir=None, opt: str = "-O2", per_call: bool = False) -> tuple:
+    def count_instructions(self, x, workdir=None, opt: str = "-O2", per_call: bool = False) -> tuple:
         """(output, instructions of one ``tvm_bnn_model_run``) of an aarch64 bundle on a bare-metal AArch64 under
         ``qemu-system-aarch64 -icount`` (qemu-user, which ``run_linux`` uses, cannot count). ``per_call``: the
         instructions are a list of (kernel, instructions), one per call in order, instead of the total."""
@@ -207,7 +232,7 @@ class Bundle:
             return self._result(run.output), list(zip(self.kernels, run.per_region_instructions))
         return self._result(run.output), run.instructions
 
-    def run_board(self, x: np.ndarray, board: str = "cortex-m4", workdir=None, opt: str = "-O2") -> tuple:
+    def run_board(self, x, board: str = "cortex-m4", workdir=None, opt: str = "-O2") -> tuple:
         """Firmware of the bundle + a main holding ``x`` on an emulated board: (output, instructions of one
         ``tvm_bnn_model_run``). The BoardRun (sizes of .text/.data/.bss) is kept in ``last_board_run``."""
         srcs = dict(self.sources, **{"test_main.c": self._main(x)})
@@ -262,23 +287,26 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
     main = optimized_mod["main"]
     if not isinstance(main, relax.Function):
         raise BundleError("'main' is not a Relax function")
-    if len(main.params) != 1:
-        raise BundleError(f"the C bundle takes exactly one input; 'main' has {len(main.params)}")
-    in_shape = _static_shape(main.params[0].ty, "the input")
-    if input_shape is not None and tuple(input_shape) != in_shape:
-        raise BundleError(f"input_shape={tuple(input_shape)} but the model's input is {in_shape}")
+    if not main.params:
+        raise BundleError("'main' takes no input")
+    in_shapes = [_static_shape(p.ty, f"input {p.name}") for p in main.params]
+    if input_shape is not None and tuple(input_shape) != in_shapes[0]:
+        raise BundleError(f"input_shape={tuple(input_shape)} but the model's input is {in_shapes[0]}")
 
     with tvm.target.Target({"kind": "c"}), tvm.transform.PassContext(opt_level=3):
         fused = fuse_pipeline()(optimized_mod)
     main = fused["main"]
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
-    inp = main.params[0]
-    in_tensor = _Tensor("input", str(inp.ty.dtype), in_shape, _Storage("input", 0))
-    if in_tensor.dtype not in _CTYPES:
-        raise BundleError(f"input dtype {in_tensor.dtype} is not supported")
-    in_tensor.storage.nbytes = in_tensor.nbytes
-    env = {inp: in_tensor}  # relax Var -> _Tensor or tuple of them
+    single_in = len(main.params) == 1
+    in_tensors = []
+    for i, (inp, shape) in enumerate(zip(main.params, in_shapes)):
+        t = _Tensor(inp.name, str(inp.ty.dtype), shape, _Storage("input", 0, "in" if single_in else f"in{i}"))
+        if t.dtype not in _CTYPES:
+            raise BundleError(f"input {inp.name}: dtype {t.dtype} is not supported")
+        t.storage.nbytes = t.nbytes
+        in_tensors.append(t)
+    env = dict(zip(main.params, in_tensors))  # relax Var -> _Tensor or tuple of them
     consts = []  # (relax Constant, _Tensor)
     steps = []
     funcs = {}  # C name -> PrimFunc
@@ -357,14 +385,12 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
             steps.append(_Step(c_names[gv.name_hint], args + [out], out))
             env[var] = out
 
-    result = lookup(main.body.body)
-    while isinstance(result, tuple):
-        if len(result) != 1:
-            raise BundleError(f"the C bundle has one output; the model returns {len(result)}")
-        result = result[0]
-    out_t = result
-    if output_shape is not None and tuple(output_shape) != tuple(out_t.shape):
-        raise BundleError(f"output_shape={tuple(output_shape)} but the model's output is {out_t.shape}")
+    out_tensors = _flatten(lookup(main.body.body))
+    if not out_tensors:
+        raise BundleError("the model returns no tensor")
+    single_out = len(out_tensors) == 1
+    if output_shape is not None and tuple(output_shape) != tuple(out_tensors[0].shape):
+        raise BundleError(f"output_shape={tuple(output_shape)} but the model's output is {out_tensors[0].shape}")
     if not steps:
         raise BundleError("the model has no kernel call")
 
@@ -377,10 +403,14 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
         math = tuple(f for f in _MATH_FUNCS if re.search(rf"\b{f}\(", src.code))
     code = src.code
 
-    # storage lifetimes, the output in place
-    copy_output = out_t.storage.kind in ("input", "const")
-    if not copy_output:
-        out_t.storage.kind = "output"
+    # storage lifetimes; each output is computed in place in the caller's buffer unless it is an input, a constant
+    # or another output's bytes (then copied at the end)
+    copies = []  # (output index, tensor)
+    for i, t in enumerate(out_tensors):
+        if t.storage.kind == "arena":
+            t.storage.kind, t.storage.name = "output", "out" if single_out else f"out{i}"
+        else:
+            copies.append((i, t))
     for i, step in enumerate(steps):
         kernel = src.kernels[step.kernel]
         nparam = len(step.args)
@@ -422,29 +452,32 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
                    for j, st in enumerate(step.scratch)]
 
     # model.c
-    out_ctype, in_ctype = _CTYPES[out_t.dtype], _CTYPES[in_tensor.dtype]
-    in_size = int(np.prod(in_shape, dtype=np.int64))
-    out_size = int(np.prod(out_t.shape, dtype=np.int64))
-
     def ref(t: _Tensor, p) -> str:
         st = t.storage
-        if st.kind == "input":
-            return "in"
-        if st.kind == "output":
-            return "out"
-        if st.kind == "const":
+        if st.kind in ("input", "output", "const"):
             return st.name
         return f"({p.ctype} *)(tvm_bnn_arena + {st.offset})"
 
+    out_names = ["out"] if single_out else [f"out{i}" for i in range(len(out_tensors))]
+    signature = _run_signature(in_tensors, out_tensors, out_names)
+    sizes = "".join(f"#define TVM_BNN_INPUT{i}_SIZE {_numel(t.shape)} /* {t.name}: {t.dtype}{list(t.shape)} */\n"
+                    for i, t in enumerate(in_tensors))
+    sizes += "".join(f"#define TVM_BNN_OUTPUT{i}_SIZE {_numel(t.shape)} /* {t.dtype}{list(t.shape)} */\n"
+                     for i, t in enumerate(out_tensors))
+    if single_in:
+        sizes += f"#define TVM_BNN_INPUT_SIZE {_numel(in_tensors[0].shape)}\n"
+    if single_out:
+        sizes += f"#define TVM_BNN_OUTPUT_SIZE {_numel(out_tensors[0].shape)}\n"
     header = (f"/* Generated by tvm_bnn.deploy.bundle: a standalone C99 model, no TVM runtime, no malloc. */\n"
               f"#ifndef TVM_BNN_MODEL_H\n#define TVM_BNN_MODEL_H\n#include <stdint.h>\n\n"
-              f"/* input: {in_tensor.dtype}{list(in_shape)}, output: {out_t.dtype}{list(out_t.shape)} (C order) */\n"
-              f"#define TVM_BNN_INPUT_SIZE {in_size}\n#define TVM_BNN_OUTPUT_SIZE {out_size}\n"
+              f"/* inputs and outputs in C order */\n{sizes}"
+              f"#define TVM_BNN_NUM_INPUTS {len(in_tensors)}\n#define TVM_BNN_NUM_OUTPUTS {len(out_tensors)}\n"
               f"#define TVM_BNN_ARENA_BYTES {arena_bytes}\n\n"
               f"#ifdef __cplusplus\nextern \"C\" {{\n#endif\n"
-              f"/* Runs one inference: reads TVM_BNN_INPUT_SIZE values from in, writes TVM_BNN_OUTPUT_SIZE to out.\n"
-              f"   Not reentrant (one static arena of TVM_BNN_ARENA_BYTES bytes). Returns 0. */\n"
-              f"int tvm_bnn_model_run(const {in_ctype} *in, {out_ctype} *out);\n"
+              f"/* Runs one inference: reads TVM_BNN_INPUT<i>_SIZE values from each input, writes\n"
+              f"   TVM_BNN_OUTPUT<i>_SIZE values to each output. Not reentrant (one static arena of\n"
+              f"   TVM_BNN_ARENA_BYTES bytes). Returns 0. */\n"
+              f"{signature};\n"
               f"#ifdef __cplusplus\n}}\n#endif\n#endif\n")
     lines = [f'#include "model.h"\n\n', code, "\n/* weights.c */\n"]
     for _, t in consts:
@@ -458,7 +491,7 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
                  "void tvm_bnn_bm_begin(void);\nvoid tvm_bnn_bm_end(void);\n"
                  "#define TVM_BNN_STEP_BEGIN(step) tvm_bnn_bm_begin()\n#define TVM_BNN_STEP_END(step) tvm_bnn_bm_end()\n"
                  "#else\n#define TVM_BNN_STEP_BEGIN(step)\n#define TVM_BNN_STEP_END(step)\n#endif\n")
-    lines.append(f"\nint tvm_bnn_model_run(const {in_ctype} *in, {out_ctype} *out) {{\n")
+    lines.append(f"\n{signature} {{\n")
     for i, step in enumerate(steps):
         kernel = src.kernels[step.kernel]
         refs = [ref(t, p) for t, p in zip(step.args, kernel.params)]
@@ -467,8 +500,8 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
         lines.append(f"  /* {step.out.name}: {step.out.dtype}{list(step.out.shape)} */\n"
                      f"  TVM_BNN_STEP_BEGIN({i});\n  {step.kernel}({', '.join(refs)});\n"
                      f"  TVM_BNN_STEP_END({i});\n")
-    if copy_output:
-        lines.append(f"  __builtin_memcpy(out, {ref(out_t, None)}, {out_t.nbytes});\n")
+    for i, t in copies:
+        lines.append(f"  __builtin_memcpy({out_names[i]}, {ref(t, None)}, {t.nbytes});\n")
     lines.append("  return 0;\n}\n")
     model_c = "".join(lines)
     weights = _weights_blob(consts) if llvm else {"weights.c": _weights_c(consts)}
@@ -480,7 +513,7 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
     arch = target.board if llvm else None
     files = {}
     for name, text in list(sources.items()) + [("Makefile", _makefile(math, arch)), ("README.md", _readme(
-            in_tensor, out_t, arena_bytes, no_reuse, weight_bytes, steps, math, arch))]:
+            signature, arena_bytes, no_reuse, weight_bytes, steps, math, arch))]:
         if isinstance(text, bytes):
             (out_dir / name).write_bytes(text)
         else:
@@ -489,9 +522,25 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
     for name, data in objects.items():
         (out_dir / name).write_bytes(data)
         files[name] = out_dir / name
-    return Bundle(out_dir, files, sources, arena_bytes, no_reuse, weight_bytes, in_shape, tuple(out_t.shape),
-                  in_tensor.dtype, out_t.dtype, [s.kernel for s in steps], math, intermediate, blocks,
-                  objects=objects, arch=arch)
+    return Bundle(out_dir, files, sources, arena_bytes, no_reuse, weight_bytes,
+                  [(t.shape, t.dtype) for t in in_tensors], [(tuple(t.shape), t.dtype) for t in out_tensors],
+                  [s.kernel for s in steps], math, intermediate, blocks, objects=objects, arch=arch)
+
+
+def _flatten(value) -> list:
+    if isinstance(value, tuple):
+        return [t for v in value for t in _flatten(v)]
+    return [value]
+
+
+def _numel(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _run_signature(in_tensors, out_tensors, out_names) -> str:
+    params = [f"const {_CTYPES[t.dtype]} *{t.storage.name}" for t in in_tensors]
+    params += [f"{_CTYPES[t.dtype]} *{name}" for t, name in zip(out_tensors, out_names)]
+    return f"int tvm_bnn_model_run({', '.join(params)})"
 
 
 def _weights_c(consts) -> str:
@@ -591,7 +640,7 @@ clean:
 """
 
 
-def _readme(in_t, out_t, arena, no_reuse, weights, steps, math, arch=None) -> str:
+def _readme(signature, arena, no_reuse, weights, steps, math, arch=None) -> str:
     libm = "; the kernels call " + ", ".join(f"`{m}`" for m in math) + " (link `-lm`)" if math else ""
     calls = "\n".join(f"{i + 1}. `{s.kernel}` -> {s.out.dtype}{list(s.out.shape)}" for i, s in enumerate(steps))
     if arch is not None:
@@ -603,8 +652,8 @@ LLVM codegen for {arch}; `model.c` (the run function over one static arena) in C
 named by `weights.S` (`.incbin`; assemble it with `-I` pointing at this directory). No TVM
 runtime, no malloc, single-threaded{libm}.
 
-- `model.h`: `int tvm_bnn_model_run(const {_CTYPES[in_t.dtype]} *in, {_CTYPES[out_t.dtype]} *out);`
-  input {in_t.dtype}{list(in_t.shape)} (`TVM_BNN_INPUT_SIZE` values), output {out_t.dtype}{list(out_t.shape)}.
+- `model.h`: `{signature};` (each buffer in C order; `TVM_BNN_INPUT<i>_SIZE` and `TVM_BNN_OUTPUT<i>_SIZE` give
+  the element counts and shapes). Not reentrant: one static arena.
 - Arena: {arena} bytes (`TVM_BNN_ARENA_BYTES`; {no_reuse} bytes without reuse); weights: {weights} bytes.
 
 Build: `make` ({a.cc}) gives `libtvm_bnn_model.a`; link it into your program with `-lm`, or build directly:
@@ -619,9 +668,9 @@ Calls per inference:
 Generated by `tvm_bnn.deploy.bundle.build_bundle`: plain C99, no TVM runtime, no malloc, no libc beyond what gcc
 itself may call (`memcpy`/`memset`){libm}.
 
-- `model.h`: `int tvm_bnn_model_run(const {_CTYPES[in_t.dtype]} *in, {_CTYPES[out_t.dtype]} *out);`
-  input {in_t.dtype}{list(in_t.shape)} (`TVM_BNN_INPUT_SIZE` values, C order), output {out_t.dtype}{list(out_t.shape)}
-  (`TVM_BNN_OUTPUT_SIZE` values). Not reentrant: one static arena.
+- `model.h`: `{signature};` (each buffer in C order; `TVM_BNN_INPUT<i>_SIZE` and `TVM_BNN_OUTPUT<i>_SIZE` give
+  the element counts and shapes; with one input and one output also `TVM_BNN_INPUT_SIZE`/`TVM_BNN_OUTPUT_SIZE`).
+  Not reentrant: one static arena.
 - `model.c`: the kernels and the run function; `weights.c`: the constants ({weights} bytes, `const`, so in flash).
 - Arena: {arena} bytes of RAM (`TVM_BNN_ARENA_BYTES`; {no_reuse} bytes without reuse), 16-byte aligned.
 

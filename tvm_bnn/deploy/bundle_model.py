@@ -45,21 +45,23 @@ class BundleModel:
         self.scheduled = scheduled  # ARM: the scheduled Relax module, built into a runtime library by export(.so)
         self.inputs = inputs
         self.report = report
-        self.num_outputs = 1
+        self.num_outputs = len(bundle.outputs)
         self._stats = None
 
     def _input(self, args):
-        if len(args) != 1:
-            raise InputError(f"the bundle takes 1 input ({self.inputs[0][0]}), got {len(args)}")
-        value = args[0]
-        if hasattr(value, "detach"):
-            value = value.detach().cpu().numpy()
-        arr = np.asarray(value, dtype=self.inputs[0][2])
-        name, shape, _ = self.inputs[0]
-        if tuple(arr.shape) != tuple(shape):
-            raise InputError(f"input {name!r}: shape {tuple(arr.shape)} does not match the compiled shape "
-                             f"{tuple(shape)}")
-        return arr
+        if len(args) != len(self.inputs):
+            names = ", ".join(n for n, _, _ in self.inputs)
+            raise InputError(f"the bundle takes {len(self.inputs)} input(s) ({names}), got {len(args)}")
+        arrays = []
+        for value, (name, shape, dtype) in zip(args, self.inputs):
+            if hasattr(value, "detach"):
+                value = value.detach().cpu().numpy()
+            arr = np.asarray(value, dtype=dtype)
+            if tuple(arr.shape) != tuple(shape):
+                raise InputError(f"input {name!r}: shape {tuple(arr.shape)} does not match the compiled shape "
+                                 f"{tuple(shape)}")
+            arrays.append(arr)
+        return arrays
 
     def __call__(self, *args):
         x = self._input(args)
@@ -92,7 +94,7 @@ class BundleModel:
         if self.board is None:
             raise TvmBnnError(f"target {self.target_name!r} has no board to measure on; use a cortex-m target")
         if self._stats is None:
-            self(np.zeros(self.inputs[0][1], self.inputs[0][2]))
+            self(*(np.zeros(shape, dtype) for _, shape, dtype in self.inputs))
         return self._stats
 
     def export(self, path: str, overwrite: bool = False) -> str:
@@ -126,5 +128,5 @@ class BundleModel:
                              self.report, overwrite, fcompile=cc.cross_compiler(compiler))
 
     def __repr__(self):
-        return (f"<tvm_bnn.BundleModel target={self.target_name} input={self.inputs[0][1]} "
+        return (f"<tvm_bnn.BundleModel target={self.target_name} inputs={[(n, s) for n, s, _ in self.inputs]} "
                 f"binarized {self.report.num_binarized}/{len(self.report)} layers>")
