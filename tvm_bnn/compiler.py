@@ -247,12 +247,21 @@ def load(path: str) -> CompiledModel:
     if not os.path.exists(meta_path):
         raise TvmBnnError(f"{meta_path!r} is missing: tvm_bnn.load needs the metadata written beside the library "
                           "by CompiledModel.export")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    lib = tvm.runtime.load_module(path)
-    executable = relax.VMExecutable(lib) if hasattr(relax, "VMExecutable") else lib
-    report = Report(LayerRecord(**{**r, "input_shape": tuple(r["input_shape"]),
-                                   "weight_shape": tuple(r["weight_shape"]),
-                                   "output_shape": tuple(r["output_shape"])}) for r in meta["report"])
-    inputs = [(n, tuple(s), d) for n, s, d in meta["inputs"]]
-    return CompiledModel(executable, meta["target"], None, inputs, meta["num_outputs"], report)
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        report = Report(LayerRecord(**{**r, "input_shape": tuple(r["input_shape"]),
+                                       "weight_shape": tuple(r["weight_shape"]),
+                                       "output_shape": tuple(r["output_shape"])}) for r in meta["report"])
+        inputs = [(str(n), tuple(int(d) for d in s), str(d_)) for n, s, d_ in meta["inputs"]]
+        target, num_outputs = str(meta["target"]), int(meta["num_outputs"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TvmBnnError(f"{meta_path!r}: the metadata written by CompiledModel.export is damaged "
+                          f"({exc.__class__.__name__}: {exc}); export the model again") from exc
+    try:
+        lib = tvm.runtime.load_module(path)
+        executable = relax.VMExecutable(lib) if hasattr(relax, "VMExecutable") else lib
+    except Exception as exc:  # noqa: BLE001 - TVM raises several kinds for a file that is not its library
+        raise TvmBnnError(f"{path!r} is not a TVM runtime library for this machine ({str(exc).splitlines()[0]}); "
+                          "export it again, or load it on the machine it was built for") from exc
+    return CompiledModel(executable, target, None, inputs, num_outputs, report)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import tvm
 from tvm import relax
 
@@ -44,7 +45,41 @@ def import_model(model, example_inputs=None) -> ImportedModel:
             raise ModelImportError(
                 f"input {name!r} has a dynamic shape ({param.ty}); tvm_bnn compiles static shapes: export with "
                 "fixed sizes, or pass example_inputs=... with the sizes to compile for")
+    check_tensor_sizes(imported.mod, dict(zip(main.params, imported.input_names)))
     return imported
+
+
+def memory_bytes() -> int:
+    """Physical memory of this machine (the limit on one tensor)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def check_tensor_sizes(mod: tvm.IRModule, names=None, limit: int | None = None) -> None:
+    """Refuse, before anything is allocated, a model with a zero-size tensor, or whose input or intermediate
+    tensor alone needs more bytes than this machine has (``limit``, default: physical memory): it could only
+    fail later, or thrash."""
+    limit = memory_bytes() if limit is None else limit
+    main = mod["main"]
+    exprs = [(names.get(p, p.name) if names else p.name, p) for p in main.params]
+    for block in getattr(main.body, "blocks", []):
+        exprs += [(b.var.name, b.var) for b in block.bindings]
+    for name, expr in exprs:
+        shape = static_shape(expr)
+        dtype = getattr(getattr(expr, "ty", None), "dtype", None)
+        if shape is None or dtype is None or str(dtype) in ("", "void"):
+            continue
+        if 0 in shape:
+            raise ModelImportError(f"tensor {name!r} has shape {shape}: a zero-size dimension; tvm_bnn compiles "
+                                   "non-empty tensors (pass example_inputs with at least one element per axis)")
+        nbytes = int(np.prod(shape, dtype=object)) * max(1, tvm.DataType(str(dtype)).bits // 8)
+        if nbytes > limit:
+            raise ModelImportError(
+                f"tensor {name!r} of shape {shape} ({dtype}) needs {nbytes / 2**30:,.1f} GiB, more than this "
+                f"machine's {limit / 2**30:,.1f} GiB: the model is too large to compile or run here; "
+                "check the input shapes (example_inputs=...)")
 
 
 def _is_onnx(model) -> bool:
