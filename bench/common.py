@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import threading
 import time
 
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
@@ -20,6 +21,42 @@ def median_seconds(fn, repeat: int = 20, warmup: int = 3, min_seconds: float = 0
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def _busy_threads() -> list:
+    """Ids of this process's threads, other than the calling one, that are running or runnable (state R)."""
+    me = str(threading.get_native_id())
+    busy = []
+    for tid in os.listdir("/proc/self/task"):
+        if tid != me:
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "R":
+                        busy.append(tid)
+            except (OSError, IndexError):
+                pass  # a thread that just exited
+    return busy
+
+
+def settle_threads(poll: float = 0.001, quiet_polls: int = 3, max_seconds: float = 1.0) -> float:
+    """Wait until no other thread of this process is running (``quiet_polls`` polls in a row), at most
+    ``max_seconds``; returns the time waited.
+
+    Thread pools (torch's OpenMP workers, TVM's workers) busy-wait after a parallel region ends. Timing one library
+    right after another lets the first one's spinning threads take a core from the second: measured on the 2-core
+    machine, torch's OpenMP worker ran 9-10 ms inside an 18 ms TVM measurement taken right after a torch matmul,
+    and TVM's worker thread waited as long on the run queue (the kernel's static partition then takes up to 2x).
+    Settling before every measurement gives each side the cores its own threads need. (A thread's state is read,
+    not its CPU time: the time of a thread running on another core is only updated at scheduler ticks.)"""
+    start = time.perf_counter()
+    if not os.path.isdir("/proc/self/task"):  # no procfs: a fixed pause, longer than the pools' spin-wait
+        time.sleep(0.2)
+        return time.perf_counter() - start
+    quiet = 0
+    while quiet < quiet_polls and time.perf_counter() - start < max_seconds:
+        quiet = quiet + 1 if not _busy_threads() else 0
+        time.sleep(poll)
+    return time.perf_counter() - start
 
 
 def torch_threads():

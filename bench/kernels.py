@@ -5,7 +5,11 @@ conv2d 3x3, 256->256 channels, 28x28, stride 1, pad 1, batch 1 (torch: F.conv2d)
 TE (tvm_bnn.ops) -> schedules/x86.py -> tvm.compile for the target, timed with time_evaluator; torch with
 bench/common.py's median_seconds; both with BENCH_THREADS (default 2) threads. The measurements are interleaved in
 rounds (torch, then each target) and the figures are medians over the rounds, so that background load on a shared
-machine hits both sides alike.
+machine hits both sides alike. Before every measurement the process waits until its other threads are idle
+(common.settle_threads): the thread pools of torch (OpenMP) and TVM spin-wait for ~10 ms and ~120 ms after a
+parallel region, and timed right after the other library, a kernel would share a core with a spinning thread.
+``outside load`` counts the rounds in which another process was running on the machine when a measurement began
+(/proc/stat procs_running): such rounds slow both sides, torch's conv far more than ours.
 
 bit-MAC/cycle/core = bit-MACs / (seconds * clock * threads), against the AVX-512 peak of 512 (one 512-bit
 vpopcntq per cycle). bit-MACs count every tap (the padded ones too, as torch's MAC count does). The clock is
@@ -22,7 +26,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import THREADS, median_seconds, torch_threads  # noqa: E402
+from common import THREADS, median_seconds, settle_threads, torch_threads  # noqa: E402
 
 torch = torch_threads()
 import numpy as np  # noqa: E402
@@ -79,6 +83,16 @@ def build(op: str, make_out, inputs, target_name: str, knobs=None):
     args = [tvm.runtime.tensor(a, dev) for a in inputs]
     args.append(tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], str(out.dtype)), dev))
     return ex, args
+
+
+def outside_load() -> bool:
+    """Whether a process other than this one is runnable now (Linux; False where /proc/stat is missing)."""
+    try:
+        with open("/proc/stat") as f:
+            running = next(int(line.split()[1]) for line in f if line.startswith("procs_running"))
+    except (OSError, StopIteration, ValueError):
+        return False
+    return running > 1  # this thread is one of them; settle_threads has let our other threads go idle
 
 
 def time_kernel(ex, args, repeat: int) -> float:
@@ -149,11 +163,18 @@ def main(argv=None):
         built = [(tname, *build(op, make, inputs, tname, knobs)) for tname in targets]
         # interleaved rounds: torch and every TVM variant see the same background load (shared machines)
         t_torch, t_tvm = [], {tname: [] for tname in targets}
+        loaded = 0
         for _ in range(args.repeat):
+            busy = False
             if torch_fn:
+                settle_threads()
+                busy |= outside_load()
                 t_torch.append(median_seconds(torch_fn, repeat=3, warmup=1))
             for tname, ex, targs in built:
+                settle_threads()
+                busy |= outside_load()
                 t_tvm[tname].append(time_kernel(ex, targs, 1))
+            loaded += busy
         tt = float(np.median(t_torch)) if torch_fn else None
         for tname, _, _ in built:
             t = float(np.median(t_tvm[tname]))
@@ -161,10 +182,12 @@ def main(argv=None):
             speed = f"{tt / t:7.1f}x" if tt else f"{'':8s}"
             ts = f"{tt * 1e3:9.3f}" if tt else f"{'':9s}"
             print(f"{label:32s} {tname:11s} {t * 1e3:9.3f} {ts} {speed} {rate:9.0f} / {PEAK}", flush=True)
+        print(f"{'':32s} outside load in {loaded}/{args.repeat} rounds", flush=True)
     if args.extra:
         for label, op, inputs, make in other_cases(rng):
             for tname in targets:
                 ex, targs = build(op, make, inputs, tname)
+                settle_threads()
                 print(f"{label:32s} {tname:11s} {time_kernel(ex, targs, args.repeat) * 1e3:9.3f}", flush=True)
 
 

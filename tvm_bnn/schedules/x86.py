@@ -302,6 +302,7 @@ def _apply(sch, op: str, how, num_cores: int, unroll: bool = True):
     _try(lambda: sch.compute_inline(sch.get_sblock("dot")))
     channels = _try(sch.get_sblock, "weights_t") is not None
     epi = sch.get_sblock(op)
+    epilogue_loops = None
     if op == "binary_dense":
         m, n = sch.get_loops(epi)
         mo, mi = sch.split(m, how.p(sch, m))
@@ -320,9 +321,13 @@ def _apply(sch, op: str, how, num_cores: int, unroll: bool = True):
         n, o, oh, ow = sch.get_loops(epi)
         oo, ob, ov = sch.split(o, how.o3(sch, o))
         wo, wi = sch.split(ow, how.p(sch, ow))
-        sch.reorder(n, oo, oh, wo, ob, ov, wi)
+        # epilogue: pixels outside, the channel vector inside, as the accumulators hold it; LLVM transposes the
+        # tile in registers for the NCHW stores (measured ~20% faster on the whole conv than a pixel-inner loop,
+        # whose scalar gathers from the spilled accumulators cost as much as a quarter of the popcounts)
+        sch.reorder(n, oo, oh, wo, ob, wi, ov)
         outer = sch.fuse(n, oo, oh, wo)
         tile_loop = outer
+        epilogue_loops = (wi, ov)
     elif op == "binary_conv2d_bits" and channels:
         n, oh, ow, w, b = sch.get_loops(epi)
         wo, wi = sch.split(ow, how.p(sch, ow))
@@ -347,6 +352,11 @@ def _apply(sch, op: str, how, num_cores: int, unroll: bool = True):
     else:
         raise ValueError(op)
     sch.parallel(outer)
+    if epilogue_loops is not None and not (isinstance(how.lanes, int) and how.lanes == 1):
+        pixels, lanes = epilogue_loops
+        sch.vectorize(lanes)
+        if unroll:
+            sch.unroll(pixels)
     _schedule_conv_prologue(sch, num_cores, how.isa)
     if channels:
         _schedule_popcount_channels(sch, tile_loop, how.lanes, unroll)
