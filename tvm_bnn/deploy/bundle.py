@@ -378,7 +378,8 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
                 continue
             if gv.name_hint not in c_names:
                 c_names[gv.name_hint] = _c_name(gv.name_hint, used)
-                funcs[c_names[gv.name_hint]] = inline_intermediates(func) if lean else func
+                from ..schedules.cortexm import schedule_kernel  # M-profile kernels; deploy.lean for the rest
+                funcs[c_names[gv.name_hint]] = schedule_kernel(func) if lean else func
             raw_funcs[c_names[gv.name_hint]] = func
             out = _Tensor(var.name, dtype, shape, _Storage("arena", 0))
             out.storage.nbytes = out.nbytes

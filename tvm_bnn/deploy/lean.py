@@ -83,16 +83,22 @@ def _compute_reductions_at_consumers(sch, root):
                 break
 
 
-def _lift_nested_allocs(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    lifted = []
+def lift_nested_allocs(func: tirx.PrimFunc, keep=None) -> tirx.PrimFunc:
+    """Move the buffers allocated in nested blocks to the root block (where the C codegen makes them scratch
+    arguments). Buffers for which ``keep(buffer)`` holds (a few accumulators that the C compiler keeps in
+    registers) stay where they are: the codegen declares them as small local arrays."""
+    keep = keep or (lambda buf: False)
+    lifted, nested = [], []
 
     def visit(stmt):
         if isinstance(stmt, s_tir.SBlockRealize):
             return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, visit(stmt.block))
         if isinstance(stmt, s_tir.SBlock):
-            lifted.extend(stmt.alloc_buffers)
+            kept = [b for b in stmt.alloc_buffers if keep(b)]
+            lifted.extend(b for b in stmt.alloc_buffers if not keep(b))
+            nested.extend(kept)
             return s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, visit(stmt.body),
-                                stmt.init, [], stmt.match_buffers, stmt.annotations)
+                                stmt.init, kept, stmt.match_buffers, stmt.annotations)
         if isinstance(stmt, tirx.SeqStmt):
             return tirx.SeqStmt([visit(s) for s in stmt.seq])
         if isinstance(stmt, tirx.For):
@@ -112,9 +118,14 @@ def _lift_nested_allocs(func: tirx.PrimFunc) -> tirx.PrimFunc:
                             list(root.alloc_buffers) + lifted, root.match_buffers, root.annotations)
     new = func.with_body(s_tir.SBlockRealize(realize.iter_values, realize.predicate, new_root))
     text = new.script()
-    if any(len(m.group(1)) != 4 for m in re.finditer(r"^( *)\w+ = T\.sblock_alloc_buffer", text, re.M)):
-        raise ValueError("an allocation is left in a nested statement")
+    names = {str(b.name) for b in nested}
+    for m in re.finditer(r"^( *)(\w+) = T\.sblock_alloc_buffer", text, re.M):
+        if len(m.group(1)) != 4 and m.group(2) not in names:
+            raise ValueError("an allocation is left in a nested statement")
     return new
+
+
+_lift_nested_allocs = lift_nested_allocs
 
 
 def inline_intermediates(func: tirx.PrimFunc, keep_prefixes=("pad",), shrink_reductions: bool = True) -> tirx.PrimFunc:

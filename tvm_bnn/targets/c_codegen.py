@@ -22,6 +22,15 @@ declaration of the builtin that compilers reject), defined once per file in ``PR
 * ``-DTVM_BNN_POPCOUNT_BUILTIN``: ``__builtin_popcount``/``__builtin_popcountll`` (a ``popcnt`` instruction on hosts
   that have one, a libgcc call on Cortex-M).
 
+The M-profile kernels (``schedules/cortexm.py``) call further helpers directly (``call_pure_extern``): the per-byte
+bit counts of a word (``tvm_bnn_popcount64_bytes``, ``tvm_bnn_popcount32_bytes``), its nibble counts and their fold
+to bytes (``tvm_bnn_nibbles``, ``tvm_bnn_fold_nibbles``), and the sum of a uint32's 4 byte counts
+(``tvm_bnn_bytesum``): byte vectors of several words add without carries, so a sum of words needs one horizontal
+reduction instead of one per word. On Thumb-2 (``__thumb2__``: Cortex-M3/M4/M7/M33/M55) the nibble and fold steps are
+inline assembly (modified-immediate masks, shifted operands: 5 and 3 instructions where gcc makes 7 and 4 of the C);
+``-DTVM_BNN_POPCOUNT_PORTABLE`` selects the plain C there too. Under ``TVM_BNN_POPCOUNT_BUILTIN`` the "byte counts"
+are plain counts and ``tvm_bnn_bytesum`` is the identity (the same sums, in one integer).
+
 ``generate_c`` then strips what the codegen still adds for the packed world (TVM includes, ``TVM_DLL``, the library
 context, the helpers' extern declarations) and checks that nothing of TVM's runtime is left.
 """
@@ -54,6 +63,12 @@ static inline __attribute__((unused)) uint8_t tvm_bnn_popcount8(uint8_t x) { ret
 static inline __attribute__((unused)) uint16_t tvm_bnn_popcount16(uint16_t x) { return (uint16_t)__builtin_popcount(x); }
 static inline __attribute__((unused)) uint32_t tvm_bnn_popcount32(uint32_t x) { return (uint32_t)__builtin_popcount(x); }
 static inline __attribute__((unused)) uint64_t tvm_bnn_popcount64(uint64_t x) { return (uint64_t)__builtin_popcountll(x); }
+/* the "byte counts" are the plain counts here: a sum of up to 31 of them, and tvm_bnn_bytesum is the identity */
+static inline __attribute__((unused)) uint32_t tvm_bnn_popcount64_bytes(uint64_t x) { return (uint32_t)__builtin_popcountll(x); }
+static inline __attribute__((unused)) uint32_t tvm_bnn_popcount32_bytes(uint32_t x) { return (uint32_t)__builtin_popcount(x); }
+static inline __attribute__((unused)) uint32_t tvm_bnn_bytesum(uint32_t x) { return x; }
+static inline __attribute__((unused)) uint32_t tvm_bnn_nibbles(uint32_t x) { return (uint32_t)__builtin_popcount(x); }
+static inline __attribute__((unused)) uint32_t tvm_bnn_fold_nibbles(uint32_t x) { return x; }
 #else
 /* SWAR: per-nibble bit counts (each <= 4) of a 32-bit word */
 static inline __attribute__((unused)) uint32_t tvm_bnn_popcount_nibbles(uint32_t x) {
@@ -73,6 +88,43 @@ static inline __attribute__((unused)) uint64_t tvm_bnn_popcount64(uint64_t v) {
 }
 static inline __attribute__((unused)) uint16_t tvm_bnn_popcount16(uint16_t x) { return (uint16_t)tvm_bnn_popcount32(x); }
 static inline __attribute__((unused)) uint8_t tvm_bnn_popcount8(uint8_t x) { return (uint8_t)tvm_bnn_popcount32(x); }
+/* Byte counts, for sums of many words (schedules/cortexm.py): the bit counts of each byte position, 4 per uint32.
+   Adding the results of up to 15 words (64-bit, each byte <= 16) or 31 halves (32-bit, <= 8) carries nothing across
+   bytes; tvm_bnn_bytesum then gives the total. */
+#if defined(__thumb2__) && !defined(TVM_BNN_POPCOUNT_PORTABLE)
+/* Thumb-2: every mask is a modified immediate and every shift an operand shift, 5 instructions for the nibble counts
+   of a word and 3 for the byte fold; gcc turns the C below into 7 and 4 (it canonicalises (x & m) >> s). */
+static inline __attribute__((unused)) uint32_t tvm_bnn_nibbles(uint32_t x) {
+  uint32_t t;
+  __asm__("and %0, %1, #0xAAAAAAAA\n\tsub %1, %1, %0, lsr #1\n\t"
+          "and %0, %1, #0xCCCCCCCC\n\tand %1, %1, #0x33333333\n\tadd %1, %1, %0, lsr #2" : "=&r"(t), "+r"(x));
+  return x;
+}
+static inline __attribute__((unused)) uint32_t tvm_bnn_fold_nibbles(uint32_t x) {
+  uint32_t t;
+  __asm__("and %0, %1, #0xF0F0F0F0\n\tand %1, %1, #0x0F0F0F0F\n\tadd %1, %1, %0, lsr #4" : "=&r"(t), "+r"(x));
+  return x;
+}
+#else
+static inline __attribute__((unused)) uint32_t tvm_bnn_nibbles(uint32_t x) {
+  x = x - ((x & 0xAAAAAAAAu) >> 1);
+  return (x & 0x33333333u) + ((x & 0xCCCCCCCCu) >> 2);
+}
+static inline __attribute__((unused)) uint32_t tvm_bnn_fold_nibbles(uint32_t x) {
+  return (x & 0x0F0F0F0Fu) + ((x & 0xF0F0F0F0u) >> 4);
+}
+#endif
+static inline __attribute__((unused)) uint32_t tvm_bnn_popcount64_bytes(uint64_t v) {
+  return tvm_bnn_fold_nibbles(tvm_bnn_nibbles((uint32_t)v) + tvm_bnn_nibbles((uint32_t)(v >> 32))); /* nibbles <= 8 */
+}
+static inline __attribute__((unused)) uint32_t tvm_bnn_popcount32_bytes(uint32_t a) {
+  return tvm_bnn_fold_nibbles(tvm_bnn_nibbles(a));
+}
+/* the sum of the 4 byte counts (each <= 255) */
+static inline __attribute__((unused)) uint32_t tvm_bnn_bytesum(uint32_t x) {
+  x = (x & 0x00FF00FFu) + ((x & 0xFF00FF00u) >> 8);
+  return (x + (x >> 16)) & 0xFFFFu;
+}
 #endif
 #endif /* TVM_BNN_POPCOUNT_DEFINED */
 """
@@ -218,7 +270,14 @@ def raw_pointer_func(func: tirx.PrimFunc) -> tuple:
         blk = tvm.s_tir.SBlock(blk.iter_vars, blk.reads, blk.writes, blk.name_hint, blk.body, blk.init, [],
                                blk.match_buffers, blk.annotations)
         body = realize_cls(body.iter_values, body.predicate, blk)
-    new = tirx.PrimFunc(params, tirx.SeqStmt(decls + [body]))
+    body = tirx.SeqStmt(decls + [body])
+    # Buffers left in nested blocks (a few accumulators, see schedules/cortexm.py) are small stack arrays. TVM's
+    # LowerTVMBuiltin keeps an allocation on the stack only when it knows the device is the CPU (for the packed API,
+    # MakePackedAPI tells it so); without that it asks for TVMBackendAllocWorkspace. Say so here (the attributes are
+    # consumed by that pass and print nothing).
+    body = tirx.AttrStmt(tirx.const(0, "int32"), "device_id", tirx.const(0, "int32"), body)
+    body = tirx.AttrStmt(tirx.const(0, "int32"), "device_type", tirx.const(1, "int32"), body)
+    new = tirx.PrimFunc(params, body)
     for key, value in func.attrs.items():
         if key not in ("global_symbol", "tirx.is_entry_func"):
             new = new.with_attr(key, value)
@@ -240,7 +299,10 @@ def _placeholder_func() -> tirx.PrimFunc:
 _STRIP_LINE = re.compile(r'^(#define TVM_EXPORTS|#include "tvm/.*"|void\* __tvm_ffi__library_ctx = NULL;|'
                          r'// tvm target:.*)$')
 _EXTERN_C = re.compile(r'#ifdef __cplusplus\nextern "C"\n#endif\n')
-_HELPER_DECL = re.compile(r'^(?:TVM_DLL )?\w+ tvm_bnn_popcount\d+\([^)]*\);\n', re.M)
+HELPERS = ("tvm_bnn_popcount8", "tvm_bnn_popcount16", "tvm_bnn_popcount32", "tvm_bnn_popcount64",
+           "tvm_bnn_popcount32_bytes", "tvm_bnn_popcount64_bytes", "tvm_bnn_bytesum", "tvm_bnn_nibbles",
+           "tvm_bnn_fold_nibbles")
+_HELPER_DECL = re.compile(rf'^(?:TVM_DLL )?\w+ (?:{"|".join(HELPERS)})\([^)]*\);\n', re.M)
 _LEFTOVER = re.compile(r'TVMBackend|TVMFFI|__tvm_ffi|TVM_DLL|#include "tvm|DLTensor')
 
 

@@ -1,0 +1,226 @@
+"""schedules/cortexm.py: the M-profile form of our binary conv2d / dense kernels (byte-count accumulation, 32-bit
+halves, channel blocks, 32-bit bit gathering) as the C bundle builds them, run on the emulated Cortex-M4 and on the
+host, bit-exact against the numpy references of tvm_bnn/ops.
+
+A missing toolchain skips these tests, except under CI=true, where it fails them (clang is optional everywhere).
+"""
+import json
+
+import numpy as np
+import pytest
+from tvm import te
+
+from tvm_bnn.ops import binary_conv2d, binary_dense, bitpack, epilogue
+from tvm_bnn.passes.kernels import TE_BUILDERS
+from tvm_bnn.schedules import cortexm
+from tvm_bnn.targets.c_codegen import generate_c, harness_main
+
+from .test_bare_metal_kernels import pm1, run_everywhere
+
+
+def kernel_sources(op, params, inputs, block_size=None, check_bytesum=True):
+    """The kernel as the bundle makes it (TE of the op -> cortexm.build_kernel -> C) + a main running it once."""
+    phs = [te.placeholder(a.shape, str(a.dtype), name=n) for n, a in inputs]
+    func = te.create_prim_func(phs + [TE_BUILDERS[op](params)(*phs)])
+    func = func.with_attr("tvm_bnn.op", op).with_attr("tvm_bnn.params", json.dumps(params))
+    src = generate_c({"kernel": cortexm.build_kernel(func, op, params, block_size)})
+    if check_bytesum:
+        assert "tvm_bnn_bytesum(" in src.code  # the M-profile form, not the generic one
+    kernel = src.kernels["kernel"]
+    out = kernel.params[len(inputs)]
+    assert not out.scratch and all(p.readonly for p in kernel.params[:len(inputs)])
+    scratch = [f"s_{p.name}" if p.scratch else p.name for p in kernel.params]
+    main = harness_main(src, [("kernel", scratch)], dict(inputs), [out.name])
+    return {"kernels.c": src.code, "main.c": main}, out, src
+
+
+def conv_params(c, kernel, strides, padding, dilation=(1, 1)):
+    return dict(in_channels=c, kernel=list(kernel), strides=list(strides), padding=list(padding),
+                dilation=list(dilation))
+
+
+CONV_CASES = [
+    # C, O, H, W, kernel, strides, padding (t, l, b, r), dilation
+    (32, 8, 6, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),  # 32-bit halves, nibbles over a kernel row
+    (3, 5, 7, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    (64, 6, 5, 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),  # full words, one byte group of 9 words
+    (65, 7, 7, 6, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),  # 2 words per pixel: a byte group per kernel row
+    (65, 65, 6, 5, (3, 2), (2, 1), (1, 0, 2, 1), (1, 1)),
+    (330, 3, 4, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),  # 6 words per pixel: groups of 9 words of a row
+    (40, 4, 7, 7, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2)),  # dilation
+    (20, 6, 6, 7, (5, 1), (1, 1), (2, 0, 2, 0), (1, 1)),  # 32-bit halves, 5 rows of one word
+    (3, 3, 5, 5, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),  # no padding: no pad_adjust
+]
+
+
+@pytest.mark.parametrize("c,o,h,w,kernel,strides,padding,dilation", CONV_CASES)
+def test_conv2d_float_output(tmp_path, rng, c, o, h, w, kernel, strides, padding, dilation):
+    geo = binary_conv2d.Conv2dGeometry(c, kernel, strides, padding, dilation)
+    x, wt = pm1(rng, (1, c, h, w)), pm1(rng, (o, c) + kernel)
+    scale = rng.uniform(0.1, 2, o).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    expected = epilogue.float_reference(binary_conv2d.reference_dot(x, wt, geo), scale, bias, channel_axis=1)
+    sources, out, _ = kernel_sources("binary_conv2d", conv_params(c, kernel, strides, padding, dilation), [
+        ("xp", bitpack.reference_nchw(x)), ("wp", binary_conv2d.pack_weights(wt)), ("scale", scale), ("bias", bias)])
+    run_everywhere(tmp_path, sources, out, expected)
+
+
+@pytest.mark.parametrize("c,o,h,w,kernel,strides,padding,dilation", CONV_CASES)
+def test_conv2d_bits_output(tmp_path, rng, c, o, h, w, kernel, strides, padding, dilation):
+    o = o + 60  # several channel blocks, both 32-bit halves of the output word, a partial second word
+    geo = binary_conv2d.Conv2dGeometry(c, kernel, strides, padding, dilation)
+    x, wt = pm1(rng, (1, c, h, w)), pm1(rng, (o, c) + kernel)
+    direction = rng.choice([-1, 0, 1], o).astype(np.int32)
+    threshold = rng.integers(-5, 6, o).astype(np.int32)
+    dot = binary_conv2d.reference_dot(x, wt, geo)
+    expected = epilogue.bits_reference(np.transpose(dot, (0, 2, 3, 1)), direction, threshold)
+    sources, out, _ = kernel_sources("binary_conv2d_bits", conv_params(c, kernel, strides, padding, dilation), [
+        ("xp", bitpack.reference_nchw(x)), ("wp", binary_conv2d.pack_weights(wt)), ("direction", direction),
+        ("threshold", threshold)])
+    run_everywhere(tmp_path, sources, out, expected)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 32, 7), (3, 200, 10), (2, 130, 65), (1, 1100, 5), (1, 8192, 3)])
+def test_dense(tmp_path, rng, m, k, n):
+    x, wt = pm1(rng, (m, k)), pm1(rng, (n, k))
+    dot = binary_dense.reference_dot(x, wt)
+    xp, wp = bitpack.reference_rows(x), bitpack.reference_rows(wt)
+    scale = rng.uniform(0.1, 2, n).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    sources, out, _ = kernel_sources("binary_dense", {"k": k}, [("xp", xp), ("wp", wp), ("scale", scale),
+                                                                ("bias", bias)])
+    run_everywhere(tmp_path / "f", sources, out, epilogue.float_reference(dot, scale, bias, channel_axis=1))
+    d, t = rng.choice([-1, 1], n).astype(np.int32), rng.integers(-3, 4, n).astype(np.int32)
+    sources, out, _ = kernel_sources("binary_dense_bits", {"k": k}, [("xp", xp), ("wp", wp), ("direction", d),
+                                                                     ("threshold", t)])
+    run_everywhere(tmp_path / "b", sources, out, epilogue.bits_reference(dot, d, t))
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 4])
+def test_channel_blocks(tmp_path, rng, block_size):
+    c, o = 64, 72
+    geo = binary_conv2d.Conv2dGeometry(c, (3, 3), (1, 1), (1, 1, 1, 1))
+    x, wt = pm1(rng, (1, c, 5, 4)), pm1(rng, (o, c, 3, 3))
+    direction = rng.choice([-1, 1], o).astype(np.int32)
+    threshold = rng.integers(-9, 10, o).astype(np.int32)
+    dot = binary_conv2d.reference_dot(x, wt, geo)
+    expected = epilogue.bits_reference(np.transpose(dot, (0, 2, 3, 1)), direction, threshold)
+    sources, out, _ = kernel_sources("binary_conv2d_bits", conv_params(c, (3, 3), (1, 1), (1, 1, 1, 1)), [
+        ("xp", bitpack.reference_nchw(x)), ("wp", binary_conv2d.pack_weights(wt)), ("direction", direction),
+        ("threshold", threshold)], block_size=block_size)
+    run_everywhere(tmp_path, sources, out, expected)
+
+
+@pytest.mark.parametrize("c", [65, 20])
+@pytest.mark.parametrize("board,defines", [("cortex-m0", ()), ("cortex-m7", ()), ("cortex-m3", ()),
+                                           ("cortex-m4", ("TVM_BNN_POPCOUNT_BUILTIN",)),
+                                           ("cortex-m4", ("TVM_BNN_POPCOUNT_PORTABLE",))])
+def test_helper_variants_and_boards(tmp_path, rng, board, defines, c):
+    """ARMv6-M (no Thumb-2: the portable C helpers), the other boards, the builtin and portable helper variants;
+    full words (C=65) and 32-bit halves with the nibble stage (C=20)."""
+    from tvm_bnn.targets import qemu
+
+    from .test_bare_metal_kernels import need
+
+    o = 70
+    geo = binary_conv2d.Conv2dGeometry(c, (3, 3), (2, 2), (1, 1, 1, 1))
+    x, wt = pm1(rng, (1, c, 5, 5)), pm1(rng, (o, c, 3, 3))
+    direction = rng.choice([-1, 1], o).astype(np.int32)
+    threshold = rng.integers(-9, 10, o).astype(np.int32)
+    dot = binary_conv2d.reference_dot(x, wt, geo)
+    expected = epilogue.bits_reference(np.transpose(dot, (0, 2, 3, 1)), direction, threshold)
+    sources, out, src = kernel_sources("binary_conv2d_bits", conv_params(c, (3, 3), (2, 2), (1, 1, 1, 1)), [
+        ("xp", bitpack.reference_nchw(x)), ("wp", binary_conv2d.pack_weights(wt)), ("direction", direction),
+        ("threshold", threshold)])
+    assert ("tvm_bnn_nibbles(" in src.code.split("TVM_BNN_POPCOUNT_DEFINED */")[1]) == (c <= 32)
+    need("arm-none-eabi-gcc", "qemu-system-arm")
+    run = qemu.run_on_board(sources, board, workdir=tmp_path / "board", defines=defines)
+    np.testing.assert_array_equal(np.frombuffer(run.output, out.dtype).reshape(out.shape), expected)
+    if defines:
+        need("gcc")
+        res = qemu.run_on_host(sources, "gcc", workdir=tmp_path / "gcc", defines=defines)
+        np.testing.assert_array_equal(np.frombuffer(res.output, out.dtype).reshape(out.shape), expected)
+
+
+def test_accumulators_stay_in_the_kernel_and_arena_is_unchanged(rng):
+    """The register-block accumulators are locals of the C function; the arena scratch (pad, popw, pad_adjust) is
+    what the generic lean schedule needs, no more."""
+    from tvm_bnn.deploy.lean import inline_intermediates
+
+    params = conv_params(64, (3, 3), (1, 1), (1, 1, 1, 1))
+    phs = [te.placeholder((1, 8, 8, 1), "uint64", name="xp"), te.placeholder((64, 3, 3, 1), "uint64", name="wp"),
+           te.placeholder((64,), "int32", name="d"), te.placeholder((64,), "int32", name="t")]
+    func = te.create_prim_func(phs + [TE_BUILDERS["binary_conv2d_bits"](params)(*phs)])
+    func = func.with_attr("tvm_bnn.op", "binary_conv2d_bits").with_attr("tvm_bnn.params", json.dumps(params))
+    fast = generate_c({"k": cortexm.schedule_kernel(func)}).kernels["k"]
+    lean = generate_c({"k": inline_intermediates(func)}).kernels["k"]
+    assert fast.scratch_bytes <= lean.scratch_bytes
+    assert [p.name for p in fast.params if not p.scratch] == [p.name for p in lean.params if not p.scratch]
+
+
+def test_non_binary_kernels_get_the_lean_schedule():
+    from tvm_bnn.deploy.lean import inline_intermediates
+
+    a = te.placeholder((4, 5), "float32", name="a")
+    b = te.compute((4, 5), lambda i, j: a[i, j] * 2.0, name="b")
+    c = te.compute((4, 5), lambda i, j: b[i, j] + 1.0, name="c")
+    func = te.create_prim_func([a, c])
+    assert cortexm.schedule_kernel(func).script() == inline_intermediates(func).script()
+
+
+@pytest.mark.parametrize("channels,shape", [(3, (1, 3, 3, 4)), (32, (1, 32, 2, 3)), (64, (1, 64, 2, 2)),
+                                            (65, (1, 65, 3, 2)), (130, (2, 130, 1, 2))])
+def test_bitpack_nchw(tmp_path, rng, channels, shape):
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, 0, 0, 0] = 0.0  # the tie packs as +1
+    x[0, -1, 0, 1] = -0.0
+    sources, out, _ = kernel_sources("bitpack_nchw", {}, [("x", x)], check_bytesum=False)
+    run_everywhere(tmp_path, sources, out, bitpack.reference_nchw(x))
+
+
+@pytest.mark.parametrize("m,k", [(1, 1), (2, 64), (3, 100), (1, 8192)])
+def test_bitpack_rows(tmp_path, rng, m, k):
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    x[0, 0] = -0.0
+    sources, out, _ = kernel_sources("bitpack_rows", {}, [("x", x)], check_bytesum=False)
+    run_everywhere(tmp_path, sources, out, bitpack.reference_rows(x))
+
+
+@pytest.mark.parametrize("board,defines", [("cortex-m4", ()), ("cortex-m4", ("TVM_BNN_POPCOUNT_PORTABLE",)),
+                                           ("cortex-m4", ("TVM_BNN_POPCOUNT_BUILTIN",)), ("cortex-m0", ())])
+def test_byte_count_helpers_exact(tmp_path, rng, board, defines):
+    """Sums of 15 words' byte counts (31 halves') then tvm_bnn_bytesum, and 3 halves' nibbles folded, against numpy
+    on edge-case (all ones: the largest byte counts) and random words."""
+    from tvm_bnn.targets import qemu
+    from tvm_bnn.targets.c_codegen import PREAMBLE
+
+    from .test_bare_metal_kernels import need
+
+    words = np.concatenate([np.full(15, 2**64 - 1, np.uint64), np.full(15, 0xF0F0F0F0F0F0F0F0, np.uint64),
+                            rng.integers(0, 2**63, 15 * 6, dtype=np.uint64) * 2 + 1]).reshape(-1, 15)
+    halves = words.view(np.uint32).reshape(-1, 30)[:, :30]
+    ones = np.vectorize(lambda v: bin(int(v)).count("1"))
+    expected = np.stack([ones(words).sum(1), ones(halves).sum(1), ones(halves[:, :3]).sum(1)], 1).astype(np.uint32)
+    main = PREAMBLE + '#include "tvm_bnn_bm.h"\nstatic const uint64_t w[%d] = {%s};\n' % (
+        words.size, ", ".join(f"0x{int(v):x}ull" for v in words.reshape(-1))) + r"""
+static uint32_t r[%d];
+int main(void) {
+  for (int i = 0; i < %d; ++i) {
+    const uint64_t *p = w + 15 * i;
+    const uint32_t *q = (const uint32_t *)p;
+    uint32_t a = 0, b = 0;
+    for (int j = 0; j < 15; ++j) a += tvm_bnn_popcount64_bytes(p[j]);
+    for (int j = 0; j < 30; ++j) b += tvm_bnn_popcount32_bytes(q[j]);
+    r[3 * i] = tvm_bnn_bytesum(a);
+    r[3 * i + 1] = tvm_bnn_bytesum(b);
+    r[3 * i + 2] = tvm_bnn_bytesum(tvm_bnn_fold_nibbles(tvm_bnn_nibbles(q[0]) + tvm_bnn_nibbles(q[1])
+                                                        + tvm_bnn_nibbles(q[2])));
+  }
+  tvm_bnn_bm_output(r, sizeof(r));
+  return 0;
+}
+""" % (expected.size, len(words))
+    need("arm-none-eabi-gcc", "qemu-system-arm")
+    run = qemu.run_on_board({"main.c": main}, board, workdir=tmp_path / "b", defines=defines,
+                            extra_cflags=("-fno-strict-aliasing",))
+    np.testing.assert_array_equal(np.frombuffer(run.output, np.uint32).reshape(expected.shape), expected)

@@ -1,0 +1,421 @@
+"""The C bundle's kernels for an M-profile core (Cortex-M: no popcount instruction, 32-bit ALU, ~13 registers).
+
+``schedule_kernel(func)`` replaces the plain memory-lean schedule (``deploy.lean.inline_intermediates``, which it
+still applies to every other kernel) for our binary conv2d / dense / bitpack kernels (found by their ``tvm_bnn.op`` +
+``tvm_bnn.params`` attributes): it rebuilds the PrimFunc from an M-profile form of the same computation (same
+parameters in the same order, same outputs bit for bit) and schedules that:
+
+* **Byte-count accumulation.** The generic form runs a whole SWAR popcount per 64-bit word (nibble counts, byte
+  sums, a multiply) and adds it to a uint64 accumulator. Here a word only contributes its *per-byte* bit counts
+  (``tvm_bnn_popcount64_bytes``: the two 32-bit halves' nibble counts added, then folded to 4 bytes <= 16 each); the
+  byte vectors of up to 15 words (31 halves) are summed as plain uint32 additions, carry-free, and each such group
+  is reduced to an integer once (``tvm_bnn_bytesum``). A group is every word of one output (9 for a 3x3 kernel with
+  <= 64 input channels), else one kernel row, else a divisor of it.
+* **32-bit halves.** When the input channels fit into the low half of the only packed word (C <= 32), only that half
+  is loaded and counted: the upper halves hold no channel (bitpack, the bits epilogues and the packed weights leave
+  those bits 0). The nibble counts of up to 3 such halves (a kernel row) are added before the byte fold.
+* **Register blocking.** ``MAX_BLOCK`` output channels (a divisor of the channel count) are computed together, the
+  words of the receptive field outermost and the channels of the block innermost, fully unrolled: each input word is
+  loaded once per block and the accumulators (uint32) are local arrays with constant indices, i.e. registers.
+  Their buffers (``_REGISTER_BUFFERS``) stay in their nested blocks; every other intermediate becomes a scratch
+  argument in the arena exactly as with ``deploy.lean`` (the arena does not grow).
+* **32-bit output words.** A bits output (and bitpack) gathers each 64-bit word as two uint32 halves in registers,
+  bit by bit with a one-instruction 32-bit shift instead of a 64-bit shift sequence, and stores the word once.
+* **Address math and tests out of the hot loop.** The zero-padded input (``pad``) stays materialised, so the
+  unrolled receptive field is base + constant offsets with no bounds test; the padding correction (``pad_adjust``,
+  a function of the weights) loops over channels innermost with its border-class and tap loops unrolled, so each
+  tap's inside/outside test is a compile-time constant and the inside taps produce no code.
+
+Measured on the emulated Cortex-M4 (``bench/cortexm.py --kernels``): 2-4x fewer instructions per binary kernel;
+the price is code flash (unrolled blocks: about +3 KB per conv kernel).
+"""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+from tvm import s_tir, te, tirx
+
+from ..deploy import lean
+from ..ops import WORD_BITS, epilogue, num_words
+from ..ops.binary_conv2d import Conv2dGeometry, _pick, _tap_classes
+
+MAX_BLOCK = 4  # output channels per register block (measured on the M4: 4 beats 2 and 1 by 2-4 %)
+BYTE_GROUP_64 = 15  # 64-bit words whose byte counts (<= 16 each) can be summed in one uint32 without a carry
+BYTE_GROUP_32 = 31  # 32-bit halves (byte counts <= 8)
+MAX_ADJUST_UNROLL = 100  # (border class, tap) pairs of the padding correction unrolled into constant code
+UNROLL_BITPACK = False  # bitpack: straight-line code measured 1 % faster on the digits model for +2.3 KB of flash
+UNROLL_WORDS = 16  # unroll a group's word loop up to this many words
+
+# the accumulators of a register block: left in their nested blocks, where the C codegen declares them as small local
+# arrays (indexed by constants after unrolling: the C compiler keeps them in registers)
+_REGISTER_BUFFERS = ("nibbles", "bytes", "popcount", "binary_conv2d_bits_halves", "binary_dense_bits_halves",
+                     "bitpack_halves")
+
+_CONV_OPS = ("binary_conv2d", "binary_conv2d_bits")
+_DENSE_OPS = ("binary_dense", "binary_dense_bits")
+_BITPACK_OPS = ("bitpack_nchw", "bitpack_rows")
+
+
+def _extern(name, *args):
+    return tirx.call_pure_extern("uint32", name, *args)
+
+
+def _bytes_of(word, low_half: bool):
+    if low_half:
+        return _extern("tvm_bnn_popcount32_bytes", tirx.Cast("uint32", word))
+    return _extern("tvm_bnn_popcount64_bytes", word)
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _block(extent: int) -> int:
+    return _largest_divisor(extent, MAX_BLOCK)
+
+
+def _popcount_stages(shape, word, axes, low: bool):
+    """The mismatch count ``sum over the reduction axes of popcount(word(*idx, *red))`` as TE stages, for an output
+    of ``shape``; ``axes`` are the reduction extents, outermost first (conv: KH, KW, CW; dense: KW).
+
+    * ``nibbles`` (only for 32-bit halves, the innermost axis <= 3 words and the only non-unit one inside it): the
+      nibble counts of up to 3 halves summed (<= 12 per nibble), folded to bytes once;
+    * ``bytes``: byte counts summed over as many words as fit (all of them when possible, else the innermost axes or
+      a divisor of them), reduced to an integer with ``tvm_bnn_bytesum``;
+    * ``popcount``: the sum of those integers when there is more than one byte group.
+    Returns ``pop(*idx) -> uint32 expr``."""
+    per_word = 8 if low else 16
+    limit = 255 // per_word
+    total = int(np.prod(axes))
+    inner = axes[-1] if len(axes) == 1 else int(np.prod(axes[1:]))  # words per outer index (per kernel row)
+    outer = axes[0] if len(axes) > 1 else 1
+
+    if low and len(axes) == 3 and axes[2] == 1 and axes[1] <= 3 and axes[0] * axes[1] <= limit:
+        # nibble stage over the kernel row, byte stage over the rows
+        rkw = te.reduce_axis((0, axes[1]), name="rkw")
+        nib = te.compute(tuple(shape) + (axes[0],), lambda *i: te.sum(
+            _extern("tvm_bnn_nibbles", tirx.Cast("uint32", word(*i[:-1], i[-1], rkw, 0))), axis=rkw), name="nibbles")
+        rkh = te.reduce_axis((0, axes[0]), name="rkh")
+        byt = te.compute(tuple(shape), lambda *i: te.sum(_extern("tvm_bnn_fold_nibbles", nib[i + (rkh,)]), axis=rkh),
+                         name="bytes")
+        return lambda *i: _extern("tvm_bnn_bytesum", byt[i])
+    if total <= limit:  # one byte group: every word of the output
+        rs = [te.reduce_axis((0, a), name=f"r{k}") for k, a in enumerate(axes)]
+        byt = te.compute(tuple(shape), lambda *i: te.sum(_bytes_of(word(*i, *rs), low), axis=rs), name="bytes")
+        return lambda *i: _extern("tvm_bnn_bytesum", byt[i])
+    group = _largest_divisor(inner, limit)
+    rj = te.reduce_axis((0, group), name="rj")
+
+    def inner_idx(g):
+        j = g * group + rj
+        if len(axes) == 1:
+            return [j]
+        return [j, 0] if axes[2] == 1 else [j // axes[2], j % axes[2]]
+
+    if len(axes) == 1:
+        byt = te.compute(tuple(shape) + (inner // group,), lambda *i: te.sum(
+            _bytes_of(word(*i[:-1], *inner_idx(i[-1])), low), axis=rj), name="bytes")
+        rg = te.reduce_axis((0, inner // group), name="rg")
+        pop = te.compute(tuple(shape), lambda *i: te.sum(_extern("tvm_bnn_bytesum", byt[i + (rg,)]), axis=rg),
+                         name="popcount")
+    else:
+        byt = te.compute(tuple(shape) + (outer, inner // group), lambda *i: te.sum(
+            _bytes_of(word(*i[:-2], i[-2], *inner_idx(i[-1])), low), axis=rj), name="bytes")
+        ro = te.reduce_axis((0, outer), name="ro")
+        rg = te.reduce_axis((0, inner // group), name="rg")
+        pop = te.compute(tuple(shape), lambda *i: te.sum(_extern("tvm_bnn_bytesum", byt[i + (ro, rg)]),
+                                                         axis=[ro, rg]), name="popcount")
+    return lambda *i: pop[i]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# computes (same results as ops.binary_conv2d / ops.binary_dense, M-profile form of the popcount)
+
+
+def conv_dot(xp: te.Tensor, wp: te.Tensor, geo: Conv2dGeometry, out_extent: int | None = None) -> te.Tensor:
+    """uint64[N,H,W,CW] x uint64[O,KH,KW,CW] -> int32[N, OH, OW, out_extent] (NHWC), as ``binary_conv2d.compute_dot``
+    (zero padding skipped exactly, channels past O reuse the last filter)."""
+    n_, h_, w_, cw_ = (int(d) for d in xp.shape)
+    o_, kh_, kw_, _ = (int(d) for d in wp.shape)
+    ext = o_ if out_extent is None else int(out_extent)
+    (sh, sw), (dh, dw) = geo.strides, geo.dilation
+    pt, pl, _, _ = geo.padding
+    oh_, ow_ = geo.output_hw(h_, w_)
+    c = int(geo.in_channels)
+    hp, wpd = (oh_ - 1) * sh + (kh_ - 1) * dh + 1, (ow_ - 1) * sw + (kw_ - 1) * dw + 1
+    cls_h, reps_h = _tap_classes(oh_, kh_, sh, pt, dh, h_)
+    cls_w, reps_w = _tap_classes(ow_, kw_, sw, pl, dw, w_)
+    needs_pad = len(reps_h) > 1 or len(reps_w) > 1 or any(
+        not 0 <= reps_h[0] * sh - pt + k * dh < h_ for k in range(kh_)) or any(
+        not 0 <= reps_w[0] * sw - pl + k * dw < w_ for k in range(kw_))
+    if needs_pad or pt or pl:
+        xs = te.compute((n_, hp, wpd, cw_), lambda n, i, j, q: tirx.if_then_else(
+            tirx.all(i >= pt, i < pt + h_, j >= pl, j < pl + w_), xp[n, i - pt, j - pl, q], tirx.const(0, "uint64")),
+            name="pad")
+    else:
+        xs = xp
+
+    def oc(o):
+        return o if ext == o_ else tirx.min(o, o_ - 1)
+
+    def word(n, oh, ow, o, kh, kw, cw):
+        return xs[n, oh * sh + kh * dh, ow * sw + kw * dw, cw] ^ wp[oc(o), kh, kw, cw]
+
+    low = cw_ == 1 and c <= 32
+    pop = _popcount_stages((n_, oh_, ow_, ext), word, (kh_, kw_, cw_), low)
+    base = c * kh_ * kw_
+    if not needs_pad:
+        return te.compute((n_, oh_, ow_, ext), lambda n, oh, ow, o: base - 2 * pop(n, oh, ow, o).astype("int32"),
+                          name="dot")
+    rc = te.reduce_axis((0, cw_), name="rc")
+    popw = te.compute((kh_, kw_, o_), lambda i, j, o: te.sum(tirx.popcount(wp[o, i, j, rc]).astype("int32"), axis=rc),
+                      name="popw")
+    ak = te.reduce_axis((0, kh_), name="ak")
+    aj = te.reduce_axis((0, kw_), name="aj")
+
+    def adjust(ch, cwl, o):
+        ih = _pick(ch, reps_h) * sh - pt + ak * dh
+        iw = _pick(cwl, reps_w) * sw - pl + aj * dw
+        outside = tirx.any(ih < 0, ih >= h_, iw < 0, iw >= w_)
+        return te.sum(tirx.Select(outside, 2 * popw[ak, aj, o] - c, 0), axis=[ak, aj])
+
+    adj = te.compute((len(reps_h), len(reps_w), o_), adjust, name="pad_adjust")
+    return te.compute((n_, oh_, ow_, ext), lambda n, oh, ow, o: base - 2 * pop(n, oh, ow, o).astype("int32")
+                      + adj[cls_h(oh), cls_w(ow), oc(o)], name="dot")
+
+
+def dense_dot(xp: te.Tensor, wp: te.Tensor, k: int, out_extent: int | None = None) -> te.Tensor:
+    """uint64[M, KW] x uint64[N, KW] -> int32[M, out_extent], as ``binary_dense.compute_dot``."""
+    m_, kw_ = (int(d) for d in xp.shape)
+    n_ = int(wp.shape[0])
+    ext = n_ if out_extent is None else int(out_extent)
+
+    def row(n):
+        return n if ext == n_ else tirx.min(n, n_ - 1)
+
+    pop = _popcount_stages((m_, ext), lambda m, n, j: xp[m, j] ^ wp[row(n), j], (kw_,), kw_ == 1 and int(k) <= 32)
+    return te.compute((m_, ext), lambda m, n: int(k) - 2 * pop(m, n).astype("int32"), name="dot")
+
+
+def bits_output(dot: te.Tensor, direction: te.Tensor, threshold: te.Tensor, name: str) -> te.Tensor:
+    """``epilogue.bits_output`` (``dot`` padded to whole words) with each 64-bit word gathered as two 32-bit halves
+    (a variable 32-bit shift is one instruction on a 32-bit core, a 64-bit one six): same bits."""
+    *outer, o_pad = (int(d) for d in dot.shape)
+    o_ = int(direction.shape[0])
+    words = num_words(o_)
+    assert o_pad >= words * WORD_BITS
+    b = te.reduce_axis((0, 32), name="b")
+
+    def half(*idx):
+        *pre, w, h = idx
+        o = w * WORD_BITS + h * 32 + b
+        oc = o if o_pad == o_ else tirx.min(o, o_ - 1)
+        on = dot(*pre, o) * direction[oc] >= threshold[oc]
+        if o_ != words * WORD_BITS:
+            on = tirx.all(o < o_, on)
+        return te.sum(tirx.Select(on, tirx.const(1, "uint32") << b.astype("uint32"), tirx.const(0, "uint32")), axis=b)
+
+    halves = te.compute(tuple(outer) + (words, 2), half, name=name + "_halves")
+    return te.compute(tuple(outer) + (words,), lambda *i: halves[i + (0,)].astype("uint64") | (
+        halves[i + (1,)].astype("uint64") << tirx.const(32, "uint64")), name=name)
+
+
+def bitpack(x: te.Tensor, channel_axis: int, name: str) -> te.Tensor:
+    """``ops.bitpack.compute_nchw`` (channel_axis 1 of NCHW) / ``compute_rows`` (axis 1 of [M, K]): sign bits
+    packed along the channels, each 64-bit word gathered as two 32-bit halves (``bits_output``'s reason)."""
+    shape = [int(d) for d in x.shape]
+    c_ = shape[channel_axis]
+    lead = shape[:channel_axis] + shape[channel_axis + 1:]
+    b = te.reduce_axis((0, 32), name="b")
+
+    def half(*idx):
+        *pre, w, h = idx
+        c = w * WORD_BITS + h * 32 + b
+        at = list(pre[:channel_axis]) + [tirx.min(c, c_ - 1)] + list(pre[channel_axis:])
+        on = tirx.all(c < c_, x(*at) >= tirx.const(0, x.dtype))
+        return te.sum(tirx.Select(on, tirx.const(1, "uint32") << b.astype("uint32"), tirx.const(0, "uint32")), axis=b)
+
+    halves = te.compute(tuple(lead) + (num_words(c_), 2), half, name=name + "_halves")
+    return te.compute(tuple(lead) + (num_words(c_),), lambda *i: halves[i + (0,)].astype("uint64") | (
+        halves[i + (1,)].astype("uint64") << tirx.const(32, "uint64")), name=name)
+
+
+def kernel_compute(op: str, params: dict, args):
+    """The M-profile TE of one of our binary kernels: ``args`` placeholders -> output tensor."""
+    if op in _BITPACK_OPS:
+        return bitpack(args[0], 1, name="bitpack")
+    xp, wp, p2, p3 = args
+    if op in _CONV_OPS:
+        p = params
+        geo = Conv2dGeometry(p["in_channels"], tuple(p["kernel"]), tuple(p["strides"]), tuple(p["padding"]),
+                             tuple(p["dilation"]))
+        if op == "binary_conv2d":
+            dot = conv_dot(xp, wp, geo)
+            n_, oh_, ow_, o_ = (int(d) for d in dot.shape)
+            return te.compute((n_, o_, oh_, ow_), lambda n, o, oh, ow: dot[n, oh, ow, o].astype("float32") * p2[o]
+                              + p3[o], name="binary_conv2d")
+        padded = num_words(int(wp.shape[0])) * WORD_BITS
+        return bits_output(conv_dot(xp, wp, geo, padded), p2, p3, name="binary_conv2d_bits")
+    if op == "binary_dense":
+        return epilogue.float_output(dense_dot(xp, wp, params["k"]), p2, p3, channel_axis=1, name="binary_dense")
+    padded = num_words(int(wp.shape[0])) * WORD_BITS
+    return bits_output(dense_dot(xp, wp, params["k"], padded), p2, p3, name="binary_dense_bits")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# schedule
+
+
+def _loops_below(sch, block, anchor):
+    """The loops of ``block`` nested under ``anchor``, each with True if it drives a reduction iterator."""
+    loops = list(sch.get_loops(block))
+    anchor_var = sch.get(anchor).loop_var
+    idx = [i for i, lp in enumerate(loops) if sch.get(lp).loop_var.same_as(anchor_var)]
+    below = loops[idx[0] + 1:] if idx else loops
+    blk = sch.get(block)
+    out = []
+    for lp in below:
+        var = sch.get(lp).loop_var
+        red = False
+        for iv, val in zip(blk.iter_vars, _bindings(sch, block)):
+            if any(v.same_as(var) for v in tirx.analysis.undefined_vars(val)):
+                red = red or int(iv.iter_type) == 2
+        out.append((lp, red))
+    return out
+
+
+def _bindings(sch, block):
+    """The iter_values of ``block``'s SBlockRealize (directly under its innermost loop)."""
+    body = sch.get(sch.get_loops(block)[-1]).body
+    if not isinstance(body, s_tir.SBlockRealize):
+        raise ValueError(f"block {sch.get(block).name_hint} is not directly under its innermost loop")
+    return list(body.iter_values)
+
+
+def _exists(sch, name) -> bool:
+    try:
+        sch.get_sblock(name)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _schedule(sch: s_tir.Schedule, op: str, block_size: int):
+    """Channel blocks of ``block_size`` under the output pixel, the popcount stages computed per block with the
+    reduction loops outside the block (each loaded input word serves the whole block), everything inside unrolled."""
+    if op in _BITPACK_OPS:  # the halves per word, their 32 bits unrolled (constant shifts, no test left)
+        out = sch.get_sblock("bitpack")
+        halves = sch.get_sblock("bitpack_halves")
+        sch.compute_at(halves, sch.get_loops(out)[-1])
+        h, b = sch.get_loops(halves)[-2:]
+        sch.unroll(h)
+        if UNROLL_BITPACK:
+            sch.unroll(b)
+        sch.decompose_reduction(halves, b)
+        return sch
+    bits = op.endswith("_bits")
+    sch.compute_inline(sch.get_sblock("dot"))
+    unroll, decompose = [], []
+    if bits:
+        out = sch.get_sblock(op)
+        halves = sch.get_sblock(op + "_halves")
+        word = sch.get_loops(out)[-1]
+        sch.compute_at(halves, word)
+        h, b = sch.get_loops(halves)[-2:]
+        anchor, inner = sch.split(b, [None, block_size])
+        unroll += [h, inner]
+        decompose.append((halves, anchor))
+    else:
+        out = sch.get_sblock(op)
+        loops = sch.get_loops(out)
+        if op == "binary_conv2d":  # (n, o, oh, ow) -> (n, oh, ow, o)
+            n, o, oh, ow = loops
+            sch.reorder(n, oh, ow, o)
+        else:
+            o = loops[-1]
+        anchor, inner = sch.split(o, [None, block_size])
+        unroll.append(inner)
+    for name in ("popcount", "bytes", "nibbles"):
+        if not _exists(sch, name):
+            continue
+        blk = sch.get_sblock(name)
+        sch.compute_at(blk, anchor)
+        below = _loops_below(sch, blk, anchor)
+        spatial = [lp for lp, red in below if not red]
+        reduce_ = [lp for lp, red in below if red]
+        if spatial and reduce_:
+            sch.reorder(*reduce_, *spatial)  # the channel block inside the reduction: one load per word
+        unroll += spatial
+        words = int(np.prod([_extent(sch, lp) for lp in reduce_])) if reduce_ else 1
+        if name != "popcount" and words <= UNROLL_WORDS:
+            unroll += reduce_
+        if reduce_:
+            decompose.append((blk, reduce_[0]))
+            anchor = reduce_[-1]
+    for lp in unroll:
+        sch.unroll(lp)
+    for blk, lp in decompose:
+        sch.decompose_reduction(blk, lp)
+    if _exists(sch, "pad_adjust"):  # the border classes outermost, the channels innermost: invariant tests hoisted
+        adj = sch.get_sblock("pad_adjust")
+        ch, cwl, o, ak, aj = sch.get_loops(adj)
+        sch.reorder(ch, cwl, ak, aj, o)
+        if _extent(sch, ch) * _extent(sch, cwl) * _extent(sch, ak) * _extent(sch, aj) <= MAX_ADJUST_UNROLL:
+            for lp in (ch, cwl, ak, aj):  # constant tests: the taps inside the image vanish, no test is left
+                sch.unroll(lp)
+        sch.decompose_reduction(adj, ak)
+    return sch
+
+
+def _extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _signature(func) -> list:
+    return [(str(p.name), tuple(int(d) for d in p.shape), str(p.dtype)) for p in func.params]
+
+
+def _finish(sch: s_tir.Schedule) -> tirx.PrimFunc:
+    """Lower the blocks as ``deploy.lean`` does and lift every intermediate but the register-block accumulators to
+    the root block (scratch arguments in the arena)."""
+    mod = sch.mod
+    for p in (s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+              s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation()):
+        mod = p(mod)
+    return lean.lift_nested_allocs(mod["main"], keep=lambda buf: str(buf.name) in _REGISTER_BUFFERS)
+
+
+def schedule_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` scheduled for the C bundle on an M-profile core; anything but our binary conv/dense kernels gets
+    the memory-lean schedule of ``deploy.lean`` only (so does a kernel whose M-profile form fails to build)."""
+    attrs = func.attrs
+    op = str(attrs["tvm_bnn.op"]) if attrs is not None and "tvm_bnn.op" in attrs else None
+    if op not in _CONV_OPS + _DENSE_OPS + _BITPACK_OPS:
+        return lean.inline_intermediates(func)
+    try:
+        return build_kernel(func, op, json.loads(str(attrs["tvm_bnn.params"])))
+    except Exception as exc:  # noqa: BLE001 - an unforeseen shape: the generic (exact, slower) form
+        warnings.warn(f"tvm_bnn: no M-profile schedule for {op} ({exc}); using the generic one", stacklevel=2)
+        return lean.inline_intermediates(func)
+
+
+def build_kernel(func: tirx.PrimFunc, op: str, params: dict, block_size: int | None = None) -> tirx.PrimFunc:
+    """The M-profile PrimFunc of kernel ``func`` (same parameters in the same order), scheduled."""
+    sig = _signature(func)
+    phs = [te.placeholder(shape, dtype, name=name) for name, shape, dtype in sig[:-1]]
+    out = kernel_compute(op, params, phs)
+    new = te.create_prim_func(phs + [out])
+    if [s[1:] for s in _signature(new)] != [s[1:] for s in sig]:
+        raise ValueError(f"{op}: M-profile form has parameters {_signature(new)}, the kernel {sig}")
+    for key, value in func.attrs.items():
+        if key not in ("global_symbol",):
+            new = new.with_attr(key, value)
+    if "global_symbol" not in func.attrs:
+        new = new.without_attr("global_symbol")
+    channels = int(out.shape[-1]) * WORD_BITS if op.endswith("_bits") else int(
+        out.shape[1] if op == "binary_conv2d" else out.shape[-1])
+    sch = s_tir.Schedule(new)
+    _schedule(sch, op, block_size or _block(channels))
+    return _finish(sch)
