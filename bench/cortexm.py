@@ -1,18 +1,19 @@
 """Bare-metal Cortex-M: instructions per inference and flash/RAM of the C bundle, binarized vs float, same run.
 
-    python bench/cortexm.py [--board cortex-m4] [--kernels]
+    python bench/cortexm.py [--board cortex-m4] [--kernels] [--codegen]
 
 For the digits demo model (8x8) and a small binary CNN (3 binary 3x3 convs on a 32x32 input), the tvm_bnn bundle
 against the same model built as float C by the same bundle generator without binarization (TVM's legalized float
 ops), both run on the emulated board. Instructions come from QEMU's -icount with SysTick (deterministic).
-``--kernels`` adds the instructions of each kernel call of the binarized bundle (the same firmware with SysTick
-reads around every call in ``tvm_bnn_model_run``).
+``--kernels`` adds the instructions of each kernel call of the binarized bundle (the same firmware built with
+model.c's per-call hooks, ``-DTVM_BNN_PROFILE_STEPS``: one counted region per call). ``--codegen`` compares the
+bundle's kernels from TVM's C codegen (our M-profile schedules, the default) with TVM's LLVM codegen for the board's
+thumb triple.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 
@@ -52,44 +53,6 @@ class SmallBinaryCNN(torch.nn.Module):
         return self.fc(y.flatten(1))
 
 
-def binary_macs(report) -> int:
-    total = 0
-    for r in report:
-        if r.binarized:
-            per_out = int(np.prod(r.weight_shape[1:]))
-            total += per_out * int(np.prod(r.output_shape))
-    return total
-
-
-def kernel_instructions(bundle, x, board):
-    """[(kernel, instructions)] of each kernel call of ``bundle`` on input ``x``, in call order."""
-    from tvm_bnn.deploy.bundle import CFLAGS_EXTRA
-    from tvm_bnn.targets import qemu
-
-    lines, names, inside = [], [], False
-    for line in bundle.sources["model.c"].split("\n"):
-        inside = inside or line.startswith("int tvm_bnn_model_run")
-        m = re.match(r"^(\s+)(\w+)\(.*\);$", line) if inside else None
-        if m and m.group(2) in bundle.kernels:
-            k = len(names)
-            names.append(m.group(2))
-            lines += [f"{m.group(1)}tvm_bnn_kt[{k}][0] = tvm_bnn_bm_ticks();", line,
-                      f"{m.group(1)}tvm_bnn_kt[{k}][1] = tvm_bnn_bm_ticks();"]
-        else:
-            lines.append(line)
-    model_c = "\n".join(lines).replace('#include "model.h"', '#include "model.h"\n#include "tvm_bnn_bm.h"\n'
-                                       f"uint64_t tvm_bnn_kt[{len(names)}][2];", 1)
-    main = bundle._main(x).replace("  return rc;", f"  {{ extern uint64_t tvm_bnn_kt[{len(names)}][2]; "
-                                   "tvm_bnn_bm_output(tvm_bnn_kt, sizeof(tvm_bnn_kt)); }\n  return rc;")
-    srcs = dict(bundle.sources, **{"model.c": model_c, "test_main.c": main})
-    run = qemu.run_on_board(srcs, board, workdir=tempfile.mkdtemp(prefix="tvm_bnn_kernels_"),
-                            extra_cflags=CFLAGS_EXTRA)
-    nout = int(np.prod(bundle.output_shape)) * np.dtype(bundle.output_dtype).itemsize
-    ticks = np.frombuffer(run.output[nout:], np.uint64).reshape(len(names), 2).astype(np.int64)
-    scale = 1e9 / run.board.clock_hz / 2 ** qemu.ICOUNT_SHIFT
-    return [(n, float(t1 - t0) * scale) for n, (t0, t1) in zip(names, ticks)]
-
-
 def measure(name, model, x, board, kernels=False):
     cm = tvm_bnn.compile(model, board, example_inputs=(x,))
     with torch.no_grad():
@@ -101,7 +64,7 @@ def measure(name, model, x, board, kernels=False):
     fb = build_bundle(float_mod, tempfile.mkdtemp(prefix="tvm_bnn_float_"), overwrite=True)
     yf, float_ins = fb.run_board(x.numpy(), board)
     fsizes = fb.last_board_run.sizes
-    macs = binary_macs(cm.report)
+    macs = cm.report.binary_macs
     print(f"{name} on {board} (|bundle - PyTorch| max {err:.1e}; float build |diff| {np.abs(yf - ref).max():.1e})")
     print(f"  instructions/inference: binarized {s.instructions_per_inference:,}  float {int(float_ins):,}  "
           f"-> {float_ins / s.instructions_per_inference:.1f}x fewer")
@@ -113,23 +76,51 @@ def measure(name, model, x, board, kernels=False):
     print(f"  binary MACs {macs:,}: {macs / s.instructions_per_inference:.2f} binary MACs per instruction "
           f"(whole model, float stem included)")
     if kernels:
-        per = kernel_instructions(cm.bundle, x.numpy(), board)
+        _, per = cm.bundle.run_board(x.numpy(), board, per_call=True)
         total = sum(v for _, v in per)
         print("  per kernel call (binarized bundle):")
         for kname, v in per:
             print(f"    {kname:52s} {v:14,.0f}  {100 * v / total:5.1f}%")
 
 
+LLVM_TRIPLES = {"cortex-m4": "thumbv7em-none-eabi", "cortex-m7": "thumbv7em-none-eabi", "cortex-m3": "thumbv7m-none-eabi",
+                "cortex-m55": "thumbv8.1m.main-none-eabi", "cortex-m0": "thumbv6m-none-eabi"}
+
+
+def compare_codegen(name, model, x, board):
+    """The same bundle with its kernels from TVM's C codegen (our M-profile schedules, the default) and from TVM's
+    LLVM codegen (mtriple thumbv7em-none-eabi, the generic scalar-popcount schedules): which measures better."""
+    with torch.no_grad():
+        ref = model(x).numpy()
+    llvm = {"kind": "llvm", "mtriple": LLVM_TRIPLES[board], "mcpu": board, "num-cores": 1}
+    if board != "cortex-m0" and board != "cortex-m3":
+        llvm["mfloat-abi"] = "hard"
+    rows = []
+    for label, target in (("C codegen (default)", board), (f"LLVM {llvm['mtriple']}", llvm)):
+        cm = tvm_bnn.compile(model, target, example_inputs=(x,), progress=False)
+        err = float(np.abs(cm(x) - ref).max())
+        rows.append((label, cm.stats, err))
+    base = rows[0][1].instructions_per_inference
+    print(f"{name} on {board}: kernels from TVM's C codegen vs its LLVM codegen")
+    for label, st, err in rows:
+        print(f"  {label:34s} {st.instructions_per_inference:14,} instructions ({st.instructions_per_inference / base:.2f}x)"
+              f"  code {st.flash_code_bytes:,} B  arena {st.ram_arena_bytes:,} B  |diff| {err:.1e}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--board", default="cortex-m4")
     parser.add_argument("--kernels", action="store_true", help="instructions of each kernel call too")
+    parser.add_argument("--codegen", action="store_true", help="also compare TVM's C and LLVM codegen")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    measure("digits model (8x8)", randomize_batchnorm_(make_model()).eval(), torch.randn(1, 1, 8, 8), args.board,
-            args.kernels)
-    measure("small binary CNN (32x32)", randomize_batchnorm_(SmallBinaryCNN()).eval(), torch.randn(1, 3, 32, 32),
-            args.board, args.kernels)
+    models = [("digits model (8x8)", randomize_batchnorm_(make_model()).eval(), torch.randn(1, 1, 8, 8)),
+              ("small binary CNN (32x32)", randomize_batchnorm_(SmallBinaryCNN()).eval(), torch.randn(1, 3, 32, 32))]
+    for name, model, x in models:
+        measure(name, model, x, args.board, args.kernels)
+    if args.codegen:
+        for name, model, x in models:
+            compare_codegen(name, model, x, args.board)
 
 
 if __name__ == "__main__":

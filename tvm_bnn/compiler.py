@@ -214,7 +214,9 @@ def _compile_bundle(model, spec, example_inputs, tuning_db):
     imported, optimized, report = analyse(model, example_inputs)
     main = imported.mod["main"]
     inputs = [(name, static_shape(p), str(p.ty.dtype)) for name, p in zip(imported.input_names, main.params)]
-    bundle = build_bundle(optimized, tempfile.mkdtemp(prefix="tvm_bnn_bundle_"), overwrite=True)
+    llvm = spec.target.kind.name == "llvm"  # a thumbv7em LLVM target: kernels from TVM's LLVM codegen
+    bundle = build_bundle(optimized, tempfile.mkdtemp(prefix="tvm_bnn_bundle_"), overwrite=True,
+                          target=spec if llvm else None)
     return BundleModel(bundle, spec, inputs, report)
 
 

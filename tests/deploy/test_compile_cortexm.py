@@ -111,3 +111,61 @@ def test_bundle_refuses_tuning_db(tiny, tmp_path):
     model, x = tiny
     with pytest.raises(tvm_bnn.TvmBnnError, match="takes no tuning database"):
         tvm_bnn.compile(model, "c", example_inputs=(x,), tuning_db=str(tmp_path))
+
+
+def test_per_call_instruction_profile(tiny):
+    need("arm-none-eabi-gcc", "qemu-system-arm")
+    model, x = tiny
+    cm = tvm_bnn.compile(model, "cortex-m4", example_inputs=(x,))
+    y, total = cm.bundle.run_board(x.numpy(), "cortex-m4")
+    y2, calls = cm.bundle.run_board(x.numpy(), "cortex-m4", per_call=True)
+    np.testing.assert_array_equal(y, y2)
+    assert [k for k, _ in calls] == cm.bundle.kernels and all(n > 0 for _, n in calls)
+    assert total - 64 * len(calls) <= sum(n for _, n in calls) <= total
+
+
+def test_kernels_from_llvm_thumbv7em_codegen(tiny, tmp_path):
+    """The Cortex-M bundle with its kernels from TVM's LLVM codegen (a TVM target dict with a thumb triple): the
+    same outputs; bench/cortexm.py --codegen compares it with the C codegen (the default, fewer instructions)."""
+    need("arm-none-eabi-gcc", "qemu-system-arm")
+    model, x = tiny
+    target = {"kind": "llvm", "mtriple": "thumbv7em-none-eabi", "mcpu": "cortex-m4", "mfloat-abi": "hard"}
+    cm = tvm_bnn.compile(model, target, example_inputs=(x,))
+    with torch.no_grad():
+        np.testing.assert_array_equal(cm(x), model(x).numpy())
+    assert cm.stats.instructions_per_inference > 1000
+    out = tmp_path / "fw"
+    cm.export(str(out))
+    assert "kernels.o" in {p.name for p in out.iterdir()}
+    subprocess.run(["make", "-C", str(out)], check=True, capture_output=True)
+
+
+class ConvForm(torch.nn.Module):
+    def __init__(self, cin, cout, kernel, stride, dilation, pad):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, cin, 1)
+        self.bn = torch.nn.BatchNorm2d(cout)
+        self.conv = bnn.BinaryConv2d(cin, cout, kernel, stride=stride, dilation=dilation, bias=False)
+        self.pad = pad
+
+    def forward(self, x):
+        y = F.pad(bnn.BinarySign()(self.stem(x)), self.pad)  # zero padding of a ±1 tensor, asymmetric
+        return self.bn(self.conv(y))
+
+
+@pytest.mark.parametrize("cin,cout,kernel,stride,dilation,pad,batch", [
+    (1, 3, 1, 1, 1, (0, 0, 0, 0), 1),
+    (5, 7, 3, 2, 1, (1, 1, 1, 1), 2),
+    (33, 17, 5, 1, 2, (2, 1, 0, 3), 1),
+    (70, 9, 7, 3, 1, (3, 3, 3, 3), 1),
+    (65, 66, (3, 2), (2, 1), 1, (1, 0, 2, 1), 2),
+])
+def test_spine_conv_forms_on_cortex_m4(cin, cout, kernel, stride, dilation, pad, batch):
+    need("arm-none-eabi-gcc", "qemu-system-arm")
+    torch.manual_seed(cin)
+    model = randomize_batchnorm(ConvForm(cin, cout, kernel, stride, dilation, pad))
+    x = torch.randn(batch, 3, 11, 10)
+    cm = tvm_bnn.compile(model, "cortex-m4", example_inputs=(x,))
+    assert [r.binarized for r in cm.report if r.name.endswith("conv")] == [True]
+    with torch.no_grad():
+        assert_float_close(cm(x), model(x).numpy())

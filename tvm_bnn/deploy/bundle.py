@@ -39,7 +39,6 @@ from ..errors import TvmBnnError
 from ..targets import qemu
 from ..targets.c_codegen import _CTYPES, c_array, generate_c
 from ..targets.llvm_object import generate_object
-from .lean import inline_intermediates
 
 ALIGN = 16
 _VIEW_FUNC = re.compile(r"(reshape|squeeze|expand_dims|flatten)\d*")
@@ -226,20 +225,25 @@ class Bundle:
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
         self.last_board_run = run
-        if per_call:
-            if len(run.per_region) != len(self.kernels):
-                raise BundleError(f"{len(run.per_region)} counted calls, {len(self.kernels)} kernels")
-            return self._result(run.output), list(zip(self.kernels, run.per_region_instructions))
-        return self._result(run.output), run.instructions
+        return self._result(run.output), self._counts(run, per_call)
 
-    def run_board(self, x, board: str = "cortex-m4", workdir=None, opt: str = "-O2") -> tuple:
+    def run_board(self, x, board: str = "cortex-m4", workdir=None, opt: str = "-O2", per_call: bool = False) -> tuple:
         """Firmware of the bundle + a main holding ``x`` on an emulated board: (output, instructions of one
-        ``tvm_bnn_model_run``). The BoardRun (sizes of .text/.data/.bss) is kept in ``last_board_run``."""
-        srcs = dict(self.sources, **{"test_main.c": self._main(x)})
+        ``tvm_bnn_model_run``; with ``per_call``, a list of (kernel, instructions) per call in order). The BoardRun
+        (sizes of .text/.data/.bss) is kept in ``last_board_run``."""
+        srcs = dict(self.sources, **{"test_main.c": self._main(x, bracket=not per_call)})
+        hooks = ("-DTVM_BNN_PROFILE_STEPS",) if per_call else ()
         run = qemu.run_on_board(srcs, board, workdir=workdir or tempfile.mkdtemp(prefix="tvm_bnn_bundle_fw_"),
-                                opt=opt, extra_cflags=CFLAGS_EXTRA)
+                                opt=opt, extra_cflags=(*CFLAGS_EXTRA, *hooks), objects=self.objects)
         self.last_board_run = run
-        return self._result(run.output), run.instructions
+        return self._result(run.output), self._counts(run, per_call)
+
+    def _counts(self, run, per_call: bool):
+        if not per_call:
+            return run.instructions
+        if len(run.per_region) != len(self.kernels):
+            raise BundleError(f"{len(run.per_region)} counted calls, {len(self.kernels)} kernel calls")
+        return list(zip(self.kernels, run.per_region_instructions))
 
 
 def _c_name(name: str, used: set) -> str:
@@ -271,7 +275,7 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
     ``kernels.o`` (``targets.llvm_object``); ``model.c`` only declares and calls them."""
     from ..compiler import fuse_pipeline
 
-    llvm = target is not None and target.family != "c"
+    llvm = target is not None and target.target.kind.name == "llvm"
     lean = lean and not llvm  # the vectorised schedules need the kernels' stages as the ops define them
 
     out_dir = Path(out_dir)
@@ -505,15 +509,16 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
         lines.append(f"  __builtin_memcpy({out_names[i]}, {ref(t, None)}, {t.nbytes});\n")
     lines.append("  return 0;\n}\n")
     model_c = "".join(lines)
-    weights = _weights_blob(consts) if llvm else {"weights.c": _weights_c(consts)}
+    # ARM Linux models can be large: weights as a blob; on a microcontroller they are small, and C arrays port
+    weights = _weights_blob(consts) if llvm and target.family == "arm" else {"weights.c": _weights_c(consts)}
     weight_bytes = sum(t.storage.nbytes for _, t in consts)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     sources = {"model.h": header, "model.c": model_c, **weights}
     objects = {"kernels.o": src.object_bytes} if llvm else {}
-    arch = target.board if llvm else None
+    arch = target.board if llvm and target.family == "arm" else None
     files = {}
-    for name, text in list(sources.items()) + [("Makefile", _makefile(math, arch)), ("README.md", _readme(
+    for name, text in list(sources.items()) + [("Makefile", _makefile(math, arch, bool(objects))), ("README.md", _readme(
             signature, arena_bytes, no_reuse, weight_bytes, steps, math, arch))]:
         if isinstance(text, bytes):
             (out_dir / name).write_bytes(text)
@@ -579,7 +584,7 @@ def _const_array(t: _Tensor, consts) -> np.ndarray:
     raise AssertionError(t.name)
 
 
-def _makefile(math, arch=None) -> str:
+def _makefile(math, arch=None, kernel_objects: bool = False) -> str:
     if arch is not None:
         a = qemu.linux_arch(arch)
         return f"""# Builds libtvm_bnn_model.a for {arch} Linux: make [CROSS={a.cc[:-3]}]
@@ -625,7 +630,7 @@ CFLAGS += -mcpu=$(CPU) -mthumb $(FPU_FLAGS) -std=c99 $(OPT) -ffreestanding -fno-
 	-ffunction-sections -fdata-sections -Wall -Wextra
 # link the library with your firmware{' and -lm (the kernels call ' + ', '.join(math) + ')' if math else ''}
 
-OBJS = model.o weights.o
+OBJS = model.o weights.o{" kernels.o" if kernel_objects else ""}
 
 libtvm_bnn_model.a: $(OBJS)
 	$(AR) rcs $@ $^

@@ -87,6 +87,8 @@ def popcount_isa(target=None) -> str:
         return "avx512"
     if is_arm(target):
         return "neon"
+    if str(target.attrs.get("mtriple", "")).startswith("thumb") or "-none-" in str(target.attrs.get("mtriple", "")):
+        return "scalar"
     try:
         if codegen.target_has_features(["avx512vpopcntdq"], target):
             return "avx512"
@@ -98,7 +100,11 @@ def popcount_isa(target=None) -> str:
 
 
 def is_arm(target) -> bool:
+    """An ARM application core (A-profile: NEON); M-profile microcontrollers (thumbv6m/v7m/v7em/v8m, "-none-"
+    triples) have no vector unit: their popcount is scalar."""
     triple = str(target.attrs.get("mtriple", "")) if target is not None else ""
+    if triple.startswith(("thumbv6m", "thumbv7m", "thumbv7em", "thumbv8m", "thumbv8.1m")) or "-none-" in triple:
+        return False
     return triple.startswith(("aarch64", "arm", "thumb"))
 
 

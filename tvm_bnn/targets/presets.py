@@ -122,6 +122,13 @@ def resolve_target(target) -> TargetSpec:
             if "num-cores" not in tgt.attrs:
                 tgt = tvm.target.Target({**_as_dict(tgt), "num-cores": 4})
             return TargetSpec("custom", "arm", tgt, _arm_arch(triple))
+        if tgt.kind.name == "llvm" and triple.startswith(("thumbv6m", "thumbv7m", "thumbv7em", "thumbv8m")):
+            mcpu = str(tgt.attrs.get("mcpu", ""))
+            if mcpu not in _C_PRESETS or mcpu == "c":
+                raise UnknownTargetError(f"target={target!r}: a Cortex-M LLVM target needs mcpu= one of "
+                                         f"{', '.join(k for k in _C_PRESETS if k != 'c')} (the emulated board)")
+            # the C bundle with its kernels compiled by TVM's LLVM codegen instead of its C codegen
+            return TargetSpec("custom", "c", tgt, mcpu)
         if tgt.kind.name != "llvm" or triple.startswith(("arm", "aarch64", "thumb")):
             raise UnknownTargetError(f"target={target!r}: LLVM targets for x86, aarch64-linux-gnu and "
                                      "armv7a-linux-gnueabihf are supported; for a Cortex-M use 'cortex-m4' etc.")

@@ -130,7 +130,7 @@ class BoardRun:
 
 def build_firmware(sources: Mapping[str, str], target: str | Board = "cortex-m4", workdir: str | Path | None = None,
                    opt: str = "-O2", defines: Sequence[str] = (), extra_cflags: Sequence[str] = (),
-                   stack_bytes: int = 16384) -> Path:
+                   stack_bytes: int = 16384, objects: Mapping[str, bytes] | None = None) -> Path:
     """Write ``sources`` (file name -> text; ``.c`` files are compiled, others, e.g. headers, only written) and link
     them with the startup code into ``fw.elf``."""
     b = board(target)
@@ -138,6 +138,9 @@ def build_firmware(sources: Mapping[str, str], target: str | Board = "cortex-m4"
     workdir = Path(workdir or tempfile.mkdtemp(prefix="tvm_bnn_fw_"))
     workdir.mkdir(parents=True, exist_ok=True)
     files = _write_sources(sources, workdir)
+    for name, data in (objects or {}).items():  # e.g. kernels compiled by TVM's LLVM codegen for thumbv7em
+        (workdir / name).write_bytes(data)
+        files.append(workdir / name)
     ld = (STARTUP_DIR / "cortexm.ld.in").read_text().replace("@FLASH_KB@", str(b.flash_kb)).replace(
         "@RAM_KB@", str(b.ram_kb)).replace("@STACK_BYTES@", str(int(stack_bytes)))
     (workdir / "link.ld").write_text(ld)
@@ -176,6 +179,12 @@ def elf_sizes(elf: Path) -> dict:
     return {"text": secs.get(".text", 0), "data": secs.get(".data", 0), "bss": secs.get(".bss", 0)}
 
 
+def _per_region(raw: bytes, overhead: int) -> list:
+    """The startup's per-region tick counts (uint64 each), minus the cost of an empty region."""
+    n = len(raw) // 8
+    return [max(0, t - overhead) for t in struct.unpack(f"<{n}Q", raw[:8 * n])]
+
+
 def run_firmware(elf: str | Path, target: str | Board = "cortex-m4", timeout: float = 120) -> BoardRun:
     """Run ``fw.elf`` under qemu-system-arm with semihosting and -icount; the outputs are read from the files the
     firmware writes into its own directory."""
@@ -194,15 +203,17 @@ def run_firmware(elf: str | Path, target: str | Board = "cortex-m4", timeout: fl
     out_path, ticks_path = workdir / "tvm_bnn_out.bin", workdir / "tvm_bnn_ticks.bin"
     if not ticks_path.exists():
         raise FirmwareError(f"firmware on {b.machine} finished without writing its tick counts: {proc.stderr}")
-    ticks, regions, overhead = struct.unpack("<3Q", ticks_path.read_bytes()[:24])
+    raw = ticks_path.read_bytes()
+    ticks, regions, overhead = struct.unpack("<3Q", raw[:24])
     return BoardRun(output=out_path.read_bytes() if out_path.exists() else b"", exit_code=proc.returncode,
                     ticks=max(0, ticks - regions * overhead), regions=regions, board=b, elf=elf,
-                    sizes=elf_sizes(elf), stderr=proc.stderr)
+                    sizes=elf_sizes(elf), stderr=proc.stderr, per_region=_per_region(raw[24:], overhead))
 
 
 def run_on_board(sources: Mapping[str, str], target: str | Board = "cortex-m4", workdir=None, opt: str = "-O2",
-                 defines: Sequence[str] = (), extra_cflags: Sequence[str] = (), timeout: float = 120) -> BoardRun:
-    elf = build_firmware(sources, target, workdir, opt, defines, extra_cflags)
+                 defines: Sequence[str] = (), extra_cflags: Sequence[str] = (), timeout: float = 120,
+                 objects: Mapping[str, bytes] | None = None) -> BoardRun:
+    elf = build_firmware(sources, target, workdir, opt, defines, extra_cflags, objects=objects)
     return run_firmware(elf, target, timeout)
 
 
@@ -315,13 +326,12 @@ def count_aarch64(sources: Mapping[str, str], objects: Mapping[str, bytes] | Non
         raise FirmwareError(f"bare-metal aarch64 program failed (exit {proc.returncode}): {proc.stderr.strip()}")
     raw = ticks_path.read_bytes()
     ticks, regions, overhead, freq = struct.unpack("<4Q", raw[:32])
-    each = struct.unpack(f"<{(len(raw) - 32) // 8}Q", raw[32:32 + (len(raw) - 32) // 8 * 8])
     a64 = Board("cortex-a72", "virt", (), 0, 2 << 20, int(freq))
     out_path = workdir / "tvm_bnn_out.bin"
     return BoardRun(output=out_path.read_bytes() if out_path.exists() else b"", exit_code=0,
                     ticks=max(0, ticks - regions * overhead), regions=regions, board=a64, elf=elf,
                     sizes=elf_sizes(elf), stderr=proc.stderr, icount_shift=AARCH64_ICOUNT_SHIFT,
-                    per_region=[max(0, t - overhead) for t in each])
+                    per_region=_per_region(raw[32:], overhead))
 
 
 def disassemble(elf: str | Path, symbol: str) -> str:

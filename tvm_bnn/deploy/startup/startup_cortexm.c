@@ -7,7 +7,8 @@
  * Files written on the host (relative to QEMU's working directory, semihosting target=native):
  *   tvm_bnn_out.bin    everything main() passed to tvm_bnn_bm_output()
  *   tvm_bnn_ticks.bin  uint64 x 3: SysTick ticks summed over begin/end regions, number of regions,
- *                      ticks of one empty begin/end region (the overhead per region)
+ *                      ticks of one empty begin/end region (the overhead per region); then the ticks of each
+ *                      region (the first MAX_REGIONS: per-kernel profiles)
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -93,12 +94,16 @@ uint64_t tvm_bnn_bm_ticks(void) {
   return (uint64_t)w1 * (SYST_TOP + 1u) + (SYST_TOP - v);
 }
 
+#define MAX_REGIONS 512
 static uint64_t region_start, region_ticks, region_count, region_overhead;
+static uint64_t region_each[MAX_REGIONS];
 
 void tvm_bnn_bm_begin(void) { region_start = tvm_bnn_bm_ticks(); }
 
 void tvm_bnn_bm_end(void) {
-  region_ticks += tvm_bnn_bm_ticks() - region_start;
+  uint64_t ticks = tvm_bnn_bm_ticks() - region_start;
+  region_ticks += ticks;
+  if (region_count < MAX_REGIONS) region_each[region_count] = ticks;
   region_count++;
 }
 
@@ -155,6 +160,7 @@ void __attribute__((noreturn, used, optimize("no-tree-loop-distribute-patterns")
   int32_t fd = sh_open("tvm_bnn_ticks.bin");
   if (fd >= 0) {
     sh_write(fd, ticks, sizeof(ticks));
+    sh_write(fd, region_each, (uint32_t)((region_count < MAX_REGIONS ? region_count : MAX_REGIONS) * sizeof(uint64_t)));
     sh_close(fd);
   }
   sh_exit((uint32_t)rc & 0xFFu);
