@@ -50,3 +50,17 @@ def kernel_ops(mod):
             if k is not None:
                 ops.append(k.op)
     return ops
+
+
+def need(*tools):
+    """Skip the test when an external tool (cross compiler, emulator) is missing; under CI=true fail it instead."""
+    from tvm_bnn.errors import ToolchainMissingError
+    from tvm_bnn.targets import qemu
+
+    for tool in tools:
+        try:
+            qemu.require_tool(tool)
+        except ToolchainMissingError as exc:
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(f"CI=true and the toolchain is missing: {exc}")
+            pytest.skip(str(exc))

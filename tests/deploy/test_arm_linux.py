@@ -15,28 +15,21 @@ from tvm import te
 
 import tvm_bnn
 from tvm_bnn import nn as bnn
-from tvm_bnn.errors import ToolchainMissingError, UnknownTargetError
+from tvm_bnn.errors import UnknownTargetError
 from tvm_bnn.ops import binary_conv2d, binary_dense, binary_maxpool, bitpack, epilogue
 from tvm_bnn.schedules.apply import default_schedule
 from tvm_bnn.targets import qemu, resolve_target
 from tvm_bnn.targets.c_codegen import harness_main
 from tvm_bnn.targets.llvm_object import generate_object
 
-from ..conftest import randomize_batchnorm
+from ..conftest import need, randomize_batchnorm
 
 ARCHES = ["aarch64", "armv7"]
 ELF_MACHINE = {"aarch64": 0xB7, "armv7": 0x28}
 
 
 def need_arch(arch):
-    tools = [qemu.linux_arch(arch).cc, qemu.linux_arch(arch).qemu]
-    for tool in tools:
-        try:
-            qemu.require_tool(tool)
-        except ToolchainMissingError as exc:
-            if os.environ.get("CI", "").lower() == "true":
-                pytest.fail(f"CI=true and the toolchain is missing: {exc}")
-            pytest.skip(str(exc))
+    need(qemu.linux_arch(arch).cc, qemu.linux_arch(arch).qemu)
 
 
 def pm1(rng, shape):
@@ -190,12 +183,7 @@ def test_export_runtime_library_and_bundle(spine, arch, tmp_path):
 
 def test_aarch64_instruction_count_is_calibrated_and_outputs_match(spine, tmp_path):
     need_arch("aarch64")
-    try:
-        qemu.require_tool("qemu-system-aarch64")
-    except ToolchainMissingError as exc:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    need("qemu-system-aarch64")
     n = 100_000
     loop = ('#include "tvm_bnn_bm.h"\nint main(void) {\n  tvm_bnn_bm_begin();\n'
             '  __asm__ volatile("ldr x0, =%0\\n1:\\n\\tsubs x0, x0, #1\\n\\tb.ne 1b" :: "i"(' + str(n) +

@@ -3,27 +3,19 @@
 
 A missing toolchain skips these tests, except under CI=true, where it fails them (clang is optional everywhere).
 """
-import os
 import re
 
 import numpy as np
 import pytest
 from tvm import te
 
-from tvm_bnn.errors import ToolchainMissingError
 from tvm_bnn.ops import binary_conv2d, binary_dense, binary_maxpool, bitpack, epilogue
 from tvm_bnn.targets import qemu
 from tvm_bnn.targets.c_codegen import PREAMBLE, generate_c, harness_main
 
+from ..conftest import need
 
-def need(*tools):
-    for tool in tools:
-        try:
-            qemu.require_tool(tool)
-        except ToolchainMissingError as exc:
-            if os.environ.get("CI", "").lower() == "true":
-                pytest.fail(f"CI=true and the toolchain is missing: {exc}")
-            pytest.skip(str(exc))
+
 
 
 def pm1(rng, shape):

@@ -21,8 +21,7 @@ from tvm_bnn.deploy.bundle import BundleError, build_bundle
 from tvm_bnn.errors import InputError, TvmBnnError
 from tvm_bnn.targets import qemu
 
-from ..conftest import assert_float_close, randomize_batchnorm
-from .test_bare_metal_kernels import need
+from ..conftest import assert_float_close, need, randomize_batchnorm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 from digits_demo import make_model  # noqa: E402

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 import tvm_bnn
 from tvm_bnn import nn as bnn
 
-from ..conftest import assert_float_close, randomize_batchnorm
-from .test_bare_metal_kernels import need
+from ..conftest import assert_float_close, need, randomize_batchnorm
 
 
 class TinyBNN(torch.nn.Module):

@@ -120,7 +120,7 @@ def test_helper_variants_and_boards(tmp_path, rng, board, defines, c):
     full words (C=65) and 32-bit halves with the nibble stage (C=20)."""
     from tvm_bnn.targets import qemu
 
-    from .test_bare_metal_kernels import need
+    from ..conftest import need
 
     o = 70
     geo = binary_conv2d.Conv2dGeometry(c, (3, 3), (2, 2), (1, 1, 1, 1))
@@ -194,7 +194,7 @@ def test_byte_count_helpers_exact(tmp_path, rng, board, defines):
     from tvm_bnn.targets import qemu
     from tvm_bnn.targets.c_codegen import PREAMBLE
 
-    from .test_bare_metal_kernels import need
+    from ..conftest import need
 
     words = np.concatenate([np.full(15, 2**64 - 1, np.uint64), np.full(15, 0xF0F0F0F0F0F0F0F0, np.uint64),
                             rng.integers(0, 2**63, 15 * 6, dtype=np.uint64) * 2 + 1]).reshape(-1, 15)
