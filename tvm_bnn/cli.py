@@ -35,7 +35,8 @@ def main(argv=None) -> int:
     p_compile.add_argument("model")
     p_compile.add_argument("--target", default="x86")
     p_compile.add_argument("-o", "--output", required=True,
-                           help="output: a .so for x86, a directory (the C bundle) for cortex-m* and c")
+                           help="output: a .so (TVM runtime library; cross-compiled for aarch64/armv7) for x86 and ARM "
+                                "Linux, or a directory (the standalone C bundle) for cortex-m*, c and ARM Linux")
     p_compile.add_argument("--input-shape", action="append", help="sizes of an input, e.g. 1,3,32,32 (repeat)")
     p_compile.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     p_compile.add_argument("--tuning-db", help="work dir of a previous 'tvm-bnn tune' whose schedules to apply")

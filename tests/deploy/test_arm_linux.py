@@ -230,3 +230,15 @@ def test_tuning_for_a_board_needs_rpc_and_cross_compiles(spine, tmp_path):
     path = export_for_board(lib, qemu.linux_arch("aarch64").cc)
     header = open(path, "rb").read(20)
     assert int.from_bytes(header[18:20], "little") == ELF_MACHINE["aarch64"]
+
+
+def test_cli_compiles_for_aarch64(tmp_path, spine):
+    from tvm_bnn import cli
+
+    need_arch("aarch64")
+    path = tmp_path / "spine.onnx"
+    torch.onnx.export(spine, (torch.randn(1, 3, 13, 13),), str(path), dynamo=False)
+    assert cli.main(["compile", str(path), "--target", "aarch64", "-o", str(tmp_path / "m.so")]) == 0
+    assert int.from_bytes((tmp_path / "m.so").read_bytes()[18:20], "little") == ELF_MACHINE["aarch64"]
+    assert cli.main(["compile", str(path), "--target", "aarch64", "-o", str(tmp_path / "fw")]) == 0
+    assert (tmp_path / "fw" / "kernels.o").exists()
