@@ -22,7 +22,7 @@ from tvm_bnn.targets import qemu, resolve_target
 from tvm_bnn.targets.c_codegen import harness_main
 from tvm_bnn.targets.llvm_object import generate_object
 
-from ..conftest import need, randomize_batchnorm
+from ..conftest import assert_float_close, need, randomize_batchnorm
 
 ARCHES = ["aarch64", "armv7"]
 ELF_MACHINE = {"aarch64": 0xB7, "armv7": 0x28}
@@ -242,3 +242,23 @@ def test_cli_compiles_for_aarch64(tmp_path, spine):
     assert int.from_bytes((tmp_path / "m.so").read_bytes()[18:20], "little") == ELF_MACHINE["aarch64"]
     assert cli.main(["compile", str(path), "--target", "aarch64", "-o", str(tmp_path / "fw")]) == 0
     assert (tmp_path / "fw" / "kernels.o").exists()
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("cin,cout,kernel,stride,dilation,pad,batch", [
+    (5, 7, 3, 2, 1, (1, 1, 1, 1), 2),
+    (33, 17, 5, 1, 2, (2, 1, 0, 3), 1),
+    (70, 9, 7, 3, 1, (3, 3, 3, 3), 1),
+    (65, 130, (3, 2), (2, 1), 1, (1, 0, 2, 1), 3),
+])
+def test_spine_conv_forms_on_arm(arch, cin, cout, kernel, stride, dilation, pad, batch):
+    from .test_compile_cortexm import ConvForm
+
+    need_arch(arch)
+    torch.manual_seed(cin)
+    model = randomize_batchnorm(ConvForm(cin, cout, kernel, stride, dilation, pad))
+    x = torch.randn(batch, 3, 11, 10)
+    cm = tvm_bnn.compile(model, arch, example_inputs=(x,), progress=False)
+    assert [r.binarized for r in cm.report if r.name.endswith("conv")] == [True]
+    with torch.no_grad():
+        assert_float_close(cm(x), model(x).numpy())
