@@ -5,20 +5,28 @@
 ``fuse_pipeline()`` for target "c" (the float ops become fused TIR PrimFuncs), and writes:
 
 * ``model.c``: every kernel as a plain C function (``targets.c_codegen.generate_c``: raw pointers, scratch buffers as
-  trailing parameters) and ``int tvm_bnn_model_run(const float *in, float *out)`` calling them in order on one
-  ``static uint8_t`` arena (16-byte aligned) planned here;
+  trailing parameters) and ``int tvm_bnn_model_run(const float *in, float *out)`` (one pointer per input, then one
+  per output: ``in0, in1, ..., out0, ...`` when there are several) calling them in order on one ``static uint8_t``
+  arena (16-byte aligned) planned here; per-call hooks ``TVM_BNN_STEP_BEGIN/END`` are empty unless the instruction
+  profiler builds it with ``-DTVM_BNN_PROFILE_STEPS``;
 * ``weights.c``: every Relax constant the calls take, as a ``const`` array (flash on a microcontroller);
 * ``model.h``, a ``Makefile`` (arm-none-eabi-gcc, ``CPU=cortex-m4`` by default) and a ``README.md``.
+
+With ``target`` an LLVM ``TargetSpec`` (ARM Linux, or a Cortex-M thumb triple) the kernels get our vectorised
+schedules instead and TVM's LLVM codegen compiles them into ``kernels.o`` (``targets.llvm_object``); ``model.c``
+declares and calls them the same way. ARM Linux bundles keep their weights as ``weights.bin`` + ``weights.S``.
 
 Arena planning: the calls run in binding order; a tensor occupies its bytes from the call that writes it to the last
 call that reads it (or a view of it), a kernel's scratch buffers only during its call. Blocks are placed greedily
 first-fit at 16-byte-aligned offsets. A call's output never overlaps its inputs (they are still live when it is
-placed). The model's output tensor is written straight into ``out``; a pure view (a legalized ``reshape``,
-``squeeze``, ``expand_dims`` or ``flatten`` of a contiguous tensor) is not run at all: it aliases its input's bytes.
+placed). Each model output is written straight into its output pointer (one that is an input, a constant or
+another output's bytes is copied at the end); a pure view (a legalized ``reshape``, ``squeeze``, ``expand_dims`` or
+``flatten`` of a contiguous tensor) is not run at all: it aliases its input's bytes.
 
-Before the C codegen each kernel gets the memory-lean schedule of ``deploy.lean`` (``lean=True``): injective
-stages inlined, once-read reductions (the popcount accumulators) computed per consumer iteration in a compacted
-buffer. On the digits demo model this cuts the arena from 62,464 to 13,696 bytes at the same outputs.
+Before the C codegen each kernel gets the M-profile schedule of ``schedules.cortexm`` (binary kernels) or the
+memory-lean schedule of ``deploy.lean`` (``lean=True``): injective stages inlined, once-read reductions (the
+popcount accumulators) computed per consumer iteration in a compacted buffer. On the digits demo model this cuts
+the arena from 62,464 to 13,696 bytes at the same outputs.
 
 The kernels access the arena through pointers of their own element types, so the bundle is compiled with
 ``-fno-strict-aliasing`` (the Makefile and the runners here do).
