@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from tvm import te
 
+from tvm_bnn.errors import ToolchainMissingError
 from tvm_bnn.ops import binary_conv2d, binary_dense, binary_maxpool, bitpack, epilogue
 from tvm_bnn.targets import qemu
 from tvm_bnn.targets.c_codegen import PREAMBLE, generate_c, harness_main
