@@ -26,3 +26,8 @@ if [ ! -f "$STAMP" ] || [ "$ROOT/requirements.txt" -nt "$STAMP" ] || [ "$ROOT/py
   touch "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
+# The emulated aarch64 board for the RPC tuning test: Debian's arm64 CPython + TVM's aarch64 wheels, run by
+# qemu-aarch64 (cached in ~/.cache/tvm_bnn/aarch64-board; a no-op once built).
+if command -v qemu-aarch64 >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  bash "$ROOT/scripts/aarch64_rpc_board.sh" setup
+fi

@@ -64,3 +64,30 @@ def need(*tools):
             if os.environ.get("CI", "").lower() == "true":
                 pytest.fail(f"CI=true and the toolchain is missing: {exc}")
             pytest.skip(str(exc))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process_group(p) -> None:
+    """End a process started with start_new_session=True and everything it started (TVM's RPC server and tracker
+    run their work in popen workers, their children: terminating the leader alone would orphan them)."""
+    import signal
+    import subprocess
+
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    try:
+        os.killpg(p.pid, signal.SIGKILL)  # the group's leftovers
+    except ProcessLookupError:
+        pass

@@ -1,7 +1,6 @@
 """Autotuning: tasks, the database, resuming, applying it at compile time, and measuring over TVM RPC."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ import torch
 import tvm_bnn
 from tvm_bnn import nn as bnn
 from tvm_bnn.tuning import BASELINE_FILE, extract_tasks, parse_rpc
+
+from .conftest import free_port, stop_process_group
 
 
 def small_model():
@@ -75,33 +76,23 @@ def test_parse_rpc():
         parse_rpc("localhost")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def rpc_tracker_and_server():
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TVM_NUM_THREADS": "1"}
     tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
                                 str(port), "--port-end", str(port + 1)], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                               stderr=subprocess.DEVNULL, start_new_session=True)
     time.sleep(2)
     server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--tracker",
                                f"127.0.0.1:{port}", "--key", "testboard"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                              stderr=subprocess.DEVNULL, start_new_session=True)
     time.sleep(3)
     try:
         yield f"127.0.0.1:{port}:testboard"
     finally:
         for p in (server, tracker):
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            stop_process_group(p)
 
 
 def test_tune_over_rpc_tracker(tmp_path, rpc_tracker_and_server):

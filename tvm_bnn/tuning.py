@@ -91,10 +91,22 @@ def export_for_board(mod, cc: str) -> str:
     return path
 
 
+def _time_default(func, spec, rpc: str | None) -> float:
+    """Microseconds of one scheduled PrimFunc, here or on the RPC device. One session per kernel (a session times
+    out after 60 s, and LLVM builds in between can take that long), released on return: the tracker hands its one
+    board to the next request only when the previous session is gone."""
+    from .profiling import time_primfunc
+
+    remote = parse_rpc(rpc).connect_server() if rpc else None
+    try:
+        return 1e6 * time_primfunc(func, spec.target, remote=remote, fcompile=cross_compiler(spec))
+    finally:
+        del remote
+
+
 def measure_defaults(tasks, spec, work_dir: str, rpc: str | None = None) -> dict:
     """Latency (us) of our default schedule for each task, merged into ``work_dir``/BASELINE_FILE; measured where the
     tuning trials were (``rpc``: on the RPC device), so the two are comparable."""
-    from .profiling import time_primfunc
     from .schedules.apply import default_schedule
 
     path = os.path.join(work_dir, BASELINE_FILE)
@@ -103,10 +115,8 @@ def measure_defaults(tasks, spec, work_dir: str, rpc: str | None = None) -> dict
         func = t.dispatched[0]["main"]
         key = workload_key(func)
         if key not in baseline:
-            remote = parse_rpc(rpc).connect_server() if rpc else None  # a session per task: they time out
             with spec.target:
-                baseline[key] = 1e6 * time_primfunc(default_schedule(func, spec), spec.target, remote=remote,
-                                                    fcompile=cross_compiler(spec))
+                baseline[key] = _time_default(default_schedule(func, spec), spec, rpc)
     with open(path, "w") as f:
         json.dump(baseline, f, indent=1)
     return baseline
