@@ -26,12 +26,15 @@ from .rewrite import apply_recipes, relax_functions
 
 
 def binary_weight_scale(w: np.ndarray, out_axis: int) -> np.ndarray | str:
-    """alpha per output channel if every value of channel o is +-alpha_o (alpha_o > 0), else the reason."""
+    """alpha per output channel if every value of channel o is +-alpha_o, else the reason.
+
+    alpha_o = 0 is allowed for a channel that is entirely zero (its output is the bias whatever the input: what an
+    exporter makes of a conv followed by a BatchNorm with gamma = 0); a zero among nonzero weights is refused."""
     if not np.all(np.isfinite(w)):
         return "weights contain NaN or Inf"
     mags = np.abs(np.moveaxis(w, out_axis, 0).reshape(w.shape[out_axis], -1))
     alpha = mags[:, 0]
-    bad = np.nonzero(np.any(mags != alpha[:, None], axis=1) | (alpha == 0))[0]
+    bad = np.nonzero(np.any(mags != alpha[:, None], axis=1))[0]
     if bad.size:
         o = int(bad[0])
         if np.any(mags[o] == 0):
