@@ -12,9 +12,9 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 
 from .errors import InputError, TvmBnnError
 from .frontends import import_model
-from .frontends.importer import main_outputs
+from .frontends.importer import layer_reach, main_outputs
 from .passes import binarize_module, cleanup
-from .passes.graph import is_op, static_shape
+from .passes.graph import static_shape
 from .report import LayerRecord, Report
 from .schedules import ScheduleKernels
 from .targets import resolve_target
@@ -149,13 +149,23 @@ def _flatten(result):
     return outs
 
 
-def _name_layers(mod, names):
-    """Use the frontend's names only if they line up one-to-one with the conv2d/matmul calls."""
-    count = 0
-    for block in mod["main"].body.blocks:
-        for binding in block.bindings:
-            count += is_op(binding.value, "nn.conv2d", "matmul")
-    return names if len(names) == count else None
+def _name_layers(mod, names, keys=None):
+    """The frontend's layer names in the module's conv2d/matmul order, or None if they do not line up one-to-one.
+    ``keys`` (per name: the model inputs it depends on, the outputs it reaches) match names to layers first; order
+    decides only among layers with the same key."""
+    reach = layer_reach(mod)
+    if len(names) != len(reach):
+        return None
+    if keys is None:
+        return names
+    free = list(zip(keys, names))
+    out = []
+    for key in reach:
+        k = next((i for i, (kk, _) in enumerate(free) if kk == key), None)
+        if k is None:
+            return None
+        out.append(free.pop(k)[1])
+    return out
 
 
 def analyse(model, example_inputs=None):
@@ -163,7 +173,7 @@ def analyse(model, example_inputs=None):
     imported = import_model(model, example_inputs)
     with tvm.ir.transform.PassContext(opt_level=3):
         cleaned = cleanup()(imported.mod)
-        names = _name_layers(cleaned, imported.layer_names)
+        names = _name_layers(cleaned, imported.layer_names, imported.layer_keys)
         optimized, records = binarize_module(cleaned, names)
     return imported, optimized, Report(records)
 

@@ -18,6 +18,8 @@ class ImportedModel:
     input_names: list
     layer_names: list = field(default_factory=list)  # conv2d/dense layers, in program order
     source: str = ""  # "torch", "onnx" or "relax"
+    # per layer name, (model input indices it depends on, model output indices it reaches); None: match by order
+    layer_keys: list | None = None
 
 
 def import_model(model, example_inputs=None) -> ImportedModel:
@@ -47,6 +49,44 @@ def import_model(model, example_inputs=None) -> ImportedModel:
                 "fixed sizes, or pass example_inputs=... with the sizes to compile for")
     check_tensor_sizes(imported.mod, dict(zip(main.params, imported.input_names)))
     return imported
+
+
+def layer_reach(mod: tvm.IRModule) -> list:
+    """Per conv2d/matmul of ``main`` in program order: (input indices it depends on, output indices it reaches)."""
+    from ..passes.graph import Graph, is_op
+
+    main = mod["main"]
+    graph = Graph(main)
+    params = {p: k for k, p in enumerate(main.params)}
+    result = main.body.body
+    result = graph.var2val.get(result, result) if isinstance(result, relax.Var) else result
+    fields = list(result.fields) if isinstance(result, relax.Tuple) else [main.body.body]
+    outputs = {}
+    for k, f in enumerate(fields):
+        outputs.setdefault(f, set()).add(k)
+
+    def walk(start, step, stop):
+        seen, todo, hits = set(), [start], set()
+        while todo:
+            v = todo.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            hit = stop.get(v)
+            if hit is not None:
+                hits |= hit if isinstance(hit, set) else {hit}
+            todo.extend(step(v))
+        return frozenset(hits)
+
+    def up(v):
+        value = graph.var2val.get(v)
+        return [a for a in relax.analysis.free_vars(value)] if value is not None else []
+
+    def down(v):
+        return [u for u, _ in graph.users.get(v, [])]
+
+    return [(walk(var, up, params), walk(var, down, outputs))
+            for var, value in graph.order if is_op(value, "nn.conv2d", "matmul")]
 
 
 def memory_bytes() -> int:

@@ -173,5 +173,41 @@ def import_onnx(model, example_inputs) -> ImportedModel:
         raise ModelImportError(f"model: TVM's ONNX importer cannot translate this model: "
                                f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}\n"
                                "Replace the unsupported operator or re-export with a lower opset") from exc
-    layers = [n.name or n.output[0] for n in proto.graph.node if n.op_type in _LAYER_OPS]
-    return ImportedModel(mod, names, layers, "onnx")
+    layers = [n for n in proto.graph.node if n.op_type in _LAYER_OPS]
+    return ImportedModel(mod, names, [n.name or n.output[0] for n in layers], "onnx",
+                         layer_keys=_reach(proto, layers))
+
+
+def _reach(proto, layers) -> list:
+    """Per layer node: (graph inputs it depends on, graph outputs it reaches), as index sets. TVM's importer does
+    not emit the layers in ONNX node order (a Gemm's matmul can come before an earlier MatMul), so the report's
+    names are matched by this, which the Relax graph has too, and only then by order."""
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    consumers = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    inits = {i.name for i in proto.graph.initializer}
+    in_index = {i.name: k for k, i in enumerate(x for x in proto.graph.input if x.name not in inits)}
+    out_index = {o.name: k for k, o in enumerate(proto.graph.output)}
+
+    def walk(starts, step, stop):
+        seen, todo, hits = set(), list(starts), set()
+        while todo:
+            t = todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            if t in stop:
+                hits.add(stop[t])
+            todo.extend(step(t))
+        return frozenset(hits)
+
+    def up(t):
+        node = producer.get(t)
+        return [i for i in node.input if i] if node is not None else []
+
+    def down(t):
+        return [o for n in consumers.get(t, []) for o in n.output]
+
+    return [(walk([i for i in n.input if i], up, in_index), walk(list(n.output), down, out_index)) for n in layers]

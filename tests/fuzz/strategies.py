@@ -1,0 +1,940 @@
+"""Random binarized networks for the differential fuzzer (issue 6): specs, the PyTorch model built from a spec, and
+the reference evaluation the compiled model is checked against.
+
+A *spec* (:class:`NetSpec`) is a plain, printable description: one or more independent *branches*, each a model
+input followed by a chain of layer specs (binary / float conv and dense layers, BatchNorm, pooling, residual blocks,
+elementwise ops). Weights and statistics come from per-layer integer seeds, so hypothesis shrinks the architecture
+and the seeds, and a failing spec rebuilds the same model.
+
+:class:`FuzzNet` runs in three modes:
+
+* ``"torch"``: float32, every binarization in its literal form (``torch.sign``, STE forms, ``tvm_bnn.nn`` ...).
+  This is what gets exported and compiled, and what "PyTorch's output" means.
+* ``"ref"``: float64, every binarization is the compiled code's rule ``x >= 0 -> +1 else -1`` with exact +-1
+  (README "Tie rule" / "STE forms"). Records the value each binarization sees.
+* ``"abs"``: float64 magnitude bounds: each tensor is replaced by a bound on the magnitudes its computation adds up
+  (conv/linear with |W|, BatchNorm with |gamma / std| (x + |mean|) + |beta|, binarizations -> 1, ...). A binarized
+  value ``x`` with ``0 < |x| < TIE_RTOL * bound`` is within float rounding of the tie: float32 PyTorch, float32
+  TVM and the float64 threshold fold may legitimately binarize it differently (README: "within a rounding of 0"),
+  so such an example is rejected. Exact zeros are kept: their result is defined by the tie rule.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hypothesis import strategies as st
+
+from tvm_bnn import nn as bnn
+
+TIE_RTOL = 1e-5  # relative distance to 0 (of the magnitude bound) below which a binarization is ambiguous
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# binarization forms (activations) and binary weight forms, taken from README "What is recognised" / test_forms.py
+
+def ge_sign(x):
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+def _bireal_poly(x):
+    m1 = (x < -1).to(x.dtype)
+    m2 = (x < 0).to(x.dtype)
+    m3 = (x < 1).to(x.dtype)
+    out = -1 * m1 + (x * x + 2 * x) * (1 - m1)
+    out = out * m2 + (-x * x + 2 * x) * (1 - m2)
+    return out * m3 + 1 * (1 - m3)
+
+
+def _ste_add(x):
+    return x + (torch.sign(x) - x).detach()
+
+
+ACT_FORMS = {
+    "sign": torch.sign,
+    "where_ge": ge_sign,
+    "ste_add": _ste_add,
+    "ste_add_where": lambda x: x + (ge_sign(x) - x).detach(),
+    "bireal_ste": lambda x: torch.sign(x).detach() - _bireal_poly(x).detach() + _bireal_poly(x),
+    "reactnet_ste": lambda x: torch.sign(x).detach() - torch.tanh(x).detach() + torch.tanh(x),
+    "detach_ste": lambda x: torch.sign(x).detach() + x - x.detach(),
+    "hardtanh_sign": lambda x: torch.sign(F.hardtanh(x)),
+    "hardtanh_where": lambda x: ge_sign(F.hardtanh(x, -0.5, 2.0)),
+    "hardtanh_ste": lambda x: _ste_add(F.hardtanh(x)),
+    "binary_sign": bnn.binary_sign,
+    "BinarySign": bnn.BinarySign,  # module classes: a fresh instance per use
+    "StochasticSign": bnn.StochasticSign,
+}
+# forms built on torch.sign: PyTorch gives 0 at an input of exactly 0, the compiled model +1 (documented)
+TIE_DIFFERS = {"sign", "ste_add", "bireal_ste", "reactnet_ste", "detach_ste", "hardtanh_sign", "hardtanh_ste"}
+# straight-through forms: PyTorch's result is +-1 only to a rounding (documented), the compiled model's exactly
+STE_FORMS = {"ste_add", "ste_add_where", "bireal_ste", "reactnet_ste", "detach_ste", "hardtanh_ste"}
+# the tvm_bnn.nn layers binarize internally with binary_sign
+MODULE_FORM = "tvm_bnn.nn"
+
+WEIGHT_FORMS = ["sign", "const_alpha", "xnor_mean", "where_ge", "stored_pm1", "stored_alpha"]
+PM1_WEIGHT_FORMS = {"sign", "where_ge", "stored_pm1"}  # alpha == 1: integer outputs
+
+
+def _alpha_shape(w):
+    return (-1,) + (1,) * (w.dim() - 1)
+
+
+def weight_of(form, w, alpha):
+    """The effective binary weight for ``form`` from the raw parameter ``w`` (no zeros) and ``alpha`` (> 0)."""
+    if form == "sign":
+        return torch.sign(w)
+    if form == "const_alpha":
+        return torch.sign(w) * alpha.view(_alpha_shape(w))
+    if form == "xnor_mean":
+        return torch.sign(w) * w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
+    if form == "where_ge":
+        return torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
+    if form in ("stored_pm1", "stored_alpha", "zeros", "float"):
+        return w  # already materialised by the layer (a buffer of +-alpha, +-1 with zeros, or float)
+    raise ValueError(form)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# specs
+
+@dataclass
+class BinConv:
+    """[F.pad pre] -> binarize -> [max-pool] -> [F.pad post] -> conv2d(binary W) -> [BN]."""
+    cout: int
+    kernel: tuple
+    stride: tuple
+    dilation: tuple
+    padding: tuple  # symmetric conv padding (ph, pw)
+    fpad: tuple = (0, 0, 0, 0)  # F.pad widths (left, right, top, bottom), zeros
+    fpad_pre: bool = False  # F.pad before the binarization (pads float 0 -> tie -> +1) instead of after (0 in +-1)
+    act: str = "where_ge"  # an ACT_FORMS key, or MODULE_FORM (tvm_bnn.nn.BinaryConv2d)
+    wform: str = "sign"  # WEIGHT_FORMS key, or "xnor" / None scale for the module; "zeros" -> refused
+    pool: tuple | None = None  # max-pool (kernel, stride, padding) of the binarized tensor
+    groups: int = 1  # > 1: refused (grouped conv)
+    bias: bool = False
+    bn: bool = False
+    tap: bool = False  # the layer's output is also a model output
+    seed: int = 0
+
+
+@dataclass
+class BinDense:
+    """[flatten] -> binarize (before or after the flatten) -> linear(binary W) -> [BN1d]."""
+    out: int
+    act: str = "where_ge"
+    wform: str = "sign"
+    flatten_first: bool = True
+    bias: bool = False
+    bn: bool = False
+    tap: bool = False
+    seed: int = 0
+    matmul: bool = False  # x @ W.t() (+ b) instead of F.linear
+
+
+@dataclass
+class FloatConv:
+    """conv2d with float weights (optionally on a binarized input, or with binary weights on a float input)."""
+    cout: int
+    kernel: tuple
+    stride: tuple
+    dilation: tuple
+    padding: tuple
+    act: str | None = None  # binarize the input first (the layer stays float: weights not binary)
+    wform: str = "float"  # "float", or a binary weight form on a float input (stays float: input not binarized)
+    bias: bool = True
+    bn: bool = False
+    tap: bool = False
+    seed: int = 0
+
+
+@dataclass
+class FloatDense:
+    out: int
+    act: str | None = None
+    bias: bool = True
+    bn: bool = False
+    tap: bool = False
+    seed: int = 0
+
+
+@dataclass
+class BN:
+    seed: int = 0
+
+
+@dataclass
+class Elementwise:
+    op: str  # relu, hardtanh, leaky_relu, prelu, tanh, sigmoid, silu, scale_shift
+    seed: int = 0
+
+
+@dataclass
+class Pool:
+    op: str  # "max" or "avg"
+    kernel: int
+    stride: int
+    padding: int
+    ceil_mode: bool = False
+    count_include_pad: bool = True  # avg only
+
+
+@dataclass
+class Residual:
+    """x + BN(binary conv(binarize(x))) with 'same' geometry (Bi-Real-Net block), then an optional elementwise."""
+    kernel: int
+    dilation: int
+    act: str = "where_ge"
+    wform: str = "sign"
+    post: str | None = None
+    tap: bool = False
+    seed: int = 0
+
+
+@dataclass
+class Fork:
+    """b = binarize(x); BN(conv_k(b)) + BN(conv_1x1(b)): one binarized tensor read by two binary convs."""
+    cout: int
+    kernel: int
+    act: str = "where_ge"
+    wform: str = "sign"
+    bn: bool = True
+    seed: int = 0
+
+
+@dataclass
+class Branch:
+    batch: int
+    shape: tuple  # (C, H, W) or (F,)
+    layers: list
+    input_seed: int = 0
+    input_zeros: float = 0.0  # fraction of exact zeros in the input (ties at a binarized model input)
+
+
+@dataclass
+class NetSpec:
+    branches: list
+
+    def __repr__(self):
+        return "NetSpec(branches=[\n" + ",\n".join(
+            f"  Branch(batch={b.batch}, shape={b.shape}, input_seed={b.input_seed}, input_zeros={b.input_zeros},"
+            f" layers=[\n" + "".join(f"    {layer!r},\n" for layer in b.layers) + "  ])" for b in self.branches) + "])"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the model
+
+class Ctx:
+    """Shared by every layer of a FuzzNet: the mode and what the binarizations saw."""
+
+    def __init__(self):
+        self.mode = "torch"
+        self.seen = []  # ref mode: (form, value float64, nonneg)
+        self.bounds = []  # abs mode: magnitude bound of the same value
+
+
+class Binarize(torch.nn.Module):
+    """``packed``: the consumer is meant to be binarized (bit-packed: x >= 0 -> +1). A consumer that stays float
+    (refused: grouped, zeros in the weights; float weights) computes the binarization in float, as PyTorch does:
+    torch.sign(0) = 0 there; the STE forms are still exact (canonicalized to the sign)."""
+
+    def __init__(self, ctx, form, nonneg=False, packed=True):
+        super().__init__()
+        self.ctx, self.form, self.nonneg, self.packed = ctx, form, nonneg, packed
+        fn = ACT_FORMS.get(form)
+        self.fn = fn().eval() if isinstance(fn, type) else fn
+
+    def forward(self, x):
+        mode = self.ctx.mode
+        if mode == "torch":
+            return self.fn(x)
+        if mode == "ref":
+            self.ctx.seen.append((self.form, x.detach(), self.nonneg, self.packed))
+            if not self.packed and self.form in TIE_DIFFERS:
+                return torch.sign(x)
+            return ge_sign(x)
+        self.ctx.bounds.append(x.detach())
+        return torch.ones_like(x)
+
+
+def _rng(seed):
+    return np.random.default_rng(seed)
+
+
+def _tensor(a):
+    return torch.tensor(np.asarray(a, dtype=np.float32))
+
+
+def _random_bn(ctx, n, seed, dims):
+    """Eval BatchNorm with gamma of both signs and some exactly 0 (then beta sometimes exactly 0: a tie)."""
+    rng = _rng(seed)
+    bn = (torch.nn.BatchNorm2d if dims == 4 else torch.nn.BatchNorm1d)(n)
+    gamma = rng.uniform(-1.5, 1.5, n)
+    gamma[rng.random(n) < 0.2] = 0.0
+    beta = rng.uniform(-1, 1, n)
+    beta[(gamma == 0) & (rng.random(n) < 0.3)] = 0.0
+    with torch.no_grad():
+        bn.weight.copy_(_tensor(gamma))
+        bn.bias.copy_(_tensor(beta))
+        bn.running_mean.copy_(_tensor(rng.uniform(-2, 2, n)))
+        bn.running_var.copy_(_tensor(rng.uniform(0.3, 3, n)))
+    return BNMod(ctx, bn.eval())
+
+
+class BNMod(torch.nn.Module):
+    def __init__(self, ctx, bn):
+        super().__init__()
+        self.ctx, self.bn = ctx, bn
+
+    def forward(self, x):
+        if self.ctx.mode != "abs":
+            return self.bn(x)
+        b = self.bn
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        g = (b.weight.abs() / torch.sqrt(b.running_var + b.eps)).view(shape)
+        return g * (x + b.running_mean.abs().view(shape)) + b.bias.abs().view(shape)
+
+
+def _binary_param(shape, form, rng, refuse_zeros=False):
+    w = rng.standard_normal(shape)
+    w[np.abs(w) < 1e-3] = 0.5  # no zeros: sign(0) = 0 would make the weight non-binary
+    if refuse_zeros:
+        flat = w.reshape(shape[0], -1)
+        flat[rng.integers(0, shape[0]), rng.integers(0, flat.shape[1])] = 0.0
+        return np.sign(w)
+    if form == "stored_pm1":
+        return np.sign(w)
+    if form == "stored_alpha":
+        return np.sign(w) * rng.uniform(0.1, 2.0, (shape[0],) + (1,) * (len(shape) - 1))
+    return w
+
+
+class BinConvMod(torch.nn.Module):
+    def __init__(self, ctx, s: BinConv, cin, nonneg):
+        super().__init__()
+        self.ctx, self.s = ctx, s
+        rng = _rng(s.seed)
+        shape = (s.cout, cin // s.groups) + tuple(s.kernel)
+        if s.act == MODULE_FORM:
+            self.conv = bnn.BinaryConv2d(cin, s.cout, s.kernel, stride=s.stride, padding=s.padding,
+                                         dilation=s.dilation, groups=s.groups, bias=s.bias,
+                                         scale="xnor" if s.wform == "xnor" else None)
+            with torch.no_grad():
+                self.conv.weight.copy_(_tensor(_binary_param(shape, "sign", rng)))
+                if s.bias:
+                    self.conv.bias.copy_(_tensor(rng.uniform(-2, 2, s.cout)))
+            self.binarize = Binarize(ctx, MODULE_FORM, nonneg)  # records only; the module binarizes
+        else:
+            self.binarize = Binarize(ctx, s.act, nonneg, packed=s.groups == 1 and s.wform != "zeros")
+            w = _binary_param(shape, s.wform, rng, refuse_zeros=s.wform == "zeros")
+            if s.wform in ("stored_pm1", "stored_alpha", "zeros"):
+                self.register_buffer("w", _tensor(w))
+            else:
+                self.w = torch.nn.Parameter(_tensor(w))
+            self.register_buffer("alpha", _tensor(np.linspace(0.5, 1.5, s.cout)))
+            self.b = torch.nn.Parameter(_tensor(rng.uniform(-2, 2, s.cout))) if s.bias else None
+        self.bn = _random_bn(ctx, s.cout, s.seed + 1, 4) if s.bn else None
+
+    def forward(self, x):
+        s, mode = self.s, self.ctx.mode
+        if s.fpad_pre:
+            x = F.pad(x, s.fpad)
+        if s.act == MODULE_FORM:
+            if mode == "abs":
+                self.binarize(x)
+                c = self.conv
+                w = bnn.binary_sign(c.weight.detach())
+                if c.scale == "xnor":
+                    w = w * c.weight.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
+                y = F.conv2d(torch.ones_like(x), w.abs(), c.bias.abs() if c.bias is not None else None, c.stride,
+                             c.padding, c.dilation, c.groups)
+            else:
+                if mode == "ref":
+                    self.binarize(x)
+                y = self.conv(x)
+        else:
+            b = self.binarize(x)
+            if s.pool is not None:
+                b = F.max_pool2d(b, s.pool[0], s.pool[1], s.pool[2])
+            if not s.fpad_pre:
+                b = F.pad(b, s.fpad)
+            w = weight_of(s.wform, self.w, self.alpha)
+            bias = self.b
+            if mode == "abs":
+                w, bias = w.abs(), bias.abs() if bias is not None else None
+            y = F.conv2d(b, w, bias, s.stride, s.padding, s.dilation, s.groups)
+        return self.bn(y) if self.bn is not None else y
+
+
+class BinDenseMod(torch.nn.Module):
+    def __init__(self, ctx, s: BinDense, fin, nonneg):
+        super().__init__()
+        self.ctx, self.s = ctx, s
+        rng = _rng(s.seed)
+        if s.act == MODULE_FORM:
+            self.fc = bnn.BinaryLinear(fin, s.out, bias=s.bias, scale="xnor" if s.wform == "xnor" else None)
+            with torch.no_grad():
+                self.fc.weight.copy_(_tensor(_binary_param((s.out, fin), "sign", rng)))
+                if s.bias:
+                    self.fc.bias.copy_(_tensor(rng.uniform(-2, 2, s.out)))
+            self.binarize = Binarize(ctx, MODULE_FORM, nonneg)
+        else:
+            self.binarize = Binarize(ctx, s.act, nonneg, packed=s.wform != "zeros")
+            w = _binary_param((s.out, fin), s.wform, rng, refuse_zeros=s.wform == "zeros")
+            if s.wform in ("stored_pm1", "stored_alpha", "zeros"):
+                self.register_buffer("w", _tensor(w))
+            else:
+                self.w = torch.nn.Parameter(_tensor(w))
+            self.register_buffer("alpha", _tensor(np.linspace(0.5, 1.5, s.out)))
+            self.b = torch.nn.Parameter(_tensor(rng.uniform(-2, 2, s.out))) if s.bias else None
+        self.bn = _random_bn(ctx, s.out, s.seed + 1, 2) if s.bn else None
+
+    def forward(self, x):
+        s, mode = self.s, self.ctx.mode
+        if s.flatten_first:
+            x = x.flatten(1)
+        if s.act == MODULE_FORM:
+            x = x.flatten(1)
+            if mode == "abs":
+                self.binarize(x)
+                fc = self.fc
+                w = bnn.binary_sign(fc.weight.detach())
+                if fc.scale == "xnor":
+                    w = w * fc.weight.detach().abs().mean(dim=1, keepdim=True)
+                y = F.linear(torch.ones_like(x), w.abs(), fc.bias.abs() if fc.bias is not None else None)
+            else:
+                if mode == "ref":
+                    self.binarize(x)
+                y = self.fc(x)
+        else:
+            b = self.binarize(x).flatten(1)
+            w = weight_of(s.wform, self.w, self.alpha)
+            bias = self.b
+            if mode == "abs":
+                w, bias = w.abs(), bias.abs() if bias is not None else None
+            if s.matmul:
+                y = torch.matmul(b, w.t())
+                y = y + bias if bias is not None else y
+            else:
+                y = F.linear(b, w, bias)
+        return self.bn(y) if self.bn is not None else y
+
+
+class FloatConvMod(torch.nn.Module):
+    def __init__(self, ctx, s: FloatConv, cin, nonneg):
+        super().__init__()
+        self.ctx, self.s = ctx, s
+        rng = _rng(s.seed)
+        shape = (s.cout, cin) + tuple(s.kernel)
+        if s.wform == "float":
+            w = rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))
+        else:
+            w = _binary_param(shape, s.wform, rng)
+        self.w = torch.nn.Parameter(_tensor(w))
+        self.register_buffer("alpha", _tensor(np.linspace(0.5, 1.5, s.cout)))
+        self.b = torch.nn.Parameter(_tensor(rng.uniform(-1, 1, s.cout))) if s.bias else None
+        # one weight per output channel is +-alpha: binary weights, so the layer binarizes
+        self.binarize = Binarize(ctx, s.act, nonneg, packed=fan_in_one(cin, s)) if s.act else None
+        self.bn = _random_bn(ctx, s.cout, s.seed + 1, 4) if s.bn else None
+
+    def forward(self, x):
+        s = self.s
+        if self.binarize is not None:
+            x = self.binarize(x)
+        w, bias = weight_of(s.wform, self.w, self.alpha), self.b
+        if self.ctx.mode == "abs":
+            w, bias = w.abs(), bias.abs() if bias is not None else None
+        y = F.conv2d(x, w, bias, s.stride, s.padding, s.dilation)
+        return self.bn(y) if self.bn is not None else y
+
+
+class FloatDenseMod(torch.nn.Module):
+    def __init__(self, ctx, s: FloatDense, fin, nonneg):
+        super().__init__()
+        self.ctx, self.s = ctx, s
+        rng = _rng(s.seed)
+        self.w = torch.nn.Parameter(_tensor(rng.standard_normal((s.out, fin)) / np.sqrt(fin)))
+        self.b = torch.nn.Parameter(_tensor(rng.uniform(-1, 1, s.out))) if s.bias else None
+        self.binarize = Binarize(ctx, s.act, nonneg, packed=fan_in_one(fin, s)) if s.act else None
+        self.bn = _random_bn(ctx, s.out, s.seed + 1, 2) if s.bn else None
+
+    def forward(self, x):
+        x = x.flatten(1)
+        if self.binarize is not None:
+            x = self.binarize(x)
+        w, bias = self.w, self.b
+        if self.ctx.mode == "abs":
+            w, bias = w.abs(), bias.abs() if bias is not None else None
+        y = F.linear(x, w, bias)
+        return self.bn(y) if self.bn is not None else y
+
+
+class ElementwiseMod(torch.nn.Module):
+    def __init__(self, ctx, s: Elementwise, channels):
+        super().__init__()
+        self.ctx, self.s = ctx, s
+        rng = _rng(s.seed)
+        self.prelu = None
+        if s.op == "prelu":
+            self.prelu = torch.nn.PReLU(channels)
+            with torch.no_grad():
+                self.prelu.weight.copy_(_tensor(rng.uniform(-0.5, 0.5, channels)))
+        self.register_buffer("scale", _tensor(rng.uniform(-2, 2, channels)))
+        self.register_buffer("shift", _tensor(rng.uniform(-1, 1, channels)))
+
+    def forward(self, x):
+        op = self.s.op
+        if self.ctx.mode == "ref":
+            self._ref_in = x.detach()  # for the abs pass, which follows
+        if self.ctx.mode == "abs":  # every op here is 1-Lipschitz with |f(x)| <= |x| (+1 for sigmoid)
+            if op == "sigmoid":
+                return x + 1
+            if op == "silu":  # error ~ |silu'(x)| * error(x) + rounding of silu(x): tight on the flat negative tail
+                t = self._ref_in
+                sig = torch.sigmoid(t)
+                return (sig * (1 + t * (1 - sig))).abs() * x + (t * sig).abs()
+            if op == "scale_shift":
+                shape = (1, -1) + (1,) * (x.dim() - 2)
+                return x * self.scale.abs().view(shape) + self.shift.abs().view(shape)
+            return x
+        if op == "relu":
+            return F.relu(x)
+        if op == "hardtanh":
+            return F.hardtanh(x)
+        if op == "leaky_relu":
+            return F.leaky_relu(x, 0.1)
+        if op == "prelu":
+            return self.prelu(x)
+        if op == "tanh":
+            return torch.tanh(x)
+        if op == "sigmoid":
+            return torch.sigmoid(x)
+        if op == "silu":
+            return F.silu(x)
+        if op == "scale_shift":
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            return x * self.scale.view(shape) + self.shift.view(shape)
+        raise ValueError(op)
+
+
+class PoolMod(torch.nn.Module):
+    def __init__(self, ctx, s: Pool):
+        super().__init__()
+        self.ctx, self.s = ctx, s
+
+    def forward(self, x):
+        s = self.s
+        if s.op == "max":
+            return F.max_pool2d(x, s.kernel, s.stride, s.padding, ceil_mode=s.ceil_mode)
+        return F.avg_pool2d(x, s.kernel, s.stride, s.padding, ceil_mode=s.ceil_mode,
+                            count_include_pad=s.count_include_pad)
+
+
+class ResidualMod(torch.nn.Module):
+    def __init__(self, ctx, s: Residual, cin, nonneg):
+        super().__init__()
+        self.ctx, self.s = ctx, s
+        p = s.dilation * (s.kernel // 2)
+        conv = BinConv(cout=cin, kernel=(s.kernel, s.kernel), stride=(1, 1), dilation=(s.dilation, s.dilation),
+                       padding=(p, p), act=s.act, wform=s.wform, bn=True, seed=s.seed)
+        self.body = BinConvMod(ctx, conv, cin, nonneg)
+        self.post = ElementwiseMod(ctx, Elementwise(s.post, s.seed + 2), cin) if s.post else None
+
+    def forward(self, x):
+        y = self.body(x) + x
+        return self.post(y) if self.post is not None else y
+
+
+def fan_in_one(cin, s):
+    """A float-weight layer with one weight per output channel has +-alpha weights: it is binary."""
+    return cin * (int(np.prod(s.kernel)) if isinstance(s, FloatConv) else 1) == 1
+
+
+class ForkMod(torch.nn.Module):
+    def __init__(self, ctx, s: Fork, cin, nonneg):
+        super().__init__()
+        self.ctx, self.s = ctx, s
+        rng = _rng(s.seed)
+        self.binarize = Binarize(ctx, s.act, nonneg)
+        self.w1 = torch.nn.Parameter(_tensor(_binary_param((s.cout, cin, s.kernel, s.kernel), s.wform, rng)))
+        self.w2 = torch.nn.Parameter(_tensor(_binary_param((s.cout, cin, 1, 1), s.wform, rng)))
+        self.register_buffer("alpha", _tensor(np.linspace(0.5, 1.5, s.cout)))
+        self.bn1 = _random_bn(ctx, s.cout, s.seed + 1, 4) if s.bn else None
+        self.bn2 = _random_bn(ctx, s.cout, s.seed + 2, 4) if s.bn else None
+
+    def forward(self, x):
+        s = self.s
+        b = self.binarize(x)
+        w1, w2 = weight_of(s.wform, self.w1, self.alpha), weight_of(s.wform, self.w2, self.alpha)
+        if self.ctx.mode == "abs":
+            w1, w2 = w1.abs(), w2.abs()
+        y1 = F.conv2d(b, w1, padding=s.kernel // 2)
+        y2 = F.conv2d(b, w2)
+        if self.bn1 is not None:
+            y1, y2 = self.bn1(y1), self.bn2(y2)
+        return y1 + y2
+
+
+def conv_out(size, k, s, d, p_total):
+    return (size + p_total - d * (k - 1) - 1) // s + 1
+
+
+def pool_out(size, k, s, p, ceil_mode=False):
+    if not ceil_mode:
+        return (size + 2 * p - k) // s + 1
+    out = -(-(size + 2 * p - k) // s) + 1
+    if (out - 1) * s >= size + p:  # PyTorch: the last window must start inside the input or left padding
+        out -= 1
+    return out
+
+
+@dataclass
+class LayerInfo:
+    """What the spec expects of one conv2d/dense layer in the report."""
+    name: str
+    expect: str  # "binary", "float_input" (input not binarized), "float_weights", "grouped", "zeros"
+
+
+@dataclass
+class Built:
+    net: torch.nn.Module
+    inputs: list
+    layers: list  # LayerInfo, in forward order
+    exact: list  # per model output: integer-valued by construction (compare exactly)
+    forms: set = field(default_factory=set)
+
+
+class FuzzNet(torch.nn.Module):
+    def __init__(self, spec: NetSpec):
+        super().__init__()
+        self.ctx = Ctx()
+        self.branches = torch.nn.ModuleList()
+        self.layer_infos, self.exact_outputs, self.forms = [], [], set()
+        for bi, br in enumerate(spec.branches):
+            mods = torch.nn.ModuleList()
+            self._build_branch(bi, br, mods)
+            self.branches.append(mods)
+
+    def _build_branch(self, bi, br, mods):
+        ctx = self.ctx
+        shape, domain, nonneg = tuple(br.shape), "float", False
+        for li, s in enumerate(br.layers):
+            prefix = f"branches.{bi}.{li}"
+            c = shape[0]
+            if getattr(s, "act", None):
+                self.forms.add(s.act)
+            suffix = {"BinConv": ".conv", "BinDense": ".fc", "Residual": ".body.conv"}.get(type(s).__name__, "")
+            name = prefix + (suffix if getattr(s, "act", None) == MODULE_FORM else ".body" * isinstance(s, Residual))
+            if isinstance(s, BinConv):
+                mod = BinConvMod(ctx, s, c, nonneg)
+                expect = "grouped" if s.groups > 1 else "zeros" if s.wform == "zeros" else "binary"
+                self.layer_infos.append(LayerInfo(name, expect))
+            elif isinstance(s, BinDense):
+                mod = BinDenseMod(ctx, s, int(np.prod(shape)), nonneg)
+                self.layer_infos.append(LayerInfo(name, "zeros" if s.wform == "zeros" else "binary"))
+            elif isinstance(s, FloatConv):
+                mod = FloatConvMod(ctx, s, c, nonneg)
+                self.layer_infos.append(LayerInfo(name, "float_input" if not s.act else "binary"
+                                                  if fan_in_one(c, s) else "float_weights"))
+            elif isinstance(s, FloatDense):
+                fin = int(np.prod(shape))
+                mod = FloatDenseMod(ctx, s, fin, nonneg)
+                self.layer_infos.append(LayerInfo(name, "float_input" if not s.act else "binary"
+                                                  if fan_in_one(fin, s) else "float_weights"))
+            elif isinstance(s, BN):
+                mod = _random_bn(ctx, c, s.seed, len(shape) + 1)
+            elif isinstance(s, Elementwise):
+                mod = ElementwiseMod(ctx, s, c)
+            elif isinstance(s, Pool):
+                mod = PoolMod(ctx, s)
+            elif isinstance(s, Residual):
+                mod = ResidualMod(ctx, s, c, nonneg)
+                self.layer_infos.append(LayerInfo(name, "binary"))
+            elif isinstance(s, Fork):
+                mod = ForkMod(ctx, s, c, nonneg)
+                self.layer_infos += [LayerInfo(name, "binary"), LayerInfo(name, "binary")]
+            else:
+                raise TypeError(s)
+            if isinstance(s, Elementwise):
+                nonneg = s.op in ("relu", "sigmoid") or (nonneg and s.op in ("hardtanh", "leaky_relu", "tanh"))
+            elif isinstance(s, Residual):
+                nonneg = s.post in ("relu", "sigmoid")
+            elif not isinstance(s, Pool):
+                nonneg = False
+            shape, domain = _next_state(s, shape, domain)
+            mod.tap = getattr(s, "tap", False)
+            mod.exact = domain == "int"  # integer-valued output: compared exactly
+            mods.append(mod)
+        mods.final_exact = domain == "int"
+
+    def forward(self, *xs):
+        outs = []
+        for x, mods in zip(xs, self.branches):
+            for mod in mods:
+                x = mod(x)
+                if mod.tap and mod is not mods[-1]:
+                    outs.append(x)
+            outs.append(x)
+        return tuple(outs) if len(outs) > 1 else outs[0]
+
+    def output_exact(self):
+        flags = []
+        for mods in self.branches:
+            for mod in mods:
+                if mod.tap and mod is not mods[-1]:
+                    flags.append(mod.exact)
+            flags.append(mods.final_exact)
+        return flags
+
+
+def make_inputs(spec: NetSpec):
+    xs = []
+    for br in spec.branches:
+        rng = _rng(br.input_seed)
+        x = rng.standard_normal((br.batch,) + tuple(br.shape)) * rng.choice([0.5, 1.0, 3.0])
+        if br.input_zeros:
+            x[rng.random(x.shape) < br.input_zeros] = 0.0
+        xs.append(_tensor(x))
+    return xs
+
+
+def build(spec: NetSpec) -> Built:
+    net = FuzzNet(spec).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return Built(net, make_inputs(spec), net.layer_infos, net.output_exact(), net.forms)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# reference evaluation
+
+@dataclass
+class Reference:
+    torch_out: list  # float32, literal forms (PyTorch)
+    ref_out: list  # float64, compiled semantics (tie rule, exact +-1)
+    near_ties: int  # binarized values within float rounding of 0 (example is ambiguous)
+    tie_zeros: int  # exact zeros at a torch.sign-based form (PyTorch 0 vs compiled +1: documented)
+    zeros: int  # exact zeros at any binarization
+
+
+def _as_list(y):
+    return [t.detach().numpy() for t in (y if isinstance(y, tuple) else (y,))]
+
+
+def evaluate(built: Built) -> Reference:
+    net, ctx = built.net, built.net.ctx
+    with torch.no_grad():
+        ctx.mode = "torch"
+        torch_out = _as_list(net(*built.inputs))
+        ref_net = net.double()
+        try:
+            ctx.mode, ctx.seen = "ref", []
+            ref_out = _as_list(ref_net(*[x.double() for x in built.inputs]))
+            ctx.mode, ctx.bounds = "abs", []
+            ref_net(*[x.double().abs() for x in built.inputs])
+        finally:
+            net.float()
+            ctx.mode = "torch"
+    assert len(ctx.seen) == len(ctx.bounds)
+    near = tie = zeros = 0
+    for (form, x, nonneg, packed), bound in zip(ctx.seen, ctx.bounds):
+        x, bound = x.numpy(), bound.numpy()
+        is_zero = x == 0
+        zeros += int(is_zero.sum())
+        if packed and form in TIE_DIFFERS:
+            tie += int(is_zero.sum())
+        if not nonneg:  # a value >= 0 by construction binarizes to +1 however it rounds
+            # relative to the bound, or below float32's normal range (underflow rounds to 0 there)
+            near += int(((np.abs(x) < np.maximum(TIE_RTOL * bound, 1e-30)) & ~is_zero).sum())
+    return Reference(torch_out, ref_out, near, tie, zeros)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# hypothesis strategies
+
+def channels(draw, small_max=12):
+    """Mostly small channel counts, sometimes word-boundary and large ones (up to 300)."""
+    return draw(st.one_of(st.integers(1, small_max), st.integers(1, small_max), st.integers(1, small_max),
+                          st.sampled_from([31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 256, 257, 300])))
+
+
+def spatial(draw, lo=1, hi=13):
+    if draw(st.integers(0, 9)) == 0:
+        hi = 41  # now and then a larger map: remainder loops of the register-blocked schedules
+    return draw(st.integers(lo, hi).filter(lambda v: v % 8 != 0))
+
+
+ACT_CHOICES = sorted(ACT_FORMS) + [MODULE_FORM] * 3
+
+
+@st.composite
+def conv_geometry(draw, h, w, fpad=(0, 0, 0, 0), max_kernel=7):
+    """(kernel, stride, dilation, padding) giving an output of at least 1x1 on an h x w input (+ F.pad)."""
+    square = draw(st.booleans())
+    d = draw(st.integers(1, 2))
+    dil = (d, d) if square or draw(st.booleans()) else (d, draw(st.integers(1, 2)))
+    kernel, padding = [], []
+    for i, size in enumerate((h + fpad[2] + fpad[3], w + fpad[0] + fpad[1])):
+        fits = lambda k, p: size + 2 * p - dil[i] * (k - 1) - 1 >= 0  # noqa: E731
+        if i == 1 and square and fits(kernel[0], padding[0]):
+            kernel.append(kernel[0])
+            padding.append(padding[0])
+            continue
+        p = draw(st.integers(0, 3))
+        k = draw(st.integers(1, max(1, min(max_kernel, (size + 2 * p - 1) // dil[i] + 1))))
+        if p > k - 1 and fits(k, k - 1) and draw(st.booleans()):  # mostly padding < kernel, as real models have
+            p = k - 1
+        kernel.append(k)
+        padding.append(p)
+    stride = draw(st.integers(1, 3))
+    stride = (stride, stride) if draw(st.booleans()) else (stride, draw(st.integers(1, 3)))
+    return tuple(kernel), stride, dil, tuple(padding)
+
+
+def _weight_form(draw, module):
+    if module:
+        return draw(st.sampled_from([None, "xnor"]))
+    return draw(st.sampled_from(WEIGHT_FORMS + ["sign"] * 2))
+
+
+@st.composite
+def layer(draw, shape, domain, allow_refused=True):
+    """One layer spec for a state of ``shape`` ((C, H, W) or (F,)) and ``domain``: "float" (generic float),
+    "int" (integers from a +-1 binary layer), "scaled" (dot * alpha, alpha != 1: never binarize directly, its 0 is
+    a float-rounding tie)."""
+    is_map = len(shape) == 3
+    seed = draw(st.integers(0, 2 ** 16))
+    kinds = ["bin_dense", "float_dense", "bn", "elementwise"]
+    if is_map:
+        kinds += ["bin_conv"] * 6 + ["float_conv", "pool", "residual", "residual", "pool", "fork"]
+    if domain == "scaled":
+        return BN(seed)  # give the next binarization a generic zero crossing
+    kind = draw(st.sampled_from(kinds))
+    act = draw(st.sampled_from(ACT_CHOICES))
+    module = act == MODULE_FORM
+    tap = draw(st.integers(0, 9)) == 0
+    if kind == "bin_conv":
+        c, h, w = shape
+        fpad, fpad_pre, pool = (0, 0, 0, 0), False, None
+        if draw(st.integers(0, 3)) == 0:
+            fpad = tuple(draw(st.lists(st.integers(0, 2), min_size=4, max_size=4)))
+            fpad_pre = module or draw(st.integers(0, 3)) == 0
+        elif not module and draw(st.integers(0, 5)) == 0 and min(h, w) >= 2:
+            k = draw(st.integers(2, min(3, h, w)))
+            pool = (k, draw(st.integers(1, 2)), draw(st.integers(0, k // 2)))
+            h, w = pool_out(h, *pool), pool_out(w, *pool)
+        kernel, stride, dil, padding = draw(conv_geometry(h, w, fpad))
+        cout = channels(draw)
+        groups = 1
+        wform = _weight_form(draw, module)
+        if allow_refused and draw(st.integers(0, 39)) == 0:
+            g = next((g for g in (2, 3) if c % g == 0 and cout % g == 0), None)
+            if g:
+                groups = g
+        if allow_refused and not module and groups == 1 and c * kernel[0] * kernel[1] >= 2 \
+                and draw(st.integers(0, 39)) == 0:
+            wform = "zeros"  # one zero among nonzero weights (an all-zero channel, alpha = 0, is binary)
+        return BinConv(cout, kernel, stride, dil, padding, fpad, fpad_pre, act, wform, pool, groups,
+                       bias=draw(st.integers(0, 3)) == 0, bn=draw(st.integers(0, 9)) < 6, tap=tap, seed=seed)
+    if kind == "bin_dense":
+        wform = _weight_form(draw, module)
+        if allow_refused and not module and int(np.prod(shape)) >= 2 and draw(st.integers(0, 39)) == 0:
+            wform = "zeros"
+        return BinDense(channels(draw, 20), act, wform, flatten_first=not is_map or draw(st.booleans()),
+                        bias=draw(st.integers(0, 3)) == 0, bn=draw(st.integers(0, 9)) < 6, tap=tap, seed=seed,
+                        matmul=not module and draw(st.integers(0, 3)) == 0)
+    if kind == "float_conv":
+        c, h, w = shape
+        kernel, stride, dil, padding = draw(conv_geometry(h, w, max_kernel=5))
+        binary_in = not module and draw(st.integers(0, 3)) == 0
+        wform = "float" if binary_in or draw(st.integers(0, 2)) else draw(st.sampled_from(WEIGHT_FORMS))
+        return FloatConv(channels(draw), kernel, stride, dil, padding, act if binary_in else None, wform,
+                         bias=draw(st.booleans()), bn=draw(st.booleans()), tap=tap, seed=seed)
+    if kind == "float_dense":
+        binary_in = not module and draw(st.integers(0, 3)) == 0
+        return FloatDense(channels(draw, 20), act if binary_in else None, bias=draw(st.booleans()),
+                          bn=draw(st.booleans()), tap=tap, seed=seed)
+    if kind == "bn":
+        return BN(seed)
+    if kind == "elementwise":
+        return Elementwise(draw(st.sampled_from(["hardtanh", "leaky_relu", "relu", "prelu", "tanh", "relu",
+                                                 "sigmoid", "silu", "scale_shift"])), seed)
+    if kind == "pool":
+        c, h, w = shape
+        k = draw(st.integers(1, max(1, min(3, h, w))))
+        s = draw(st.integers(1, 3))
+        return Pool(draw(st.sampled_from(["avg", "max"])), k, s, draw(st.integers(0, k // 2)),
+                    ceil_mode=draw(st.integers(0, 3)) == 0, count_include_pad=draw(st.booleans()))
+    if kind == "fork":
+        wform = _weight_form(draw, False)
+        return Fork(channels(draw), draw(st.sampled_from([3, 1, 5])), act if not module else "where_ge", wform,
+                    bn=wform not in PM1_WEIGHT_FORMS or draw(st.booleans()), seed=seed)
+    kernel = draw(st.sampled_from([1, 3, 3, 5]))
+    return Residual(kernel, draw(st.integers(1, 2)), act, _weight_form(draw, module),
+                    draw(st.sampled_from([None, None, "hardtanh", "prelu", "relu"])), tap=tap, seed=seed)
+
+
+def _next_state(s, shape, domain):
+    """The (shape, domain) after layer ``s``, by building nothing: the same arithmetic FuzzNet does."""
+    if isinstance(s, BinConv):
+        _, h, w = shape
+        t, b, l, r = s.fpad[2], s.fpad[3], s.fpad[0], s.fpad[1]
+        if s.fpad_pre:
+            h, w, t, b, l, r = h + t + b, w + l + r, 0, 0, 0, 0
+        if s.pool is not None:
+            h, w = (pool_out(v, *s.pool) for v in (h, w))
+        h = conv_out(h + t + b, s.kernel[0], s.stride[0], s.dilation[0], 2 * s.padding[0])
+        w = conv_out(w + l + r, s.kernel[1], s.stride[1], s.dilation[1], 2 * s.padding[1])
+        return (s.cout, h, w), _binary_domain(s)
+    if isinstance(s, BinDense):
+        return (s.out,), _binary_domain(s)
+    if isinstance(s, FloatConv):
+        _, h, w = shape
+        return (s.cout, conv_out(h, s.kernel[0], s.stride[0], s.dilation[0], 2 * s.padding[0]),
+                conv_out(w, s.kernel[1], s.stride[1], s.dilation[1], 2 * s.padding[1])), "float"
+    if isinstance(s, FloatDense):
+        return (s.out,), "float"
+    if isinstance(s, Pool):
+        c, h, w = shape
+        return (c, pool_out(h, s.kernel, s.stride, s.padding, s.ceil_mode),
+                pool_out(w, s.kernel, s.stride, s.padding, s.ceil_mode)), domain if s.op == "max" else "float"
+    if isinstance(s, Elementwise):
+        return shape, domain if s.op == "relu" else "float"
+    if isinstance(s, Fork):
+        return (s.cout,) + tuple(shape[1:]), "float" if s.bn else "int"
+    return shape, "float"  # BN, Residual
+
+
+def _binary_domain(s):
+    if s.bn or s.bias:
+        return "float"
+    if s.wform in PM1_WEIGHT_FORMS or s.wform is None or s.wform == "zeros":
+        return "int"
+    return "scaled"
+
+
+@st.composite
+def branches(draw, max_layers=4, max_batch=4):
+    batch = draw(st.integers(1, max_batch))
+    if draw(st.integers(0, 5)) == 0:
+        shape = (channels(draw, 40),)
+    else:
+        shape = (channels(draw), spatial(draw), spatial(draw))
+    n = draw(st.integers(1, max_layers))
+    layers, state, domain = [], shape, "float"
+    for _ in range(n):
+        s = draw(layer(state, domain))
+        layers.append(s)
+        state, domain = _next_state(s, state, domain)
+    if domain == "scaled" and draw(st.booleans()):
+        layers.append(BN(draw(st.integers(0, 2 ** 16))))
+    return Branch(batch, shape, layers, draw(st.integers(0, 2 ** 16)),
+                  draw(st.sampled_from([0.0, 0.0, 0.0, 0.2])))
+
+
+@st.composite
+def nets(draw, max_branches=2, max_layers=4, max_batch=4):
+    return NetSpec(draw(st.lists(branches(max_layers, max_batch), min_size=1, max_size=max_branches)))

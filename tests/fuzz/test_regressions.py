@@ -1,0 +1,147 @@
+"""Minimal models from the differential fuzzer (tests/fuzz/test_differential.py), as plain tests.
+
+The first is a bug the fuzzer found (fixed in 7aa7d37); the others pin down behaviours it ran into whose semantics
+were not obvious from the README, so that a change to them is noticed.
+"""
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tvm_bnn
+
+from ..conftest import assert_float_close
+
+
+def ge_sign(x):
+    return torch.where(x >= 0, 1.0, -1.0)
+
+
+def test_onnx_export_folds_zero_gamma_batchnorm_into_binary_conv_weights():
+    """Found by test_differential_onnx_x86, fixed in 7aa7d37: torch.onnx.export (eval, constant folding) folds
+    Conv -> BatchNormalization into the conv's weights, so a channel with gamma == 0 becomes an all-zero weight
+    channel. The whole binary conv used to be refused ("weights of output channel 0 contain zeros") and stayed
+    float, while the PyTorch-frontend compile of the same model binarized it. An all-zero channel is +-0: binary,
+    its output is the bias."""
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    w = torch.sign(torch.randn(2, 3, 3, 3))
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("w", w)
+            self.bn = torch.nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            return self.bn(F.conv2d(ge_sign(x), self.w, padding=1))
+
+    model = Net().eval()
+    with torch.no_grad():
+        model.bn.weight.copy_(torch.tensor([1.0, 0.0]))
+        model.bn.bias.copy_(torch.tensor([0.25, -0.5]))
+    x = torch.randn(1, 3, 5, 6)
+    f = io.BytesIO()
+    torch.onnx.export(model, (x,), f, dynamo=False, opset_version=17)
+    proto = onnx.load_from_string(f.getvalue())
+    folded = [onnx.numpy_helper.to_array(i) for i in proto.graph.initializer if tuple(i.dims) == (2, 3, 3, 3)]
+    assert folded and np.all(folded[0][1] == 0), "the exporter no longer folds BN into the conv weights"
+
+    expected = model(x).detach().numpy()
+    for m in (model, proto):
+        cm = tvm_bnn.compile(m, "x86", example_inputs=(x,), progress=False)
+        assert cm.report[0].binarized, str(cm.report)
+        assert_float_close(cm(x), expected)
+    np.testing.assert_array_equal(cm(x)[0, 1], np.full((5, 6), -0.5, np.float32))  # the zero channel: its bias
+
+
+def test_weight_with_a_zero_among_nonzeros_is_still_refused():
+    """The other side of the fix above: one zero among nonzero weights is sign(0) = 0, not +-alpha: refused."""
+    w = torch.sign(torch.randn(3, 2, 3, 3))
+    w[1, 0, 1, 1] = 0.0
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return F.conv2d(ge_sign(x), w, padding=1)
+
+    x = torch.randn(1, 2, 4, 5)
+    cm = tvm_bnn.compile(Net(), "x86", example_inputs=(x,), progress=False)
+    assert not cm.report[0].binarized and "zeros" in cm.report[0].reason, str(cm.report)
+    np.testing.assert_array_equal(cm(x), Net()(x).numpy())
+
+
+def test_refused_layer_computes_torch_sign_of_zero_as_zero():
+    """The tie rule (0 -> +1) applies to bit-packed layers only. A layer that stays float (here: a zero in the
+    weights) computes torch.sign in float, so sign(0) = 0 as in PyTorch; the STE form is canonicalized to that
+    sign. Found by test_differential_x86 (BN with gamma == beta == 0 -> exact zeros -> bireal STE -> refused dense)."""
+    wd = torch.tensor([[1.0, -1.0, 0.0, 1.0], [1.0, 1.0, 1.0, -1.0]])
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            b = torch.sign(x).detach() - torch.tanh(x).detach() + torch.tanh(x)  # ReActNet STE
+            return F.linear(b, wd)
+
+    x = torch.tensor([[0.0, 0.5, -2.0, 0.0], [1.0, 0.0, 0.0, -0.25]])
+    cm = tvm_bnn.compile(Net(), "x86", example_inputs=(x,), progress=False)
+    assert not cm.report[0].binarized and "zeros" in cm.report[0].reason
+    np.testing.assert_array_equal(cm(x), F.linear(torch.sign(x), wd).numpy())
+    np.testing.assert_array_equal(cm(x), [[-1.0, 0.0], [0.0, 2.0]])  # ties count 0, not +1
+
+
+def test_float_dense_with_one_input_feature_is_binary():
+    """A [K=1] dense layer's float weights are trivially +-alpha per output channel, so on a binarized input it
+    binarizes (found by the fuzzer: a float dense on a 1-feature input). Exact."""
+    torch.manual_seed(1)
+    w = torch.randn(7, 1)
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return F.linear(ge_sign(x), w)
+
+    x = torch.tensor([[0.5], [-1.0], [0.0]])
+    cm = tvm_bnn.compile(Net(), "x86", example_inputs=(x,), progress=False)
+    assert cm.report[0].binarized, str(cm.report)
+    assert_float_close(cm(x), Net()(x).numpy())
+
+
+def test_onnx_report_names_match_their_layers():
+    """Found by test_differential_onnx_x86 (fixed): the report's layer names were the ONNX node names in ONNX node
+    order while the rows are in Relax program order, and TVM's importer emits a Gemm's matmul before an earlier
+    MatMul, so each row carried the other layer's name. Names are now matched by the model inputs each layer
+    depends on and the outputs it reaches (frontends/onnx.py _reach, importer.layer_reach), then by order."""
+    onnx = pytest.importorskip("onnx")
+    w0 = torch.tensor([[0.25, -0.75]])  # float weights: "weights are not binary"
+    w1 = torch.tensor([[0.0, -1.0]])  # a zero: "contain zeros"
+    b1 = torch.tensor([0.5])
+
+    class B0(torch.nn.Module):
+        def forward(self, x):
+            return F.linear(ge_sign(x), w0)
+
+    class B1(torch.nn.Module):
+        def forward(self, x):
+            return F.linear(ge_sign(x), w1, b1)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b0, self.b1 = B0(), B1()
+
+        def forward(self, x0, x1):
+            return self.b0(x0), self.b1(x1)
+
+    xs = (torch.tensor([[0.5, -1.0]]), torch.tensor([[1.5, 2.0]]))
+    f = io.BytesIO()
+    torch.onnx.export(Net(), xs, f, dynamo=False, opset_version=17)
+    proto = onnx.load_from_string(f.getvalue())
+    cm = tvm_bnn.compile(proto, "x86", example_inputs=xs, progress=False)
+    by_name = {r.name: r for r in cm.report}
+    gemm = [n for n in by_name if "b1" in n]
+    matmul = [n for n in by_name if "b0" in n]
+    assert len(gemm) == 1 and len(matmul) == 1, str(cm.report)
+    assert "zeros" in by_name[gemm[0]].reason, str(cm.report)
+    assert "not binary" in by_name[matmul[0]].reason, str(cm.report)
+    for got, want in zip(cm(*xs), Net()(*xs)):
+        np.testing.assert_array_equal(got, want.numpy())
