@@ -58,6 +58,66 @@ def _pick(index, values):
     return expr
 
 
+@dataclass
+class ConvFrame:
+    """What every binary conv TE (this one, schedules/cortexm.py's) shares: the sizes, the zero-padded input ``xs``
+    (``xp`` itself when no tap ever falls in the padding), the border classes of output rows and columns, and the
+    last step ``dot = C*KH*KW - 2*popcount (+ pad_adjust at the border classes)``."""
+
+    xp: te.Tensor
+    wp: te.Tensor
+    geo: Conv2dGeometry
+    out_extent: int | None = None
+
+    def __post_init__(self):
+        self.n, self.h, self.w, self.cw = (int(d) for d in self.xp.shape)
+        self.o, self.kh, self.kw, _ = (int(d) for d in self.wp.shape)
+        self.ext = self.o if self.out_extent is None else int(self.out_extent)
+        (self.sh, self.sw), (self.dh, self.dw) = self.geo.strides, self.geo.dilation
+        self.pt, self.pl, _, _ = self.geo.padding
+        self.oh, self.ow = self.geo.output_hw(self.h, self.w)
+        self.c = int(self.geo.in_channels)
+        self.cls_h, self.reps_h = _tap_classes(self.oh, self.kh, self.sh, self.pt, self.dh, self.h)
+        self.cls_w, self.reps_w = _tap_classes(self.ow, self.kw, self.sw, self.pl, self.dw, self.w)
+        self.needs_pad = len(self.reps_h) > 1 or len(self.reps_w) > 1 or any(
+            not 0 <= self.reps_h[0] * self.sh - self.pt + k * self.dh < self.h for k in range(self.kh)) or any(
+            not 0 <= self.reps_w[0] * self.sw - self.pl + k * self.dw < self.w for k in range(self.kw))
+        self.xs = self.xp
+        if self.needs_pad or self.pt or self.pl:
+            hp = (self.oh - 1) * self.sh + (self.kh - 1) * self.dh + 1
+            wpd = (self.ow - 1) * self.sw + (self.kw - 1) * self.dw + 1
+            pt, pl, h_, w_, xp = self.pt, self.pl, self.h, self.w, self.xp
+            self.xs = te.compute((self.n, hp, wpd, self.cw), lambda n, i, j, q: tirx.if_then_else(
+                tirx.all(i >= pt, i < pt + h_, j >= pl, j < pl + w_), xp[n, i - pt, j - pl, q],
+                tirx.const(0, "uint64")), name="pad")
+
+    def oc(self, o):
+        """Output channel ``o`` of a padded channel axis: channels past O reuse the last filter."""
+        return o if self.ext == self.o else tirx.min(o, self.o - 1)
+
+    def dot(self, mismatches, weight_popcounts) -> te.Tensor:
+        """int32[N, OH, OW, ext] from ``mismatches(n, oh, ow, o)`` (the popcount over all taps of the padded input)
+        and, at the border, ``weight_popcounts()`` -> int32[KH, KW, O] (popcount of each filter tap), of which the
+        taps in the padding are taken back out: they were counted as mismatches against 0 words."""
+        base = self.c * self.kh * self.kw
+        if not self.needs_pad:
+            return te.compute((self.n, self.oh, self.ow, self.ext), lambda n, oh, ow, o: base - 2 * mismatches(
+                n, oh, ow, o).astype("int32"), name="dot")
+        popw = weight_popcounts()
+        ak = te.reduce_axis((0, self.kh), name="ak")
+        aj = te.reduce_axis((0, self.kw), name="aj")
+
+        def adjust(ch, cwl, o):
+            ih = _pick(ch, self.reps_h) * self.sh - self.pt + ak * self.dh
+            iw = _pick(cwl, self.reps_w) * self.sw - self.pl + aj * self.dw
+            outside = tirx.any(ih < 0, ih >= self.h, iw < 0, iw >= self.w)
+            return te.sum(tirx.Select(outside, 2 * popw[ak, aj, o] - self.c, 0), axis=[ak, aj])
+
+        adj = te.compute((len(self.reps_h), len(self.reps_w), self.o), adjust, name="pad_adjust")
+        return te.compute((self.n, self.oh, self.ow, self.ext), lambda n, oh, ow, o: base - 2 * mismatches(
+            n, oh, ow, o).astype("int32") + adj[self.cls_h(oh), self.cls_w(ow), self.oc(o)], name="dot")
+
+
 def compute_dot(xp: te.Tensor, wp: te.Tensor, geo: Conv2dGeometry, out_extent: int | None = None) -> te.Tensor:
     """uint64[N,H,W,CW] x uint64[O,KH,KW,CW] -> exact int32 dot, NHWC: int32[N, OH, OW, O].
 
@@ -74,29 +134,9 @@ def compute_dot(xp: te.Tensor, wp: te.Tensor, geo: Conv2dGeometry, out_extent: i
     * it accumulates in uint64 (``vpopcntq`` lanes) and ``out_extent`` may pad the output channels (to whole words
       for the bits output); channels past O reuse the last filter and are masked by the epilogue.
     """
-    n_, h_, w_, cw_ = (int(d) for d in xp.shape)
-    o_, kh_, kw_, _ = (int(d) for d in wp.shape)
-    ext = o_ if out_extent is None else int(out_extent)
-    (sh, sw), (dh, dw) = geo.strides, geo.dilation
-    pt, pl, _, _ = geo.padding
-    oh_, ow_ = geo.output_hw(h_, w_)
-    c = int(geo.in_channels)
-    hp, wpd = (oh_ - 1) * sh + (kh_ - 1) * dh + 1, (ow_ - 1) * sw + (kw_ - 1) * dw + 1
-    cls_h, reps_h = _tap_classes(oh_, kh_, sh, pt, dh, h_)
-    cls_w, reps_w = _tap_classes(ow_, kw_, sw, pl, dw, w_)
-    needs_pad = len(reps_h) > 1 or len(reps_w) > 1 or any(
-        not 0 <= reps_h[0] * sh - pt + k * dh < h_ for k in range(kh_)) or any(
-        not 0 <= reps_w[0] * sw - pl + k * dw < w_ for k in range(kw_))
-    if needs_pad or pt or pl:
-        xs = te.compute((n_, hp, wpd, cw_), lambda n, i, j, q: tirx.if_then_else(
-            tirx.all(i >= pt, i < pt + h_, j >= pl, j < pl + w_), xp[n, i - pt, j - pl, q], tirx.const(0, "uint64")),
-            name="pad")
-    else:
-        xs = xp
-
-    def oc(o):
-        return o if ext == o_ else tirx.min(o, o_ - 1)
-
+    f = ConvFrame(xp, wp, geo, out_extent)
+    xs, oc, ext, o_, ow_ = f.xs, f.oc, f.ext, f.o, f.ow
+    kh_, kw_, cw_, sh, sw, dh, dw = f.kh, f.kw, f.cw, f.sh, f.sw, f.dh, f.dw
     rkh = te.reduce_axis((0, kh_), name="rkh")
     if VECTORIZE == "channels":
         # weights transposed to [KH, KW, CW, O]: output channels contiguous, so the kernel vectorises over them
@@ -123,31 +163,17 @@ def compute_dot(xp: te.Tensor, wp: te.Tensor, geo: Conv2dGeometry, out_extent: i
             ih, iw = (p // ow_) * sh + rkh * dh, (p % ow_) * sw + rkw * dw
             return te.sum(tirx.popcount(xs[n, ih, iw, rcw] ^ wp[oc(o), rkh, rkw, rcw]), axis=[rkh, rkw, rcw])
 
-    pop = te.compute((n_, oh_ * ow_, ext), mismatches, name="popcount")
-    base = c * kh_ * kw_
-    if not needs_pad:
-        return te.compute((n_, oh_, ow_, ext), lambda n, oh, ow, o: base - 2 * pop[n, oh * ow_ + ow, o].astype(
-            "int32"), name="dot")
-
+    pop = te.compute((f.n, f.oh * ow_, ext), mismatches, name="popcount")
     rc = te.reduce_axis((0, cw_), name="rc")
-    if VECTORIZE == "channels":  # read the transposed copy: contiguous in o
-        popw = te.compute((kh_, kw_, o_), lambda i, j, o: te.sum(tirx.popcount(wt[i, j, rc, o]).astype("int32"),
-                                                                 axis=rc), name="popw")
-    else:
-        popw = te.compute((kh_, kw_, o_), lambda i, j, o: te.sum(tirx.popcount(wp[o, i, j, rc]).astype("int32"),
-                                                                 axis=rc), name="popw")
-    ak = te.reduce_axis((0, kh_), name="ak")
-    aj = te.reduce_axis((0, kw_), name="aj")
 
-    def adjust(ch, cwl, o):
-        ih = _pick(ch, reps_h) * sh - pt + ak * dh
-        iw = _pick(cwl, reps_w) * sw - pl + aj * dw
-        outside = tirx.any(ih < 0, ih >= h_, iw < 0, iw >= w_)
-        return te.sum(tirx.Select(outside, 2 * popw[ak, aj, o] - c, 0), axis=[ak, aj])
+    def weight_popcounts():
+        if VECTORIZE == "channels":  # read the transposed copy: contiguous in o
+            return te.compute((kh_, kw_, o_), lambda i, j, o: te.sum(
+                tirx.popcount(wt[i, j, rc, o]).astype("int32"), axis=rc), name="popw")
+        return te.compute((kh_, kw_, o_), lambda i, j, o: te.sum(
+            tirx.popcount(wp[o, i, j, rc]).astype("int32"), axis=rc), name="popw")
 
-    adj = te.compute((len(reps_h), len(reps_w), o_), adjust, name="pad_adjust")
-    return te.compute((n_, oh_, ow_, ext), lambda n, oh, ow, o: base - 2 * pop[n, oh * ow_ + ow, o].astype("int32")
-                      + adj[cls_h(oh), cls_w(ow), oc(o)], name="dot")
+    return f.dot(lambda n, oh, ow, o: pop[n, oh * ow_ + ow, o], weight_popcounts)
 
 
 def compute(xp, wp, scale, bias, geo: Conv2dGeometry) -> te.Tensor:

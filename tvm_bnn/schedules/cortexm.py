@@ -39,7 +39,7 @@ from tvm import s_tir, te, tirx
 
 from ..deploy import lean
 from ..ops import WORD_BITS, epilogue, num_words
-from ..ops.binary_conv2d import Conv2dGeometry, _pick, _tap_classes
+from ..ops.binary_conv2d import Conv2dGeometry, ConvFrame
 
 MAX_BLOCK = 4  # output channels per register block (measured on the M4: 4 beats 2 and 1 by 2-4 %)
 BYTE_GROUP_64 = 15  # 64-bit words whose byte counts (<= 16 each) can be summed in one uint32 without a carry
@@ -137,53 +137,17 @@ def _popcount_stages(shape, word, axes, low: bool):
 def conv_dot(xp: te.Tensor, wp: te.Tensor, geo: Conv2dGeometry, out_extent: int | None = None) -> te.Tensor:
     """uint64[N,H,W,CW] x uint64[O,KH,KW,CW] -> int32[N, OH, OW, out_extent] (NHWC), as ``binary_conv2d.compute_dot``
     (zero padding skipped exactly, channels past O reuse the last filter)."""
-    n_, h_, w_, cw_ = (int(d) for d in xp.shape)
-    o_, kh_, kw_, _ = (int(d) for d in wp.shape)
-    ext = o_ if out_extent is None else int(out_extent)
-    (sh, sw), (dh, dw) = geo.strides, geo.dilation
-    pt, pl, _, _ = geo.padding
-    oh_, ow_ = geo.output_hw(h_, w_)
-    c = int(geo.in_channels)
-    hp, wpd = (oh_ - 1) * sh + (kh_ - 1) * dh + 1, (ow_ - 1) * sw + (kw_ - 1) * dw + 1
-    cls_h, reps_h = _tap_classes(oh_, kh_, sh, pt, dh, h_)
-    cls_w, reps_w = _tap_classes(ow_, kw_, sw, pl, dw, w_)
-    needs_pad = len(reps_h) > 1 or len(reps_w) > 1 or any(
-        not 0 <= reps_h[0] * sh - pt + k * dh < h_ for k in range(kh_)) or any(
-        not 0 <= reps_w[0] * sw - pl + k * dw < w_ for k in range(kw_))
-    if needs_pad or pt or pl:
-        xs = te.compute((n_, hp, wpd, cw_), lambda n, i, j, q: tirx.if_then_else(
-            tirx.all(i >= pt, i < pt + h_, j >= pl, j < pl + w_), xp[n, i - pt, j - pl, q], tirx.const(0, "uint64")),
-            name="pad")
-    else:
-        xs = xp
-
-    def oc(o):
-        return o if ext == o_ else tirx.min(o, o_ - 1)
+    f = ConvFrame(xp, wp, geo, out_extent)
+    xs, oc, sh, sw, dh, dw = f.xs, f.oc, f.sh, f.sw, f.dh, f.dw
 
     def word(n, oh, ow, o, kh, kw, cw):
         return xs[n, oh * sh + kh * dh, ow * sw + kw * dw, cw] ^ wp[oc(o), kh, kw, cw]
 
-    low = cw_ == 1 and c <= 32
-    pop = _popcount_stages((n_, oh_, ow_, ext), word, (kh_, kw_, cw_), low)
-    base = c * kh_ * kw_
-    if not needs_pad:
-        return te.compute((n_, oh_, ow_, ext), lambda n, oh, ow, o: base - 2 * pop(n, oh, ow, o).astype("int32"),
-                          name="dot")
-    rc = te.reduce_axis((0, cw_), name="rc")
-    popw = te.compute((kh_, kw_, o_), lambda i, j, o: te.sum(tirx.popcount(wp[o, i, j, rc]).astype("int32"), axis=rc),
-                      name="popw")
-    ak = te.reduce_axis((0, kh_), name="ak")
-    aj = te.reduce_axis((0, kw_), name="aj")
-
-    def adjust(ch, cwl, o):
-        ih = _pick(ch, reps_h) * sh - pt + ak * dh
-        iw = _pick(cwl, reps_w) * sw - pl + aj * dw
-        outside = tirx.any(ih < 0, ih >= h_, iw < 0, iw >= w_)
-        return te.sum(tirx.Select(outside, 2 * popw[ak, aj, o] - c, 0), axis=[ak, aj])
-
-    adj = te.compute((len(reps_h), len(reps_w), o_), adjust, name="pad_adjust")
-    return te.compute((n_, oh_, ow_, ext), lambda n, oh, ow, o: base - 2 * pop(n, oh, ow, o).astype("int32")
-                      + adj[cls_h(oh), cls_w(ow), oc(o)], name="dot")
+    low = f.cw == 1 and f.c <= 32
+    pop = _popcount_stages((f.n, f.oh, f.ow, f.ext), word, (f.kh, f.kw, f.cw), low)
+    rc = te.reduce_axis((0, f.cw), name="rc")
+    return f.dot(pop, lambda: te.compute((f.kh, f.kw, f.o), lambda i, j, o: te.sum(
+        tirx.popcount(wp[o, i, j, rc]).astype("int32"), axis=rc), name="popw"))
 
 
 def dense_dot(xp: te.Tensor, wp: te.Tensor, k: int, out_extent: int | None = None) -> te.Tensor:
