@@ -312,18 +312,24 @@ def _c_ident(name: str) -> str:
     return name
 
 
+def kernel_items(kernels: Mapping[str, tirx.PrimFunc] | Sequence[tuple]) -> list:
+    """[(C name, PrimFunc)], checked: at least one, C identifiers, no name twice."""
+    items = list(kernels.items()) if isinstance(kernels, Mapping) else list(kernels)
+    if not items:
+        raise CCodegenError("no kernels")
+    names = [_c_ident(name) for name, _ in items]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise CCodegenError(f"duplicate kernel name {twice[0]!r}")
+    return [(n, f) for n, (_, f) in zip(names, items)]
+
+
 def generate_c(kernels: Mapping[str, tirx.PrimFunc] | Sequence[tuple], opt_level: int = 3) -> CSource:
     """Kernels (C name -> PrimFunc from ``te.create_prim_func``, unscheduled or scheduled without vectorize/parallel)
     -> one C source with one plain C function per kernel, raw pointer parameters, no TVM header or runtime call."""
     register_popcount_lowering()
-    items = list(kernels.items()) if isinstance(kernels, Mapping) else list(kernels)
-    if not items:
-        raise CCodegenError("no kernels")
     funcs, infos = {}, {}
-    for name, func in items:
-        name = _c_ident(name)
-        if name in funcs:
-            raise CCodegenError(f"duplicate kernel name {name!r}")
+    for name, func in kernel_items(kernels):
         funcs[name], params = raw_pointer_func(func)
         infos[name] = CKernel(name, tuple(params))
     if len(funcs) == 1:

@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 import tvm
 from tvm import s_tir, tirx
 
-from .c_codegen import CCodegenError, CKernel, CSource, _c_ident, raw_pointer_func
+from .c_codegen import CCodegenError, CKernel, CSource, kernel_items, raw_pointer_func
 
 _MAX_STACK_BYTES = 1024  # TVM's kMaxStackAlloca: larger allocations go to TVMBackendAllocWorkspace
 _CALLING_CONV_C = 1  # tvm::CallingConv::kCPackedFunc: "the signature is already what the caller expects"
@@ -128,14 +128,8 @@ def generate_object(kernels: Mapping[str, tirx.PrimFunc] | Sequence[tuple], targ
     target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
     if target.kind.name != "llvm":
         raise CCodegenError(f"generate_object needs an LLVM target, not {target.kind.name!r}")
-    items = list(kernels.items()) if isinstance(kernels, Mapping) else list(kernels)
-    if not items:
-        raise CCodegenError("no kernels")
     funcs, infos = {}, {}
-    for name, func in items:
-        name = _c_ident(name)
-        if name in funcs:
-            raise CCodegenError(f"duplicate kernel name {name!r}")
+    for name, func in kernel_items(kernels):
         funcs[name], infos[name] = _object_kernel(name, func)
     try:
         with tvm.transform.PassContext(opt_level=opt_level):
