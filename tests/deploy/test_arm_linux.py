@@ -262,3 +262,18 @@ def test_spine_conv_forms_on_arm(arch, cin, cout, kernel, stride, dilation, pad,
     assert [r.binarized for r in cm.report if r.name.endswith("conv")] == [True]
     with torch.no_grad():
         assert_float_close(cm(x), model(x).numpy())
+
+
+@pytest.mark.parametrize("codegen", ["c", "llvm"])
+def test_kernel_names_are_checked(codegen):
+    from tvm_bnn.targets.c_codegen import CCodegenError, generate_c
+
+    a = te.placeholder((4,), "uint64", name="a")
+    func = te.create_prim_func([a, te.compute((4,), lambda i: a[i] ^ a[i], name="x")])
+    make = generate_c if codegen == "c" else (lambda k: generate_object(k, resolve_target("aarch64").target))
+    with pytest.raises(CCodegenError, match="no kernels"):
+        make({})
+    with pytest.raises(CCodegenError, match="duplicate kernel name 'k'"):
+        make([("k", func), ("k", func)])
+    with pytest.raises(CCodegenError, match="not a C identifier"):
+        make({"1k": func})
