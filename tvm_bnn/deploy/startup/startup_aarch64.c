@@ -97,44 +97,7 @@ uint64_t tvm_bnn_bm_ticks(void) {
 }
 
 #define MAX_REGIONS 4096
-static uint64_t region_start, region_ticks, region_count, region_overhead;
-static uint64_t region_each[MAX_REGIONS]; /* ticks of each region, in order (per-kernel profiles) */
-
-void tvm_bnn_bm_begin(void) { region_start = tvm_bnn_bm_ticks(); }
-
-void tvm_bnn_bm_end(void) {
-  uint64_t ticks = tvm_bnn_bm_ticks() - region_start;
-  region_ticks += ticks;
-  if (region_count < MAX_REGIONS) region_each[region_count] = ticks;
-  region_count++;
-}
-
-/* ---- memory routines gcc may emit calls to ---- */
-#define NO_LOOP_PATTERNS __attribute__((used, weak, optimize("no-tree-loop-distribute-patterns")))
-
-NO_LOOP_PATTERNS void *memcpy(void *dst, const void *src, size_t n) {
-  uint8_t *d = dst;
-  const uint8_t *s = src;
-  while (n--) *d++ = *s++;
-  return dst;
-}
-
-NO_LOOP_PATTERNS void *memmove(void *dst, const void *src, size_t n) {
-  uint8_t *d = dst;
-  const uint8_t *s = src;
-  if (d < s) {
-    while (n--) *d++ = *s++;
-  } else {
-    while (n--) d[n] = s[n];
-  }
-  return dst;
-}
-
-NO_LOOP_PATTERNS void *memset(void *dst, int c, size_t n) {
-  uint8_t *d = dst;
-  while (n--) *d++ = (uint8_t)c;
-  return dst;
-}
+#include "tvm_bnn_bm_startup_common.h"
 
 static void enable_mmu(void) {
   for (uint64_t i = 0; i < 512; i++) {
@@ -155,11 +118,7 @@ static void enable_mmu(void) {
 void __attribute__((noreturn, used, optimize("no-tree-loop-distribute-patterns"))) tvm_bnn_reset(void) {
   for (char *p = __bss_start__; p < __bss_end__; p++) *p = 0;
   enable_mmu();
-  tvm_bnn_bm_begin();
-  tvm_bnn_bm_end();
-  region_overhead = region_ticks;
-  region_ticks = 0u;
-  region_count = 0u;
+  calibrate_regions();
 
   int rc = main();
 
@@ -170,7 +129,7 @@ void __attribute__((noreturn, used, optimize("no-tree-loop-distribute-patterns")
   int64_t fd = sh_open("tvm_bnn_ticks.bin");
   if (fd >= 0) {
     sh_write(fd, ticks, sizeof(ticks));
-    sh_write(fd, region_each, (region_count < MAX_REGIONS ? region_count : MAX_REGIONS) * sizeof(uint64_t));
+    sh_write(fd, region_each, recorded_regions() * sizeof(uint64_t));
     sh_close(fd);
   }
   sh_exit((uint64_t)(uint32_t)rc);

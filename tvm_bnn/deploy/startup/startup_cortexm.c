@@ -95,44 +95,7 @@ uint64_t tvm_bnn_bm_ticks(void) {
 }
 
 #define MAX_REGIONS 512
-static uint64_t region_start, region_ticks, region_count, region_overhead;
-static uint64_t region_each[MAX_REGIONS];
-
-void tvm_bnn_bm_begin(void) { region_start = tvm_bnn_bm_ticks(); }
-
-void tvm_bnn_bm_end(void) {
-  uint64_t ticks = tvm_bnn_bm_ticks() - region_start;
-  region_ticks += ticks;
-  if (region_count < MAX_REGIONS) region_each[region_count] = ticks;
-  region_count++;
-}
-
-/* ---- memory routines gcc may emit calls to ---- */
-#define NO_LOOP_PATTERNS __attribute__((used, weak, optimize("no-tree-loop-distribute-patterns")))
-
-NO_LOOP_PATTERNS void *memcpy(void *dst, const void *src, size_t n) {
-  uint8_t *d = dst;
-  const uint8_t *s = src;
-  while (n--) *d++ = *s++;
-  return dst;
-}
-
-NO_LOOP_PATTERNS void *memmove(void *dst, const void *src, size_t n) {
-  uint8_t *d = dst;
-  const uint8_t *s = src;
-  if (d < s) {
-    while (n--) *d++ = *s++;
-  } else {
-    while (n--) d[n] = s[n];
-  }
-  return dst;
-}
-
-NO_LOOP_PATTERNS void *memset(void *dst, int c, size_t n) {
-  uint8_t *d = dst;
-  while (n--) *d++ = (uint8_t)c;
-  return dst;
-}
+#include "tvm_bnn_bm_startup_common.h"
 
 /* ---- reset and faults ---- */
 void __attribute__((noreturn, used, optimize("no-tree-loop-distribute-patterns"))) Reset_Handler(void) {
@@ -147,11 +110,7 @@ void __attribute__((noreturn, used, optimize("no-tree-loop-distribute-patterns")
   SYST_CVR = 0u;
   SYST_CSR = 7u; /* enable, interrupt on wrap, processor clock */
 
-  tvm_bnn_bm_begin();
-  tvm_bnn_bm_end();
-  region_overhead = region_ticks;
-  region_ticks = 0u;
-  region_count = 0u;
+  calibrate_regions();
 
   int rc = main();
 
@@ -160,7 +119,7 @@ void __attribute__((noreturn, used, optimize("no-tree-loop-distribute-patterns")
   int32_t fd = sh_open("tvm_bnn_ticks.bin");
   if (fd >= 0) {
     sh_write(fd, ticks, sizeof(ticks));
-    sh_write(fd, region_each, (uint32_t)((region_count < MAX_REGIONS ? region_count : MAX_REGIONS) * sizeof(uint64_t)));
+    sh_write(fd, region_each, (uint32_t)(recorded_regions() * sizeof(uint64_t)));
     sh_close(fd);
   }
   sh_exit((uint32_t)rc & 0xFFu);
