@@ -38,56 +38,17 @@ __asm__(
     ".text\n");
 
 /* ---- semihosting (HLT #0xF000, 64-bit parameter blocks) ---- */
-#define SYS_OPEN 0x01
-#define SYS_CLOSE 0x02
-#define SYS_WRITE0 0x04
-#define SYS_WRITE 0x05
-#define SYS_EXIT 0x18
-#define ADP_Stopped_ApplicationExit 0x20026u
+#define SYS_EXIT_OP 0x18 /* SYS_EXIT with a 2-word block (AArch64) */
+#define MAX_REGIONS 4096
 
-static uint64_t sh_call(uint64_t op, const void *arg) {
-  register uint64_t x0 __asm__("x0") = op;
+static uintptr_t sh_call(uintptr_t op, const void *arg) {
+  register uintptr_t x0 __asm__("x0") = op;
   register const void *x1 __asm__("x1") = arg;
   __asm__ volatile("hlt #0xf000" : "+r"(x0) : "r"(x1) : "memory");
   return x0;
 }
 
-static uint64_t c_strlen(const char *s) {
-  uint64_t n = 0;
-  while (s[n] != '\0') n++;
-  return n;
-}
-
-static int64_t sh_open(const char *name) {
-  uint64_t args[3] = {(uint64_t)(uintptr_t)name, 5u /* "wb" */, c_strlen(name)};
-  return (int64_t)sh_call(SYS_OPEN, args);
-}
-
-static void sh_write(int64_t fd, const void *data, uint64_t nbytes) {
-  uint64_t args[3] = {(uint64_t)fd, (uint64_t)(uintptr_t)data, nbytes};
-  sh_call(SYS_WRITE, args);
-}
-
-static void sh_close(int64_t fd) {
-  uint64_t args[1] = {(uint64_t)fd};
-  sh_call(SYS_CLOSE, args);
-}
-
-static void __attribute__((noreturn)) sh_exit(uint64_t code) {
-  uint64_t args[2] = {ADP_Stopped_ApplicationExit, code};
-  for (;;) sh_call(SYS_EXIT, args);
-}
-
-static int64_t out_fd = -1;
-
-void tvm_bnn_bm_output(const void *data, uint32_t nbytes) {
-  if (out_fd < 0) out_fd = sh_open("tvm_bnn_out.bin");
-  if (out_fd < 0) {
-    sh_call(SYS_WRITE0, "tvm_bnn: cannot open tvm_bnn_out.bin\n");
-    sh_exit(3);
-  }
-  sh_write(out_fd, data, nbytes);
-}
+#include "tvm_bnn_bm_startup_common.h"
 
 /* ---- the generic timer's virtual counter ---- */
 uint64_t tvm_bnn_bm_ticks(void) {
@@ -96,8 +57,6 @@ uint64_t tvm_bnn_bm_ticks(void) {
   return v;
 }
 
-#define MAX_REGIONS 4096
-#include "tvm_bnn_bm_startup_common.h"
 
 static void enable_mmu(void) {
   for (uint64_t i = 0; i < 512; i++) {
@@ -126,7 +85,7 @@ void __attribute__((noreturn, used, optimize("no-tree-loop-distribute-patterns")
   uint64_t freq;
   __asm__ volatile("mrs %0, cntfrq_el0" : "=r"(freq));
   uint64_t ticks[4] = {region_ticks, region_count, region_overhead, freq};
-  int64_t fd = sh_open("tvm_bnn_ticks.bin");
+  intptr_t fd = sh_open("tvm_bnn_ticks.bin");
   if (fd >= 0) {
     sh_write(fd, ticks, sizeof(ticks));
     sh_write(fd, region_each, recorded_regions() * sizeof(uint64_t));

@@ -19,56 +19,17 @@ extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack;
 int main(void);
 
 /* ---- semihosting ---- */
-#define SYS_OPEN 0x01
-#define SYS_CLOSE 0x02
-#define SYS_WRITE0 0x04
-#define SYS_WRITE 0x05
-#define SYS_EXIT_EXTENDED 0x20
-#define ADP_Stopped_ApplicationExit 0x20026u
+#define SYS_EXIT_OP 0x20 /* SYS_EXIT_EXTENDED: QEMU exits with the code */
+#define MAX_REGIONS 512
 
-static uint32_t sh_call(uint32_t op, const void *arg) {
-  register uint32_t r0 __asm__("r0") = op;
+static uintptr_t sh_call(uintptr_t op, const void *arg) {
+  register uintptr_t r0 __asm__("r0") = op;
   register const void *r1 __asm__("r1") = arg;
   __asm__ volatile("bkpt 0xAB" : "+r"(r0) : "r"(r1) : "memory");
   return r0;
 }
 
-static uint32_t c_strlen(const char *s) {
-  uint32_t n = 0;
-  while (s[n] != '\0') n++;
-  return n;
-}
-
-static int32_t sh_open(const char *name) {
-  uint32_t args[3] = {(uint32_t)name, 5u /* "wb" */, c_strlen(name)};
-  return (int32_t)sh_call(SYS_OPEN, args);
-}
-
-static void sh_write(int32_t fd, const void *data, uint32_t nbytes) {
-  uint32_t args[3] = {(uint32_t)fd, (uint32_t)data, nbytes};
-  sh_call(SYS_WRITE, args);
-}
-
-static void sh_close(int32_t fd) {
-  uint32_t args[1] = {(uint32_t)fd};
-  sh_call(SYS_CLOSE, args);
-}
-
-static void __attribute__((noreturn)) sh_exit(uint32_t code) {
-  uint32_t args[2] = {ADP_Stopped_ApplicationExit, code};
-  for (;;) sh_call(SYS_EXIT_EXTENDED, args);
-}
-
-static int32_t out_fd = -1;
-
-void tvm_bnn_bm_output(const void *data, uint32_t nbytes) {
-  if (out_fd < 0) out_fd = sh_open("tvm_bnn_out.bin");
-  if (out_fd < 0) {
-    sh_call(SYS_WRITE0, "tvm_bnn: cannot open tvm_bnn_out.bin\n");
-    sh_exit(3);
-  }
-  sh_write(out_fd, data, nbytes);
-}
+#include "tvm_bnn_bm_startup_common.h"
 
 /* ---- SysTick: 24-bit down counter on the processor clock, wraps counted by its interrupt ---- */
 #define SYST_CSR (*(volatile uint32_t *)0xE000E010u)
@@ -94,8 +55,6 @@ uint64_t tvm_bnn_bm_ticks(void) {
   return (uint64_t)w1 * (SYST_TOP + 1u) + (SYST_TOP - v);
 }
 
-#define MAX_REGIONS 512
-#include "tvm_bnn_bm_startup_common.h"
 
 /* ---- reset and faults ---- */
 void __attribute__((noreturn, used, optimize("no-tree-loop-distribute-patterns"))) Reset_Handler(void) {
@@ -116,7 +75,7 @@ void __attribute__((noreturn, used, optimize("no-tree-loop-distribute-patterns")
 
   if (out_fd >= 0) sh_close(out_fd);
   uint64_t ticks[3] = {region_ticks, region_count, region_overhead};
-  int32_t fd = sh_open("tvm_bnn_ticks.bin");
+  intptr_t fd = sh_open("tvm_bnn_ticks.bin");
   if (fd >= 0) {
     sh_write(fd, ticks, sizeof(ticks));
     sh_write(fd, region_each, (uint32_t)(recorded_regions() * sizeof(uint64_t)));
