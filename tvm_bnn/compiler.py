@@ -68,24 +68,7 @@ class CompiledModel:
         return self._vm
 
     def _convert(self, args):
-        if len(args) != len(self.inputs):
-            names = ", ".join(n for n, _, _ in self.inputs)
-            raise InputError(f"the model takes {len(self.inputs)} input(s) ({names}), got {len(args)}")
-        out = []
-        for value, (name, shape, dtype) in zip(args, self.inputs):
-            if hasattr(value, "detach"):
-                value = value.detach().cpu().numpy()
-            arr = np.ascontiguousarray(np.asarray(value))
-            if tuple(arr.shape) != tuple(shape):
-                raise InputError(f"input {name!r}: shape {tuple(arr.shape)} does not match the compiled shape "
-                                 f"{tuple(shape)}; compile again with example_inputs of this shape")
-            if arr.dtype != np.dtype(dtype):
-                if np.can_cast(arr.dtype, dtype, casting="same_kind"):
-                    arr = arr.astype(dtype)
-                else:
-                    raise InputError(f"input {name!r}: dtype {arr.dtype} cannot be used as {dtype}")
-            out.append(tvm.runtime.tensor(arr, tvm.cpu()))
-        return out
+        return [tvm.runtime.tensor(arr, tvm.cpu()) for arr in input_arrays(args, self.inputs)]
 
     def __call__(self, *args):
         result = self._machine()["main"](*self._convert(args))
@@ -115,6 +98,28 @@ class CompiledModel:
     def __repr__(self):
         return (f"<tvm_bnn.CompiledModel target={self.target_name} inputs={[(n, s) for n, s, _ in self.inputs]} "
                 f"binarized {self.report.num_binarized}/{len(self.report)} layers>")
+
+
+def input_arrays(args, inputs) -> list:
+    """numpy arrays or torch tensors -> contiguous numpy arrays of the compiled ``inputs`` [(name, shape, dtype)],
+    checked: the count, each shape, and a dtype that casts safely ("same_kind")."""
+    if len(args) != len(inputs):
+        names = ", ".join(n for n, _, _ in inputs)
+        raise InputError(f"the model takes {len(inputs)} input(s) ({names}), got {len(args)}")
+    out = []
+    for value, (name, shape, dtype) in zip(args, inputs):
+        if hasattr(value, "detach"):
+            value = value.detach().cpu().numpy()
+        arr = np.ascontiguousarray(np.asarray(value))
+        if tuple(arr.shape) != tuple(shape):
+            raise InputError(f"input {name!r}: shape {tuple(arr.shape)} does not match the compiled shape "
+                             f"{tuple(shape)}; compile again with example_inputs of this shape")
+        if arr.dtype != np.dtype(dtype):
+            if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
+                raise InputError(f"input {name!r}: dtype {arr.dtype} cannot be used as {dtype}")
+            arr = arr.astype(dtype)
+        out.append(arr)
+    return out
 
 
 def write_library(executable, path, target_name, target, inputs, num_outputs, report, overwrite: bool = False,

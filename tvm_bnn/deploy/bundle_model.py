@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import InputError, TvmBnnError
+from ..errors import TvmBnnError
 
 
 @dataclass
@@ -48,23 +48,10 @@ class BundleModel:
         self.num_outputs = len(bundle.outputs)
         self._stats = None
 
-    def _input(self, args):
-        if len(args) != len(self.inputs):
-            names = ", ".join(n for n, _, _ in self.inputs)
-            raise InputError(f"the bundle takes {len(self.inputs)} input(s) ({names}), got {len(args)}")
-        arrays = []
-        for value, (name, shape, dtype) in zip(args, self.inputs):
-            if hasattr(value, "detach"):
-                value = value.detach().cpu().numpy()
-            arr = np.asarray(value, dtype=dtype)
-            if tuple(arr.shape) != tuple(shape):
-                raise InputError(f"input {name!r}: shape {tuple(arr.shape)} does not match the compiled shape "
-                                 f"{tuple(shape)}")
-            arrays.append(arr)
-        return arrays
-
     def __call__(self, *args):
-        x = self._input(args)
+        from ..compiler import input_arrays
+
+        x = input_arrays(args, self.inputs)
         if self.arch is not None:
             return self.bundle.run_linux(x)
         if self.board is None:
