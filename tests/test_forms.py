@@ -227,14 +227,36 @@ def test_maxpool_on_binary_activations_is_bitwise():
     assert "binary_maxpool" in ops and "binary_conv2d_bits" in ops, ops
 
 
-def test_grouped_conv_stays_float_with_reason():
+@pytest.mark.parametrize("groups,cin,cout,padding", [(2, 4, 8, 0), (3, 75, 36, 1), (5, 135, 70, 1)])
+def test_grouped_binary_conv_exact(groups, cin, cout, padding):
+    """Grouped convs with binary inputs and weights binarize (one kernel per group), exactly; their bits feed the
+    next layer's threshold."""
+    torch.manual_seed(groups)
+    w1 = torch.sign(torch.randn(cout, cin // groups, 3, 3))
+    w2 = torch.sign(torch.randn(7, cout, 3, 3))
+    bn = randomize_batchnorm(torch.nn.BatchNorm2d(cout))
+
     class Net(torch.nn.Module):
         def forward(self, x):
-            return F.conv2d(ge_sign(x), torch.sign(torch.ones(8, 2, 3, 3)), groups=2)
+            y = bn(F.conv2d(ge_sign(x), w1, padding=padding, groups=groups))
+            return F.conv2d(ge_sign(y), w2, padding=1)
 
-    x = torch.randn(1, 4, 6, 6)
+    x = torch.randn(2, cin, 7, 6)
     cm = tvm_bnn.compile(Net(), "x86", example_inputs=(x,), progress=False)
-    assert not cm.report[0].binarized and "grouped" in cm.report[0].reason
+    assert [r.binarized for r in cm.report] == [True, True], str(cm.report)
+    np.testing.assert_array_equal(cm(x), Net()(x).detach().numpy())
+
+
+def test_depthwise_conv_with_float_weights_stays_float():
+    w = torch.randn(6, 1, 3, 3)
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return F.conv2d(ge_sign(x), w, groups=6)
+
+    x = torch.randn(1, 6, 6, 6)
+    cm = tvm_bnn.compile(Net(), "x86", example_inputs=(x,), progress=False)
+    assert not cm.report[0].binarized and "weights are not binary" in cm.report[0].reason
     assert_float_close(cm(x), Net()(x).numpy())
 
 

@@ -1,7 +1,9 @@
-"""binary_conv2d: conv2d of channel-packed ±1 activations with packed ±1 weights, exact under zero padding.
+"""binary_conv2d: conv2d of channel-packed ±1 activations with packed ±1 weights, exact under any constant padding.
 
 Zero padding of a ±1 tensor inserts zeros, which one bit cannot hold. A tap that falls in the padding contributes 0
 to the float convolution, so it is skipped here: ``dot = C * n_valid_taps - 2 * popcount over the valid taps``.
+Padding with +1 or -1 (``pad_value``; Larq's ``pad_values=1.0``, LCE's fastest path) is a constant bit: the padded
+taps are ordinary ±1 inputs and need no correction at all.
 """
 from dataclasses import dataclass
 
@@ -18,6 +20,22 @@ class Conv2dGeometry:
     strides: tuple = (1, 1)
     padding: tuple = (0, 0, 0, 0)  # top, left, bottom, right
     dilation: tuple = (1, 1)
+    pad_value: int = 0  # the value of the padding taps: 0 (skipped exactly), +1 or -1 (constant bits)
+
+    def __post_init__(self):
+        if self.pad_value not in (0, 1, -1):
+            raise ValueError(f"pad_value={self.pad_value!r}: a binary conv pads with 0, +1 or -1")
+
+    @classmethod
+    def from_params(cls, p: dict) -> "Conv2dGeometry":
+        """The geometry of a kernel from its ``tvm_bnn.params`` (see passes/kernels.py)."""
+        return cls(p["in_channels"], tuple(p["kernel"]), tuple(p["strides"]), tuple(p["padding"]),
+                   tuple(p["dilation"]), int(p.get("pad_value", 0)))
+
+    def params(self) -> dict:
+        return dict(in_channels=int(self.in_channels), kernel=[int(k) for k in self.kernel],
+                    strides=[int(v) for v in self.strides], padding=[int(v) for v in self.padding],
+                    dilation=[int(v) for v in self.dilation], pad_value=int(self.pad_value))
 
     def output_hw(self, h: int, w: int) -> tuple:
         (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilation
@@ -60,9 +78,12 @@ def _pick(index, values):
 
 @dataclass
 class ConvFrame:
-    """What every binary conv TE (this one, schedules/cortexm.py's) shares: the sizes, the zero-padded input ``xs``
+    """What every binary conv TE (this one, schedules/cortexm.py's) shares: the sizes, the padded input ``xs``
     (``xp`` itself when no tap ever falls in the padding), the border classes of output rows and columns, and the
-    last step ``dot = C*KH*KW - 2*popcount (+ pad_adjust at the border classes)``."""
+    last step ``dot = C*KH*KW - 2*popcount (+ pad_adjust at the border classes, for zero padding only)``.
+
+    The padding words are 0 (zero padding, corrected by ``pad_adjust``; -1 padding, which is exactly bit 0) or the
+    word of +1 bits for the channels that word holds (+1 padding): constant-bit padding needs no correction."""
 
     xp: te.Tensor
     wp: te.Tensor
@@ -87,9 +108,11 @@ class ConvFrame:
             hp = (self.oh - 1) * self.sh + (self.kh - 1) * self.dh + 1
             wpd = (self.ow - 1) * self.sw + (self.kw - 1) * self.dw + 1
             pt, pl, h_, w_, xp = self.pt, self.pl, self.h, self.w, self.xp
+            fill = _pad_word(self.geo.pad_value, self.c)
             self.xs = te.compute((self.n, hp, wpd, self.cw), lambda n, i, j, q: tirx.if_then_else(
                 tirx.all(i >= pt, i < pt + h_, j >= pl, j < pl + w_), xp[n, i - pt, j - pl, q],
-                tirx.const(0, "uint64")), name="pad")
+                fill(q)), name="pad")
+        self.needs_adjust = self.needs_pad and self.geo.pad_value == 0
 
     def oc(self, o):
         """Output channel ``o`` of a padded channel axis: channels past O reuse the last filter."""
@@ -100,7 +123,7 @@ class ConvFrame:
         and, at the border, ``weight_popcounts()`` -> int32[KH, KW, O] (popcount of each filter tap), of which the
         taps in the padding are taken back out: they were counted as mismatches against 0 words."""
         base = self.c * self.kh * self.kw
-        if not self.needs_pad:
+        if not self.needs_adjust:
             return te.compute((self.n, self.oh, self.ow, self.ext), lambda n, oh, ow, o: base - 2 * mismatches(
                 n, oh, ow, o).astype("int32"), name="dot")
         popw = weight_popcounts()
@@ -116,6 +139,17 @@ class ConvFrame:
         adj = te.compute((len(self.reps_h), len(self.reps_w), self.o), adjust, name="pad_adjust")
         return te.compute((self.n, self.oh, self.ow, self.ext), lambda n, oh, ow, o: base - 2 * mismatches(
             n, oh, ow, o).astype("int32") + adj[self.cls_h(oh), self.cls_w(ow), self.oc(o)], name="dot")
+
+
+def _pad_word(pad_value: int, channels: int):
+    """q -> the packed word of a padding tap: 0 for zero and -1 padding, the +1 bits of word q's channels for +1."""
+    if pad_value != 1:
+        return lambda q: tirx.const(0, "uint64")
+    full, rest = divmod(channels, WORD_BITS)
+    last = tirx.const((1 << rest) - 1 if rest else (1 << WORD_BITS) - 1, "uint64")
+    if full == 0 or (full == 1 and rest == 0):
+        return lambda q: last
+    return lambda q: tirx.Select(q < full, tirx.const((1 << WORD_BITS) - 1, "uint64"), last)
 
 
 def compute_dot(xp: te.Tensor, wp: te.Tensor, geo: Conv2dGeometry, out_extent: int | None = None) -> te.Tensor:
@@ -192,14 +226,15 @@ def compute_bits(xp, wp, direction, threshold, geo: Conv2dGeometry) -> te.Tensor
 
 
 def reference_dot(x_pm1: np.ndarray, w_pm1: np.ndarray, geo: Conv2dGeometry) -> np.ndarray:
-    """±1 float NCHW input and OIHW weights -> exact int64 conv with zero padding, NCHW (numpy reference)."""
+    """±1 float NCHW input and OIHW weights -> exact int64 conv padded with ``geo.pad_value``, NCHW (numpy
+    reference)."""
     x = np.asarray(x_pm1, np.int64)
     w = np.asarray(w_pm1, np.int64)
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
     pt, pl, pb, pr = geo.padding
     (sh, sw), (dh, dw) = geo.strides, geo.dilation
-    xpad = np.zeros((n, c, h + pt + pb, wd + pl + pr), np.int64)
+    xpad = np.full((n, c, h + pt + pb, wd + pl + pr), geo.pad_value, np.int64)
     xpad[:, :, pt:pt + h, pl:pl + wd] = x
     oh, ow = geo.output_hw(h, wd)
     out = np.zeros((n, o, oh, ow), np.int64)

@@ -1,4 +1,10 @@
-"""bitpack: float tensor -> sign bits packed along channels (x >= 0 -> 1)."""
+"""bitpack: float tensor -> bits packed along channels.
+
+A bit is 1 when the value is ``>= 0`` or, with per-channel ``scale`` and ``threshold`` (float32[C], see
+passes/binary_values.py), when ``x * scale[c] >= threshold[c]``: ``scale`` is +1 (the bit is ``x >= t``), -1 (the bit
+is ``x <= -t``: a decreasing binarizer) or 0 (a constant bit: ``0 >= t``). Multiplying by ±1 or 0 is exact, so the
+test is exactly the binarizer's, however its threshold was written (``x > t`` is ``x >= nextafter(t, inf)``).
+"""
 import numpy as np
 from tvm import te, tirx
 
@@ -10,27 +16,34 @@ def bit_if(cond, bit):
     return tirx.Select(cond, tirx.const(1, "uint64") << bit.astype("uint64"), tirx.const(0, "uint64"))
 
 
-def compute_nchw(x: te.Tensor) -> te.Tensor:
+def is_set(value, c, scale=None, threshold=None):
+    """The packing test of ``value`` (an element of channel ``c``)."""
+    if scale is None:
+        return value >= tirx.const(0, value.dtype)
+    return value * scale[c] >= threshold[c]
+
+
+def compute_nchw(x: te.Tensor, scale: te.Tensor | None = None, threshold: te.Tensor | None = None) -> te.Tensor:
     """float[N, C, H, W] -> uint64[N, H, W, ceil(C/64)]."""
     n_, c_, h_, w_ = (int(d) for d in x.shape)
     b = te.reduce_axis((0, WORD_BITS), name="b")
 
     def word(n, h, w, cw):
         c = cw * WORD_BITS + b
-        on = tirx.if_then_else(c < c_, x[n, c, h, w] >= tirx.const(0, x.dtype), tirx.const(False))
+        on = tirx.if_then_else(c < c_, is_set(x[n, c, h, w], c, scale, threshold), tirx.const(False))
         return te.sum(bit_if(on, b), axis=b)
 
     return te.compute((n_, h_, w_, num_words(c_)), word, name="bitpack")
 
 
-def compute_rows(x: te.Tensor) -> te.Tensor:
+def compute_rows(x: te.Tensor, scale: te.Tensor | None = None, threshold: te.Tensor | None = None) -> te.Tensor:
     """float[M, K] -> uint64[M, ceil(K/64)]."""
     m_, k_ = (int(d) for d in x.shape)
     b = te.reduce_axis((0, WORD_BITS), name="b")
 
     def word(m, kw):
         k = kw * WORD_BITS + b
-        on = tirx.if_then_else(k < k_, x[m, k] >= tirx.const(0, x.dtype), tirx.const(False))
+        on = tirx.if_then_else(k < k_, is_set(x[m, k], k, scale, threshold), tirx.const(False))
         return te.sum(bit_if(on, b), axis=b)
 
     return te.compute((m_, num_words(k_)), word, name="bitpack")
@@ -46,12 +59,23 @@ def pack_bits_last_axis(bits: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(as_bytes).view("<u8")
 
 
-def reference_nchw(x: np.ndarray) -> np.ndarray:
-    return pack_bits_last_axis(np.transpose(np.asarray(x) >= 0, (0, 2, 3, 1)))
+def reference_bits(x: np.ndarray, channel_axis: int, scale=None, threshold=None) -> np.ndarray:
+    """The packing test of every element of ``x`` (numpy reference)."""
+    x = np.asarray(x)
+    if scale is None:
+        return x >= 0
+    shape = [1] * x.ndim
+    shape[channel_axis] = -1
+    s = np.asarray(scale, np.float32).reshape(shape)
+    return (x * s).astype(np.float32) >= np.asarray(threshold, np.float32).reshape(shape)
 
 
-def reference_rows(x: np.ndarray) -> np.ndarray:
-    return pack_bits_last_axis(np.asarray(x) >= 0)
+def reference_nchw(x: np.ndarray, scale=None, threshold=None) -> np.ndarray:
+    return pack_bits_last_axis(np.transpose(reference_bits(x, 1, scale, threshold), (0, 2, 3, 1)))
+
+
+def reference_rows(x: np.ndarray, scale=None, threshold=None) -> np.ndarray:
+    return pack_bits_last_axis(reference_bits(x, 1, scale, threshold))
 
 
 def unpack_reference(words: np.ndarray, bits: int) -> np.ndarray:

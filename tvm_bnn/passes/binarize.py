@@ -1,14 +1,15 @@
 """BinarizeLayers: conv2d / matmul on a binarized activation and binary weights -> bit-packed kernels.
 
-Matches ``conv2d(A, W)`` (NCHW / OIHW, groups 1) and ``matmul(A, W)`` (A of rank 2, W a constant [K, N]) where
+Matches ``conv2d(A, W)`` (NCHW / OIHW, any groups) and ``matmul(A, W)`` (A of rank 2, W a constant [K, N]) where
 
-* ``A`` is a binarized tensor (see binarizers.binary_source: sign, where(x >= 0, 1, -1), through Hardtanh and layout
-  ops such as the flatten before a classifier), and
-* ``W`` is a constant whose values in each output channel are +-alpha_o with alpha_o > 0 (sign(W), sign(W) * alpha,
-  XNOR-Net's sign(W) * mean|W| after constant folding, or any such tensor).
+* ``A`` is a two-valued tensor ``mid ± half`` set by a threshold test on a float tensor (binarizers.binary_source,
+  the analysis of binary_values.py: whatever ops compute it), possibly padded with a constant, and
+* ``W`` is a constant whose values in each output channel are +-alpha_o (sign(W), sign(W) * alpha, XNOR-Net's
+  sign(W) * mean|W| after constant folding, Brevitas' quantized weights, or any such tensor).
 
-Emits ``bitpack(x)`` then ``binary_conv2d`` / ``binary_dense`` with output ``dot * alpha_o + 0`` (float32), exact
-under zero padding. Every conv2d/matmul gets a LayerRecord; one that stays float says why.
+Emits the packing of A's source tensor, then ``binary_conv2d`` / ``binary_dense`` (one per group) with output
+``dot * half * alpha_o + mid * sum(W_o)`` (float32), exact: ``dot`` counts zero padding as zero (or padding with one of
+A's values as that value's bit). Every conv2d/matmul gets a LayerRecord; one that stays float says why.
 """
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..ops.binary_conv2d import Conv2dGeometry
 from ..ops.binary_conv2d import pack_weights as pack_conv_weights
 from ..ops.bitpack import pack_bits_last_axis
 from ..report import LayerRecord
-from .binarizers import binary_source
+from .binarizers import Slice, binary_source, emit_packed
 from .graph import Graph, is_op, static_shape
 from .kernels import call_kernel
 from .rewrite import apply_recipes, relax_functions
@@ -100,26 +102,57 @@ class BinarizeLayers:
             return refuse("weights are not a constant")
         if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW":
             return refuse(f"layout {attrs.data_layout}/{attrs.kernel_layout} (only NCHW/OIHW is binarized)")
-        if int(attrs.groups) != 1:
-            return refuse(f"grouped conv (groups={int(attrs.groups)}) stays float")
         if str(data.ty.dtype) != "float32":
             return refuse(f"activation dtype {data.ty.dtype} (only float32 is binarized)")
         alpha, source = binary_weight_scale(w, 0), binary_source(graph, data)
         if isinstance(alpha, str) or isinstance(source, str):
             return refuse("; ".join(r for r in (source, alpha) if isinstance(r, str)))
-        o, i, kh, kw = w.shape
-        packed = pack_conv_weights(w)
-        geometry = dict(in_channels=int(i), kernel=[int(kh), int(kw)], strides=[int(s) for s in attrs.strides],
-                        padding=[int(p) for p in attrs.padding], dilation=[int(d) for d in attrs.dilation])
+        padding = conv_padding(source, [int(p) for p in attrs.padding])
+        if isinstance(padding, str):
+            return refuse(padding)
+        padding, pad_value = padding
+        groups = int(attrs.groups)
+        o, cg, kh, kw = w.shape
+        og = o // groups
+        geometry = Conv2dGeometry(int(cg), (int(kh), int(kw)), tuple(int(v) for v in attrs.strides),
+                                  tuple(padding), tuple(int(d) for d in attrs.dilation), pad_value)
+        scale, bias = output_transform(source, alpha, w, (1, 2, 3))
+        offset = None
+        if source.mid != 0 and pad_value == 0 and any(padding):  # zero-padded taps lack the mid-point: per pixel
+            offset = self._padding_offset(source, w, geometry, static_shape(data))
+            bias = np.zeros_like(bias)
+        groups_packed = [pack_conv_weights(w[g * og:(g + 1) * og]) for g in range(groups)]
         record = LayerRecord("", "conv2d", static_shape(data), tuple(w.shape), static_shape(value), True, "",
-                             w.size * 4, packed.nbytes + alpha.nbytes)
+                             w.size * 4, sum(p.nbytes for p in groups_packed) + 2 * alpha.nbytes)
 
-        def recipe(bb, new, source=source, packed=packed, alpha=alpha, geometry=geometry):
-            xp = bb.emit(call_kernel(bb, "bitpack_nchw", [source.emit(bb, new)]))
-            args = [xp, relax.const(packed), relax.const(alpha), relax.const(np.zeros_like(alpha))]
-            return call_kernel(bb, "binary_conv2d", args, **geometry)
+        def recipe(bb, new):
+            outs = []
+            for g, packed in enumerate(groups_packed):
+                chans = [Slice(1, g * int(cg), (g + 1) * int(cg))] if groups > 1 else []
+                xp = emit_packed(bb, new, source, rows=False, extra_post=chans)
+                part = slice(g * og, (g + 1) * og)
+                args = [xp, relax.const(packed), relax.const(scale[part]), relax.const(bias[part])]
+                call = call_kernel(bb, "binary_conv2d", args, **geometry.params())
+                outs.append(call if groups == 1 and offset is None else bb.emit(call))
+            out = outs[0] if groups == 1 else relax.op.concat(outs, axis=1)
+            return out if offset is None else relax.op.add(bb.emit(out) if groups > 1 else out, relax.const(offset))
 
         return record, recipe
+
+    @staticmethod
+    def _padding_offset(source, w, geometry, x_shape):
+        """mid * (the conv of a tensor of ones, zero-padded): what the mid-point of the two values contributes at
+        each output pixel when the zero-padded taps are missing (a per-pixel [1, O, OH, OW] float32 constant)."""
+        h, wd = x_shape[2:]
+        oh, ow = geometry.output_hw(h, wd)
+        (sh, sw), (dh, dw), (pt, pl) = geometry.strides, geometry.dilation, geometry.padding[:2]
+        kh, kw = geometry.kernel
+        rows = np.arange(oh)[None, :] * sh - pt + np.arange(kh)[:, None] * dh  # [KH, OH]
+        cols = np.arange(ow)[None, :] * sw - pl + np.arange(kw)[:, None] * dw  # [KW, OW]
+        inside = ((rows >= 0) & (rows < h))[:, None, :, None] & ((cols >= 0) & (cols < wd))[None, :, None, :]
+        tap_sums = w.astype(np.float64).sum(axis=1)  # [O, KH, KW]: every input is 1
+        pixel = np.einsum("oij,ijyx->oyx", tap_sums, inside.astype(np.float64))
+        return (source.mid * pixel[None]).astype(np.float32)
 
     def _plan_dense(self, graph: Graph, var, value):
         data, weight = value.args
@@ -143,15 +176,47 @@ class BinarizeLayers:
         alpha, source = binary_weight_scale(w, 1), binary_source(graph, data)
         if isinstance(alpha, str) or isinstance(source, str):
             return refuse("; ".join(r for r in (source, alpha) if isinstance(r, str)))
+        if source.pad is not None:
+            return refuse("the activation of a dense layer is padded")
         k = int(w.shape[0])
         packed = pack_bits_last_axis(w.T >= 0)
+        scale, bias = output_transform(source, alpha, w.T, (1,))
         record = LayerRecord("", "dense", x_shape, tuple(w.T.shape), static_shape(value), True, "", w.size * 4,
-                             packed.nbytes + alpha.nbytes)
+                             packed.nbytes + 2 * alpha.nbytes)
 
-        def recipe(bb, new, source=source, packed=packed, alpha=alpha, k=k):
-            xp = bb.emit(call_kernel(bb, "bitpack_rows", [source.emit(bb, new)]))
-            args = [xp, relax.const(packed), relax.const(alpha), relax.const(np.zeros_like(alpha))]
+        def recipe(bb, new):
+            xp = emit_packed(bb, new, source, rows=True)
+            args = [xp, relax.const(packed), relax.const(scale), relax.const(bias)]
             return call_kernel(bb, "binary_dense", args, k=k)
 
         return record, recipe
 
+
+def conv_padding(source, padding: list):
+    """(padding, pad_value) of the binary conv on ``source``: its own zero padding and a pad before it, or the
+    reason they cannot be one binary conv. A padding value that is one of the activation's two values is a constant
+    bit (pad_value +1 / -1, no correction); 0 otherwise is zero padding, corrected exactly in the kernel."""
+
+    def kind(v):
+        return 1 if v == source.high else -1 if v == source.low else 0 if v == 0 else None
+
+    own = kind(0.0) if any(padding) else None
+    if source.pad is None:
+        return padding, own or 0
+    widths, value = source.pad
+    if widths[0] != (0, 0) or widths[1] != (0, 0):
+        return "the activation is padded along the batch or channel axis"
+    extra = kind(value)
+    if own is not None and own != extra:
+        return (f"the activation is padded with {value:g} and then zero-padded by the conv: two padding values in "
+                "one conv")
+    (top, bottom), (left, right) = widths[2], widths[3]
+    return [padding[0] + top, padding[1] + left, padding[2] + bottom, padding[3] + right], extra
+
+
+def output_transform(source, alpha, w, reduce_axes):
+    """The float epilogue ``dot * scale[o] + bias[o]`` of a binary layer whose input takes the values
+    ``mid ± half``: ``w . x = half * alpha_o * dot + mid * sum(w_o)`` (folded in float64, rounded once)."""
+    scale = (source.half * alpha.astype(np.float64)).astype(np.float32)
+    bias = (source.mid * w.astype(np.float64).sum(axis=reduce_axes)).astype(np.float32)
+    return scale, bias

@@ -1,97 +1,220 @@
-"""What counts as a binarized activation, in the forms BNN code exports to.
+"""Is a conv/dense input binarized, and how are its bits computed? (see binary_values.py for the analysis)
 
-``binary_source(graph, expr)`` answers: is ``expr`` a ±1 tensor computed as ``x >= 0 ? +1 : -1`` of some float
-tensor ``x`` (up to the tie at exactly 0, see README "Tie rule")? If so it returns a :class:`Source` that can
-re-emit ``x``; if not, a reason in words for the report.
+``binary_source(graph, expr)`` walks from the layer's input back through the ops that keep a two-valued tensor
+two-valued (layout ops, split/slices, max-pool, a constant pad, and elementwise ops of a tensor already two-valued,
+such as Brevitas' ``* scale``) to the elementwise chain that binarizes a float tensor, and returns a
+:class:`~.binary_values.BinaryTensor`, or the reason in words for the report. ``emit_packed`` re-emits the bits: the
+packing kernel reads the float tensor the chain starts from (``bitpack(sign(x))`` is ``bitpack(x)``), with the
+chain's thresholds when they are not the plain ``x >= 0``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from tvm import relax
 
-from .graph import Graph, is_op
+from .binary_values import BinaryTensor, Refused, _Roots, analyse_chain, describe, negate_test
+from .graph import Graph, op_name, static_shape
+from .kernels import call_kernel
 
-# Ops that commute with a monotone elementwise binarization: B(op(x)) == op(B(x)).
-_LAYOUT_OPS = ("reshape", "permute_dims", "flatten", "squeeze", "expand_dims", "nn.max_pool2d")
-
-
-@dataclass
-class Source:
-    """``x`` such that the binarized tensor is sign(layout_ops(x)); re-emitted by :meth:`emit`."""
-
-    x: relax.Expr
-    layout: list = field(default_factory=list)  # calls to re-apply on x, innermost first
-
-    def emit(self, bb, new):
-        out = new(self.x)
-        for call in self.layout:
-            out = bb.emit(relax.Call(call.op, [out] + [new(a) for a in call.args[1:]], call.attrs, call.ty_args))
-        return out
+_LAYOUT_OPS = ("relax.reshape", "relax.permute_dims", "relax.flatten", "relax.squeeze", "relax.expand_dims",
+               "relax.nn.max_pool2d", "relax.strided_slice", "relax.nn.batch_flatten")
 
 
-def _is_float_cast(value) -> bool:
-    return is_op(value, "astype") and str(value.attrs.dtype).startswith(("float", "bfloat"))
+@dataclass(frozen=True)
+class Slice:
+    """A slice [begin, end) along ``axis`` (a split's output, one group of a grouped conv)."""
+
+    axis: int
+    begin: int
+    end: int
 
 
-def _const_scalar(graph: Graph, expr):
-    c = graph.constant(expr)
-    if c is None or c.size != 1:
-        return None
-    return float(c.reshape(-1)[0])
+def binary_source(graph: Graph, expr) -> BinaryTensor | str:
+    """The bits of ``expr``, or the reason (for the report) it is not a binarized tensor."""
+    try:
+        return _analyse(graph, expr)
+    except Refused as why:
+        return f"activation input is not binarized: {why}"
 
 
 def is_binarizer(graph: Graph, expr) -> bool:
-    return isinstance(binary_source(graph, expr), Source)
+    return isinstance(binary_source(graph, expr), BinaryTensor)
 
 
-def binary_source(graph: Graph, expr) -> Source | str:
-    """The float tensor whose sign bits ``expr`` is, or the reason it is not a binarized tensor."""
+def _analyse(graph: Graph, expr) -> BinaryTensor:
     value = graph.value(expr)
-    layout = []
-    while is_op(value, *_LAYOUT_OPS) or _is_float_cast(value):
-        if not _is_float_cast(value):  # a cast between float types keeps +-1 exactly: drop it
-            layout.insert(0, value)
-        value = graph.value(value.args[0])
-    if is_op(value, "sign"):
-        x = value.args[0]
-    elif is_op(value, "where"):
-        x = _where_source(graph, value)
-        if x is None:
-            return "where(...) is not of the form where(x >= 0, 1, -1)"
-    elif isinstance(value, relax.Var):
-        return "activation input is a float model input, not binarized"
+    name = op_name(value)
+    if name in _LAYOUT_OPS:
+        return _then(_analyse(graph, value.args[0]), value)
+    if isinstance(value, relax.TupleGetItem) and op_name(graph.value(value.tuple_value)) == "relax.split":
+        split = graph.value(value.tuple_value)
+        return _then(_analyse(graph, split.args[0]), _split_slice(split, int(value.index)))
+    if name == "relax.nn.pad":
+        return _padded(_analyse(graph, value.args[0]), value)
+    if isinstance(value, relax.Var):
+        raise Refused(f"it is {describe(value)}, a float tensor")
+    root = _Roots(graph)(expr)
+    if root is not None and not root.same_as(expr):
+        try:
+            inner = _analyse(graph, root)
+        except Refused:
+            inner = None
+        if inner is not None:  # a function of a tensor that is already two-valued: new values, maybe flipped
+            return _remapped(graph, expr, root, inner)
+        chain = analyse_chain(graph, expr)
+        if chain is not None:
+            return chain
+    raise Refused(f"it is a float tensor computed by {describe(value)}")
+
+
+def _split_slice(split, index: int) -> Slice:
+    axis = int(split.attrs.axis)
+    extent = static_shape(split.args[0])[axis]
+    parts = split.attrs.indices_or_sections
+    if isinstance(parts, (int,)) or hasattr(parts, "value"):
+        n = int(parts.value if hasattr(parts, "value") else parts)
+        size = extent // n
+        bounds = [k * size for k in range(n)] + [extent]
     else:
-        name = value.op.name.removeprefix("relax.") if isinstance(value, relax.Call) and hasattr(value.op, "name") \
-            else type(value).__name__
-        return f"activation input is not binarized (it comes from {name}, not sign/where(x>=0,1,-1))"
-    return Source(_strip_sign_preserving(graph, x), layout)
+        bounds = [0] + [int(p) for p in parts] + [extent]
+    return Slice(axis, bounds[index], bounds[index + 1])
 
 
-def _where_source(graph: Graph, where):
-    cond, hi, lo = where.args
-    if _const_scalar(graph, hi) != 1.0 or _const_scalar(graph, lo) != -1.0:
+def _then(inner: BinaryTensor, op) -> BinaryTensor:
+    if inner.pad is not None:
+        if not (not isinstance(op, Slice) and op_name(op) == "relax.permute_dims"):
+            raise Refused("its padding is followed by a layout change other than a transpose")
+        axes = [int(a) for a in op.attrs.axes]
+        widths, value = inner.pad
+        return inner.replace(pad=([widths[a] for a in axes], value), post=inner.post + [op])
+    return inner.replace(post=inner.post + [op])
+
+
+def _padded(inner: BinaryTensor, pad) -> BinaryTensor:
+    a = pad.attrs
+    if str(a.pad_mode) != "constant":
+        raise Refused(f"it is padded in mode {a.pad_mode!r} (only constant padding keeps it binary)")
+    if inner.pad is not None:
+        raise Refused("it is padded twice")
+    w = [int(v) for v in a.pad_width]
+    widths = [(w[2 * i], w[2 * i + 1]) for i in range(len(w) // 2)]
+    value = float(a.pad_value)
+    if value not in (0.0, inner.low, inner.high):
+        raise Refused(f"it is padded with {value:g}, which is neither 0 nor one of its two values "
+                      f"{inner.low:g}, {inner.high:g}")
+    return inner.replace(pad=(widths, value), post=inner.post + [pad])
+
+
+def _remapped(graph: Graph, expr, root, inner: BinaryTensor) -> BinaryTensor:
+    """``f(inner)`` for an elementwise ``f``: evaluate ``f`` on both values; they must stay uniform and distinct."""
+    from .binary_values import Chain
+
+    if inner.pad is not None:
+        raise Refused("an elementwise op follows its padding")
+    shape = static_shape(root)
+    chain = Chain(graph, expr, root, tuple(shape))
+    f_low = np.asarray(chain.evaluate(np.full(shape, inner.low, np.float32)), np.float64)
+    f_high = np.asarray(chain.evaluate(np.full(shape, inner.high, np.float32)), np.float64)
+    if np.ptp(f_low) or np.ptp(f_high):
+        raise Refused(f"{describe(graph.value(expr))} gives its two values a different scale per element "
+                      "(the activation scale must be one per tensor)")
+    lo, hi = float(f_low.reshape(-1)[0]), float(f_high.reshape(-1)[0])
+    if lo == hi or np.isnan(lo) or np.isnan(hi):
+        raise Refused(f"{describe(graph.value(expr))} maps both of its values to {lo:g}")
+    if hi > lo:
+        return inner.replace(low=lo, high=hi)
+    if any(not isinstance(op, Slice) and op_name(op) == "relax.nn.max_pool2d" for op in inner.post):
+        raise Refused("a decreasing function follows a max-pool of it")
+    scale, threshold = negate_test(inner.scale, inner.threshold)
+    return inner.replace(low=hi, high=lo, scale=scale, threshold=threshold)
+
+
+# ------------------------------------------------------------------------------------------------------ emission
+
+
+def emit_post(bb, new, source: BinaryTensor, x, post=None):
+    """Re-apply the layout ops of ``source`` (except its pad) to ``x``."""
+    out = x
+    for op in source.post if post is None else post:
+        if isinstance(op, Slice):
+            out = bb.emit(relax.op.strided_slice(out, axes=[op.axis], begin=[op.begin], end=[op.end]))
+        elif op_name(op) == "relax.nn.pad":
+            continue  # folded into the conv's padding
+        else:
+            out = bb.emit(relax.Call(op.op, [out] + [new(a) for a in op.args[1:]], op.attrs, op.ty_args))
+    return out
+
+
+def _layout_numpy(op, arr: np.ndarray, batch_reduced: bool):
+    """A post op applied to an x-space array of per-element test parameters, or None if it cannot be."""
+    if isinstance(op, Slice):
+        if op.axis == 0 and batch_reduced:
+            return None
+        index = [slice(None)] * arr.ndim
+        index[op.axis] = slice(op.begin, op.end)
+        return arr[tuple(index)]
+    name = op_name(op)
+    out_shape = static_shape(op)
+    if out_shape is None:
         return None
-    cond = graph.value(cond)
-    if is_op(cond, "greater_equal") and _const_scalar(graph, cond.args[1]) == 0.0:
-        return cond.args[0]
-    if is_op(cond, "less_equal") and _const_scalar(graph, cond.args[0]) == 0.0:
-        return cond.args[1]
-    return None
+    if batch_reduced:
+        in_shape = static_shape(op.args[0])
+        if not out_shape or not in_shape or out_shape[0] != in_shape[0]:
+            return None  # the op mixes the batch with other axes
+        out_shape = (1,) + tuple(out_shape[1:])
+    if name == "relax.permute_dims":
+        axes = [int(a) for a in op.attrs.axes] if op.attrs.axes is not None else None
+        return np.transpose(arr, axes)
+    if name == "relax.nn.max_pool2d":
+        if str(op.attrs.layout) != "NCHW" or np.ptp(arr, axis=(2, 3)).any():
+            return None
+        return np.broadcast_to(arr[:, :, :1, :1], out_shape)
+    if name == "relax.nn.pad":
+        return None
+    return arr.reshape(out_shape)
 
 
-def _strip_sign_preserving(graph: Graph, x):
-    """clip(y, lo, hi) with lo < 0 <= hi (Hardtanh) has the same x >= 0 test as y."""
-    while True:
-        v = graph.value(x)
-        if is_op(v, "clip"):
-            lo, hi = (float(a.value) for a in v.args[1:3])
-            if lo < 0 <= hi:
-                x = v.args[0]
-                continue
-        return x
+def _packing_test(source: BinaryTensor, post) -> tuple | None:
+    """Per-channel (scale, threshold) along axis 1 of the packed tensor, when the post ops allow, else None."""
+    batch_reduced = static_shape(source.root)[0] != source.scale.shape[0] if source.scale.ndim else False
+    s, t = source.scale, source.threshold
+    for op in post:
+        if not isinstance(op, Slice) and op_name(op) == "relax.nn.pad":
+            continue  # folded into the conv's padding: the packed tensor is the unpadded one
+        if not isinstance(op, Slice) and op_name(op) == "relax.nn.max_pool2d" and np.any(s < 0):
+            return None  # max-pool commutes with an increasing test only
+        s, t = _layout_numpy(op, s, batch_reduced), _layout_numpy(op, t, batch_reduced)
+        if s is None or t is None:
+            return None
+    if s.ndim < 2:
+        return None
+    s, t = np.moveaxis(s, 1, 0).reshape(s.shape[1], -1), np.moveaxis(t, 1, 0).reshape(t.shape[1], -1)
+    if np.ptp(s, axis=1).any() or np.ptp(t, axis=1).any():
+        return None
+    return s[:, 0].astype(np.float32), t[:, 0].astype(np.float32)
 
 
-def is_pm1_constant(c) -> bool:
-    return c is not None and c.size == 1 and abs(float(np.asarray(c).reshape(-1)[0])) == 1.0
+def _compact(arr: np.ndarray) -> np.ndarray:
+    """A per-element constant as a scalar when it is uniform."""
+    return np.asarray(arr.reshape(-1)[0], arr.dtype) if arr.size and not np.ptp(arr) else arr
+
+
+def emit_packed(bb, new, source: BinaryTensor, rows: bool, extra_post=()):
+    """Emit the packed bits of ``source`` (then ``extra_post``, e.g. a group's channel slice): ``bitpack_rows`` for
+    a dense input [M, K], ``bitpack_nchw`` for a conv input."""
+    op = "bitpack_rows" if rows else "bitpack_nchw"
+    post = list(source.post) + list(extra_post)
+    x = new(source.root)
+    if np.all(source.scale == 1) and np.all(source.threshold == 0):
+        return bb.emit(call_kernel(bb, op, [emit_post(bb, new, source, x, post)]))
+    test = _packing_test(source, post)
+    if test is not None:
+        args = [emit_post(bb, new, source, x, post), relax.const(test[0]), relax.const(test[1])]
+        return bb.emit(call_kernel(bb, op, args))
+    # the general case: the ±1 tensor in x-space, then the layout ops, then the plain packing test
+    cond = relax.op.greater_equal(relax.op.multiply(x, relax.const(_compact(source.scale))),
+                                  relax.const(_compact(source.threshold)))
+    pm1 = bb.emit(relax.op.where(bb.emit(cond), relax.const(1.0, "float32"), relax.const(-1.0, "float32")))
+    return bb.emit(call_kernel(bb, op, [emit_post(bb, new, source, pm1, post)]))

@@ -1,9 +1,11 @@
 """PackBeforeMaxPool: bitpack(max_pool2d(z)) -> binary_maxpool(bitpack(z)).
 
-Binarization is monotone, so it commutes with max-pooling; max-pooling ±1 values is a bitwise OR of their bits,
-64 channels per instruction. Moving the pack before the pool also lets FuseThreshold reach the layer producing z.
-Matches NCHW max_pool2d only.
+An increasing binarization (``z >= t``, the packing test with scale >= 0) commutes with max-pooling; max-pooling
+two-valued activations is a bitwise OR of their bits, 64 channels per instruction. Moving the pack before the pool
+also lets FuseThreshold reach the layer producing z. Matches NCHW max_pool2d only, and a packing test that is
+increasing (or constant) in every channel.
 """
+import numpy as np
 
 from .graph import Graph, is_op
 from .kernels import call_kernel, kernel_of
@@ -19,13 +21,15 @@ def _plan(mod, graph: Graph) -> dict:
         pool = graph.value(kernel.args[0])
         if not is_op(pool, "nn.max_pool2d") or pool.attrs.layout != "NCHW":
             continue
+        if len(kernel.args) > 1 and np.any(graph.constant(kernel.args[1]) < 0):
+            continue  # a decreasing test turns max into min
         a = pool.attrs
         params = dict(pool=[int(v) for v in a.pool_size], strides=[int(v) for v in a.strides],
                       padding=[int(v) for v in a.padding], dilation=[int(v) for v in a.dilation],
                       ceil_mode=bool(a.ceil_mode))
 
-        def recipe(bb, new, z=pool.args[0], params=params):
-            packed = bb.emit(call_kernel(bb, "bitpack_nchw", [new(z)]))
+        def recipe(bb, new, z=pool.args[0], params=params, test=kernel.args[1:]):
+            packed = bb.emit(call_kernel(bb, "bitpack_nchw", [new(z)] + [new(a) for a in test]))
             return call_kernel(bb, "binary_maxpool", [packed], **params)
 
         recipes[value] = recipe

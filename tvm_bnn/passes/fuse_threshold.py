@@ -52,6 +52,15 @@ def step_thresholds(bits: np.ndarray, dots: np.ndarray):
     return direction.astype(np.int32), threshold.astype(np.int32)
 
 
+def packing_test(graph: Graph, pack, values: np.ndarray) -> np.ndarray:
+    """The bits ``bitpack`` makes of ``values`` [channels, n] (``x >= 0``, or its per-channel threshold test)."""
+    if len(pack.args) == 1:
+        return values >= 0
+    s, t = (graph.constant(a).astype(np.float32)[:, None] for a in pack.args[1:3])
+    with np.errstate(invalid="ignore"):
+        return (values.astype(np.float32) * s).astype(np.float32) >= t
+
+
 def _chain_back(graph: Graph, mod, z):
     """Walk from z back to a float binary kernel through single-use per-channel ops: (kernel, var, [fns])."""
     fns = []
@@ -89,14 +98,18 @@ def _plan(mod, graph: Graph) -> dict:
         scale = graph.constant(kernel.args[2]).astype(np.float64)
         bias = graph.constant(kernel.args[3]).astype(np.float64)
         dots = np.arange(-fan_in(kernel), fan_in(kernel) + 1, dtype=np.float64)
-        t = dots[None, :] * scale[:, None] + bias[:, None]
+        if chain:  # float64 evaluation of a per-channel chain (the pre-analysis form, e.g. tanh after the kernel)
+            t = dots[None, :] * scale[:, None] + bias[:, None]
+        else:  # exactly the float32 values the kernel would output, tested as the packing kernel tests them
+            t = (dots.astype(np.float32)[None, :] * scale.astype(np.float32)[:, None]
+                 + bias.astype(np.float32)[:, None]).astype(np.float32)
         for call, var_in in chain:
             fn = channel_function(graph, call, var_in, scale.size)
             if fn is None:
                 break
             t = fn(t)
         else:
-            steps = step_thresholds(t >= 0, dots.astype(np.int64))
+            steps = step_thresholds(packing_test(graph, pack, t), dots.astype(np.int64))
             if steps is None:
                 continue
 

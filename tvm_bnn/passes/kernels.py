@@ -18,15 +18,12 @@ from ..ops import binary_conv2d, binary_dense, binary_maxpool, bitpack
 OPAQUE = 8
 
 
-def _conv_geo(p):
-    return binary_conv2d.Conv2dGeometry(p["in_channels"], tuple(p["kernel"]), tuple(p["strides"]),
-                                        tuple(p["padding"]), tuple(p["dilation"]))
-
-
 def _pool_geo(p):
     return binary_maxpool.PoolGeometry(tuple(p["pool"]), tuple(p["strides"]), tuple(p["padding"]),
                                        tuple(p["dilation"]), bool(p["ceil_mode"]))
 
+
+_conv_geo = binary_conv2d.Conv2dGeometry.from_params
 
 # op name -> (params -> TE function over the call's tensor arguments)
 TE_BUILDERS = {

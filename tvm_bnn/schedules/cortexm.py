@@ -39,6 +39,7 @@ from tvm import s_tir, te, tirx
 
 from ..deploy import lean
 from ..ops import WORD_BITS, epilogue, num_words
+from ..ops import bitpack as ops_bitpack
 from ..ops.binary_conv2d import Conv2dGeometry, ConvFrame
 
 MAX_BLOCK = 4  # output channels per register block (measured on the M4: 4 beats 2 and 1 by 2-4 %)
@@ -186,9 +187,9 @@ def bits_output(dot: te.Tensor, direction: te.Tensor, threshold: te.Tensor, name
         halves[i + (1,)].astype("uint64") << tirx.const(32, "uint64")), name=name)
 
 
-def bitpack(x: te.Tensor, channel_axis: int, name: str) -> te.Tensor:
-    """``ops.bitpack.compute_nchw`` (channel_axis 1 of NCHW) / ``compute_rows`` (axis 1 of [M, K]): sign bits
-    packed along the channels, each 64-bit word gathered as two 32-bit halves (``bits_output``'s reason)."""
+def bitpack(x: te.Tensor, channel_axis: int, name: str, scale=None, threshold=None) -> te.Tensor:
+    """``ops.bitpack.compute_nchw`` (channel_axis 1 of NCHW) / ``compute_rows`` (axis 1 of [M, K]): the packing
+    test's bits along the channels, each 64-bit word gathered as two 32-bit halves (``bits_output``'s reason)."""
     shape = [int(d) for d in x.shape]
     c_ = shape[channel_axis]
     lead = shape[:channel_axis] + shape[channel_axis + 1:]
@@ -197,8 +198,9 @@ def bitpack(x: te.Tensor, channel_axis: int, name: str) -> te.Tensor:
     def half(*idx):
         *pre, w, h = idx
         c = w * WORD_BITS + h * 32 + b
-        at = list(pre[:channel_axis]) + [tirx.min(c, c_ - 1)] + list(pre[channel_axis:])
-        on = tirx.all(c < c_, x(*at) >= tirx.const(0, x.dtype))
+        cc = tirx.min(c, c_ - 1)
+        at = list(pre[:channel_axis]) + [cc] + list(pre[channel_axis:])
+        on = tirx.all(c < c_, ops_bitpack.is_set(x(*at), cc, scale, threshold))
         return te.sum(tirx.Select(on, tirx.const(1, "uint32") << b.astype("uint32"), tirx.const(0, "uint32")), axis=b)
 
     halves = te.compute(tuple(lead) + (num_words(c_), 2), half, name=name + "_halves")
@@ -209,12 +211,10 @@ def bitpack(x: te.Tensor, channel_axis: int, name: str) -> te.Tensor:
 def kernel_compute(op: str, params: dict, args):
     """The M-profile TE of one of our binary kernels: ``args`` placeholders -> output tensor."""
     if op in _BITPACK_OPS:
-        return bitpack(args[0], 1, name="bitpack")
+        return bitpack(args[0], 1, "bitpack", *args[1:])
     xp, wp, p2, p3 = args
     if op in _CONV_OPS:
-        p = params
-        geo = Conv2dGeometry(p["in_channels"], tuple(p["kernel"]), tuple(p["strides"]), tuple(p["padding"]),
-                             tuple(p["dilation"]))
+        geo = Conv2dGeometry.from_params(params)
         if op == "binary_conv2d":
             dot = conv_dot(xp, wp, geo)
             n_, oh_, ow_, o_ = (int(d) for d in dot.shape)
