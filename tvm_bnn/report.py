@@ -3,7 +3,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import warnings
+
 import numpy as np
+
+from .errors import TvmBnnError
 
 
 @dataclass
@@ -17,9 +21,14 @@ class LayerRecord:
     reason: str  # empty when binarized
     weight_bytes_float: int
     weight_bytes_packed: int  # what the compiled model stores for this layer's weights
+    binary_weights: bool = False  # the weights are +-alpha per output channel (binarized or not)
 
     def as_dict(self):
         return asdict(self)
+
+
+class NotBinarizedError(TvmBnnError, ValueError):
+    """``require_binary=True`` and a layer with binary weights was not binarized."""
 
 
 class Report(list):
@@ -33,6 +42,24 @@ class Report(list):
     def binary_macs(self) -> int:
         """Multiply-accumulates the binarized layers do per inference (one per weight per output element)."""
         return sum(int(np.prod(r.weight_shape[1:])) * int(np.prod(r.output_shape)) for r in self if r.binarized)
+
+    @property
+    def unrecognised(self) -> list:
+        """Layers whose weights are binary but which stay float: the activation was not recognised as binarized.
+        These are the ones a user needs to hear about (a BNN layer silently compiled as float)."""
+        return [r for r in self if r.binary_weights and not r.binarized]
+
+    def check_binarized(self, require: bool = False) -> None:
+        """Warn once per layer with binary weights that stayed float; with ``require``, raise instead."""
+        lines = [f"layer {r.name!r} ({r.op}, weights {'x'.join(map(str, r.weight_shape))}) has binary weights but "
+                 f"stays float: {r.reason}" for r in self.unrecognised]
+        if not lines:
+            return
+        if require:
+            raise NotBinarizedError("require_binary=True (--require-binary) and " + str(len(lines)) +
+                                    " layer(s) with binary weights were not binarized:\n  " + "\n  ".join(lines))
+        for line in lines:
+            warnings.warn("tvm_bnn: " + line, stacklevel=3)
 
     @property
     def weight_bytes_float(self) -> int:

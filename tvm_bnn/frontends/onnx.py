@@ -6,6 +6,7 @@ onnx's own reference evaluator and replaced by initializers before import.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -161,6 +162,35 @@ def _input_shapes(proto, example_inputs):
     return [i.name for i in inputs], shapes, dtypes
 
 
+@contextlib.contextmanager
+def _pad_as_relax_op():
+    """TVM's importer lowers a constant-mode Pad to an opaque TIR function (``emit_te(topi.nn.pad)``), behind which
+    no pass sees what is padded or with what (a Larq QuickNet conv pads its ±1 input with 1.0: LCE's one-padding).
+    While importing, a constant Pad becomes Relax's ``nn.pad`` instead (same result; the other modes unchanged)."""
+    from tvm import relax
+    from tvm.relax.frontend.onnx import onnx_frontend as frontend
+
+    class RelaxPad(frontend.Pad):
+        @classmethod
+        def _lower_pad(cls, bb, inputs, attr, params, allowed_modes):
+            if attr.get("mode", b"constant").decode("utf-8") != "constant":
+                return super()._lower_pad(bb, inputs, attr, params, allowed_modes)
+            before, after, value = cls._parse_pads_and_axes(inputs, params)
+            widths = [int(v) for pair in zip(before, after) for v in pair]
+            return bb.emit(relax.op.nn.pad(inputs[0], widths, "constant", float(value)))
+
+    original = frontend._get_convert_map
+
+    def convert_map():
+        return {**original(), "Pad": RelaxPad}
+
+    frontend._get_convert_map = convert_map
+    try:
+        yield
+    finally:
+        frontend._get_convert_map = original
+
+
 def import_onnx(model, example_inputs) -> ImportedModel:
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -168,7 +198,8 @@ def import_onnx(model, example_inputs) -> ImportedModel:
     names, shapes, dtypes = _input_shapes(proto, example_inputs)
     proto = fold_pad_into_conv(fold_constants(proto))
     try:
-        mod = from_onnx(proto, shape_dict=shapes, dtype_dict=dtypes)
+        with _pad_as_relax_op():
+            mod = from_onnx(proto, shape_dict=shapes, dtype_dict=dtypes)
     except Exception as exc:  # noqa: BLE001
         raise ModelImportError(f"model: TVM's ONNX importer cannot translate this model: "
                                f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}\n"

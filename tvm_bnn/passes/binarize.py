@@ -81,11 +81,11 @@ class BinarizeLayers:
         return var.name
 
     @staticmethod
-    def _float_record(kind, value, w_shape, reason):
+    def _float_record(kind, value, w_shape, reason, binary_weights=False):
         x_shape, out_shape = static_shape(value.args[0]), static_shape(value)
         nbytes = int(np.prod(w_shape)) * 4 if w_shape else 0
         return LayerRecord("", kind, x_shape or (), tuple(w_shape or ()), out_shape or (), False, reason, nbytes,
-                           nbytes)
+                           nbytes, binary_weights)
 
     def _plan_conv(self, graph: Graph, var, value):
         data, weight = value.args
@@ -93,18 +93,21 @@ class BinarizeLayers:
         w = graph.constant(weight)
         w_shape = static_shape(weight)
 
+        alpha = None
+
         def refuse(reason):
-            return self._float_record("conv2d", value, w_shape, reason), None
+            return self._float_record("conv2d", value, w_shape, reason, isinstance(alpha, np.ndarray)), None
 
         if static_shape(data) is None or w_shape is None:
             return refuse("dynamic shape: binarization needs static shapes")
         if w is None:
             return refuse("weights are not a constant")
+        alpha = binary_weight_scale(w, 0)
         if attrs.data_layout != "NCHW" or attrs.kernel_layout != "OIHW":
             return refuse(f"layout {attrs.data_layout}/{attrs.kernel_layout} (only NCHW/OIHW is binarized)")
         if str(data.ty.dtype) != "float32":
             return refuse(f"activation dtype {data.ty.dtype} (only float32 is binarized)")
-        alpha, source = binary_weight_scale(w, 0), binary_source(graph, data)
+        source = binary_source(graph, data)
         if isinstance(alpha, str) or isinstance(source, str):
             return refuse("; ".join(r for r in (source, alpha) if isinstance(r, str)))
         padding = conv_padding(source, [int(p) for p in attrs.padding])
@@ -123,7 +126,7 @@ class BinarizeLayers:
             bias = np.zeros_like(bias)
         groups_packed = [pack_conv_weights(w[g * og:(g + 1) * og]) for g in range(groups)]
         record = LayerRecord("", "conv2d", static_shape(data), tuple(w.shape), static_shape(value), True, "",
-                             w.size * 4, sum(p.nbytes for p in groups_packed) + 2 * alpha.nbytes)
+                             w.size * 4, sum(p.nbytes for p in groups_packed) + 2 * alpha.nbytes, True)
 
         def recipe(bb, new):
             outs = []
@@ -159,8 +162,11 @@ class BinarizeLayers:
         w = graph.constant(weight)
         w_shape = static_shape(weight)
 
+        alpha = None
+
         def refuse(reason):  # report dense weights as (out, in) like conv2d's (O, I, KH, KW)
-            return self._float_record("dense", value, w_shape[::-1] if w_shape else None, reason), None
+            return self._float_record("dense", value, w_shape[::-1] if w_shape else None, reason,
+                                      isinstance(alpha, np.ndarray)), None
 
         x_shape = static_shape(data)
         if x_shape is None or w_shape is None:
@@ -169,11 +175,12 @@ class BinarizeLayers:
             if graph.constant(data) is not None:
                 return refuse("constant left operand (weights @ activation) is not binarized")
             return refuse("weights are not a constant")
+        alpha = binary_weight_scale(w, 1) if w.ndim == 2 else None
         if len(x_shape) != 2 or w.ndim != 2:
             return refuse(f"matmul of rank {len(x_shape)} x {w.ndim} (only [M, K] x [K, N] is binarized)")
         if str(data.ty.dtype) != "float32":
             return refuse(f"activation dtype {data.ty.dtype} (only float32 is binarized)")
-        alpha, source = binary_weight_scale(w, 1), binary_source(graph, data)
+        source = binary_source(graph, data)
         if isinstance(alpha, str) or isinstance(source, str):
             return refuse("; ".join(r for r in (source, alpha) if isinstance(r, str)))
         if source.pad is not None:
@@ -182,7 +189,7 @@ class BinarizeLayers:
         packed = pack_bits_last_axis(w.T >= 0)
         scale, bias = output_transform(source, alpha, w.T, (1,))
         record = LayerRecord("", "dense", x_shape, tuple(w.T.shape), static_shape(value), True, "", w.size * 4,
-                             packed.nbytes + 2 * alpha.nbytes)
+                             packed.nbytes + 2 * alpha.nbytes, True)
 
         def recipe(bb, new):
             xp = emit_packed(bb, new, source, rows=True)
