@@ -16,10 +16,10 @@ def bit_if(cond, bit):
     return tirx.Select(cond, tirx.const(1, "uint64") << bit.astype("uint64"), tirx.const(0, "uint64"))
 
 
-def is_set(value, c, scale=None, threshold=None):
-    """The packing test of ``value`` (an element of channel ``c``)."""
+def is_set(value, dtype, c, scale=None, threshold=None):
+    """The packing test of ``value`` (an element of channel ``c``, of type ``dtype``)."""
     if scale is None:
-        return value >= tirx.const(0, value.dtype)
+        return value >= tirx.const(0, dtype)
     return value * scale[c] >= threshold[c]
 
 
@@ -30,7 +30,7 @@ def compute_nchw(x: te.Tensor, scale: te.Tensor | None = None, threshold: te.Ten
 
     def word(n, h, w, cw):
         c = cw * WORD_BITS + b
-        on = tirx.if_then_else(c < c_, is_set(x[n, c, h, w], c, scale, threshold), tirx.const(False))
+        on = tirx.if_then_else(c < c_, is_set(x[n, c, h, w], x.dtype, c, scale, threshold), tirx.const(False))
         return te.sum(bit_if(on, b), axis=b)
 
     return te.compute((n_, h_, w_, num_words(c_)), word, name="bitpack")
@@ -43,7 +43,7 @@ def compute_rows(x: te.Tensor, scale: te.Tensor | None = None, threshold: te.Ten
 
     def word(m, kw):
         k = kw * WORD_BITS + b
-        on = tirx.if_then_else(k < k_, is_set(x[m, k], k, scale, threshold), tirx.const(False))
+        on = tirx.if_then_else(k < k_, is_set(x[m, k], x.dtype, k, scale, threshold), tirx.const(False))
         return te.sum(bit_if(on, b), axis=b)
 
     return te.compute((m_, num_words(k_)), word, name="bitpack")

@@ -495,6 +495,8 @@ def analyse_chain(graph: Graph, expr) -> BinaryTensor | None:
         raise Refused(f"it takes more than two values ({', '.join(_fmt(v) for v in vals)}, ...): not a 1-bit "
                       "activation")
     values = np.unique(np.concatenate([v_lo.reshape(-1), v_hi.reshape(-1)]))
+    if values.size == 1 and values[0] != 0:  # a constant (e.g. sign after a ReLU): the values +-v, one bit used
+        values = np.array([-abs(values[0]), abs(values[0])])
     if values.size != 2:
         if values.size == 1:
             raise Refused(f"it is the constant {_fmt(values[0])}")

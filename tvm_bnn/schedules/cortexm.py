@@ -200,7 +200,7 @@ def bitpack(x: te.Tensor, channel_axis: int, name: str, scale=None, threshold=No
         c = w * WORD_BITS + h * 32 + b
         cc = tirx.min(c, c_ - 1)
         at = list(pre[:channel_axis]) + [cc] + list(pre[channel_axis:])
-        on = tirx.all(c < c_, ops_bitpack.is_set(x(*at), cc, scale, threshold))
+        on = tirx.all(c < c_, ops_bitpack.is_set(x(*at), x.dtype, cc, scale, threshold))
         return te.sum(tirx.Select(on, tirx.const(1, "uint32") << b.astype("uint32"), tirx.const(0, "uint32")), axis=b)
 
     halves = te.compute(tuple(lead) + (num_words(c_), 2), half, name=name + "_halves")
