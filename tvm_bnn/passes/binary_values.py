@@ -106,7 +106,7 @@ def describe(value) -> str:
 
 
 def _fmt(v) -> str:
-    return f"{float(v):.6g}"
+    return f"{float(v) + 0.0:.6g}"  # -0 prints as 0
 
 
 # ------------------------------------------------------------------------------------------------ elementwise ops
@@ -456,6 +456,21 @@ class _Roots:
         return root
 
 
+def _many_values(chain: Chain, element: int) -> str:
+    """Why a chain is not 1-bit, in numbers: its values at 4097 inputs spread over the float32 order."""
+    lo, hi = (k.reshape(-1)[element] for k in chain.domain())
+    samples = np.linspace(lo, hi, 4097).astype(np.int64)
+    values = []
+    for k in samples:
+        keys = np.full(chain.space, k, np.int64)
+        values.append(float(np.asarray(chain.at(keys), np.float64).reshape(-1)[element]))
+    distinct = np.unique(values)
+    if distinct.size <= 8:
+        return (f"it takes {distinct.size} values ({', '.join(_fmt(v) for v in distinct)}): not a 1-bit activation "
+                f"(a {int(np.ceil(np.log2(distinct.size)))}-bit quantizer?)")
+    return f"it takes a range of values (from {_fmt(distinct[0])} to {_fmt(distinct[-1])}), not two"
+
+
 def analyse_chain(graph: Graph, expr) -> BinaryTensor | None:
     """``expr`` as a two-valued function of a float tensor, or None when ``expr`` is not an elementwise chain.
     Raises :class:`Refused` when it is a chain but not a binarization."""
@@ -490,10 +505,7 @@ def analyse_chain(graph: Graph, expr) -> BinaryTensor | None:
     v_t = np.asarray(chain.at(t), np.float64)
     third = ~const & (v_t != v_hi)
     if np.any(third):
-        i = np.flatnonzero(third.reshape(-1))[0]
-        vals = sorted({v_lo.reshape(-1)[i], v_t.reshape(-1)[i], v_hi.reshape(-1)[i]})
-        raise Refused(f"it takes more than two values ({', '.join(_fmt(v) for v in vals)}, ...): not a 1-bit "
-                      "activation")
+        raise Refused(_many_values(chain, int(np.flatnonzero(third.reshape(-1))[0])))
     values = np.unique(np.concatenate([v_lo.reshape(-1), v_hi.reshape(-1)]))
     if values.size == 1 and values[0] != 0:  # a constant (e.g. sign after a ReLU): the values +-v, one bit used
         values = np.array([-abs(values[0]), abs(values[0])])
