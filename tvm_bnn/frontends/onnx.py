@@ -1,4 +1,4 @@
-"""ONNX -> Relax through TVM's ONNX importer, after folding constant sub-graphs.
+"""ONNX -> Relax through TVM's ONNX importer, after decomposing QONNX ops and folding constant sub-graphs.
 
 torch.onnx.export writes computed attributes as small constant sub-graphs (the pads of F.pad come out of
 Cast/Concat nodes), which TVM's importer rejects as dynamic. Nodes whose inputs are all constant are evaluated with
@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import ModelImportError
 from .importer import ImportedModel
+from .qonnx import check_domains, decompose_qonnx
 
 _LAYER_OPS = ("Conv", "Gemm", "MatMul")
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
@@ -163,10 +164,12 @@ def _input_shapes(proto, example_inputs):
 
 
 @contextlib.contextmanager
-def _pad_as_relax_op():
-    """TVM's importer lowers a constant-mode Pad to an opaque TIR function (``emit_te(topi.nn.pad)``), behind which
-    no pass sees what is padded or with what (a Larq QuickNet conv pads its ±1 input with 1.0: LCE's one-padding).
-    While importing, a constant Pad becomes Relax's ``nn.pad`` instead (same result; the other modes unchanged)."""
+def _relax_ops_for_pad_and_clip():
+    """TVM's importer lowers a constant-mode Pad and every Clip to opaque TIR functions (``emit_te(topi...)``),
+    behind which no pass sees what is padded or clamped, or with what (a Larq QuickNet conv pads its ±1 input with
+    1.0: LCE's one-padding; a Hardtanh before a sign exports as a Clip). While importing, a constant Pad becomes
+    Relax's ``nn.pad`` and a Clip with constant bounds ``maximum``/``minimum`` (same results; other forms unchanged)."""
+    import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import onnx_frontend as frontend
 
@@ -179,10 +182,22 @@ def _pad_as_relax_op():
             widths = [int(v) for pair in zip(before, after) for v in pair]
             return bb.emit(relax.op.nn.pad(inputs[0], widths, "constant", float(value)))
 
+    class RelaxClip(frontend.Clip):
+        @classmethod
+        def _impl_v13(cls, bb, inputs, attr, params):
+            bounds = [frontend.get_constant(b, params) if b is not None else None for b in inputs[1:3]]
+            if any(b is not None and not isinstance(b, tvm.ir.GenericConst) for b in bounds):
+                return super()._impl_v13(bb, inputs, attr, params)
+            out = inputs[0]
+            for bound, op in zip(bounds, (relax.op.maximum, relax.op.minimum)):
+                if bound is not None and not np.isnan(bound.value.numpy()).any():  # NaN: unbounded (ONNX)
+                    out = bb.emit(op(out, bound))
+            return out
+
     original = frontend._get_convert_map
 
     def convert_map():
-        return {**original(), "Pad": RelaxPad}
+        return {**original(), "Pad": RelaxPad, "Clip": RelaxClip}
 
     frontend._get_convert_map = convert_map
     try:
@@ -194,11 +209,11 @@ def _pad_as_relax_op():
 def import_onnx(model, example_inputs) -> ImportedModel:
     from tvm.relax.frontend.onnx import from_onnx
 
-    proto = load_onnx(model)
+    proto = check_domains(decompose_qonnx(load_onnx(model)))
     names, shapes, dtypes = _input_shapes(proto, example_inputs)
     proto = fold_pad_into_conv(fold_constants(proto))
     try:
-        with _pad_as_relax_op():
+        with _relax_ops_for_pad_and_clip():
             mod = from_onnx(proto, shape_dict=shapes, dtype_dict=dtypes)
     except Exception as exc:  # noqa: BLE001
         raise ModelImportError(f"model: TVM's ONNX importer cannot translate this model: "
