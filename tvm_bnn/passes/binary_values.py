@@ -468,7 +468,7 @@ def _many_values(chain: Chain, element: int) -> str:
     if distinct.size <= 8:
         return (f"it takes {distinct.size} values ({', '.join(_fmt(v) for v in distinct)}): not a 1-bit activation "
                 f"(a {int(np.ceil(np.log2(distinct.size)))}-bit quantizer?)")
-    return f"it takes a range of values (from {_fmt(distinct[0])} to {_fmt(distinct[-1])}), not two"
+    return f"it takes many values (from {_fmt(distinct[0])} to {_fmt(distinct[-1])}), not two"
 
 
 def analyse_chain(graph: Graph, expr) -> BinaryTensor | None:
