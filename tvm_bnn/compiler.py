@@ -34,7 +34,7 @@ def schedule_pipeline(spec, tuning_db: str | None = None) -> tvm.transform.Pass:
     """Fuse, apply tuned schedules from ``tuning_db`` if given, and give every other PrimFunc our default."""
     passes = [fuse_pipeline()]
     if tuning_db is not None:
-        from .tuning import apply_database_pass
+        from .core.tuning_db import apply_database_pass
 
         passes.append(apply_database_pass(tuning_db, spec))
     passes.append(ScheduleKernels(spec))
