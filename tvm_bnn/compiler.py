@@ -1,51 +1,19 @@
 """tvm_bnn.compile: model -> Relax -> our passes -> TVM build -> a callable CompiledModel with a report."""
 from __future__ import annotations
 
-import json
-import os
-
 import numpy as np
 import tvm
 from tqdm.auto import tqdm
 from tvm import relax
-from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 
-from .errors import InputError, TvmBnnError
-from .frontends import import_model
-from .frontends.importer import layer_reach, main_outputs
-from .passes import binarize_module, cleanup
+from .core.exported_library import read_library, write_library
+from .core.inputs import input_arrays
+from .core.pipeline import analyse, lower_pipeline, schedule_pipeline
+from .errors import TvmBnnError
+from .frontends.importer import main_outputs
 from .passes.graph import static_shape
-from .report import LayerRecord, Report
-from .schedules import ScheduleKernels
+from .report import Report
 from .targets import resolve_target
-
-META_SUFFIX = ".tvm_bnn.json"
-
-
-def fuse_pipeline() -> tvm.transform.Pass:
-    """Legalize the float ops to TIR and fuse them; the PrimFuncs of the result are the tuning tasks."""
-    return tvm.transform.Sequential(
-        [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
-         relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()],
-        name="tvm_bnn.Fuse")
-
-
-def schedule_pipeline(spec, tuning_db: str | None = None) -> tvm.transform.Pass:
-    """Fuse, apply tuned schedules from ``tuning_db`` if given, and give every other PrimFunc our default."""
-    passes = [fuse_pipeline()]
-    if tuning_db is not None:
-        from .core.tuning_db import apply_database_pass
-
-        passes.append(apply_database_pass(tuning_db, spec))
-    passes.append(ScheduleKernels(spec))
-    return tvm.transform.Sequential(passes, name="tvm_bnn.Schedule")
-
-
-def lower_pipeline(spec) -> tvm.transform.Pass:
-    """The scheduled module down to the Relax VM."""
-    return tvm.transform.Sequential(
-        cpu_pipeline.dataflow_lower_passes(spec.target) + cpu_pipeline.finalize_passes(spec.target),
-        name="tvm_bnn.Lower")
 
 
 class CompiledModel:
@@ -100,49 +68,6 @@ class CompiledModel:
                 f"binarized {self.report.num_binarized}/{len(self.report)} layers>")
 
 
-def input_arrays(args, inputs) -> list:
-    """numpy arrays or torch tensors -> contiguous numpy arrays of the compiled ``inputs`` [(name, shape, dtype)],
-    checked: the count, each shape, and a dtype that casts safely ("same_kind")."""
-    if len(args) != len(inputs):
-        names = ", ".join(n for n, _, _ in inputs)
-        raise InputError(f"the model takes {len(inputs)} input(s) ({names}), got {len(args)}")
-    out = []
-    for value, (name, shape, dtype) in zip(args, inputs):
-        if hasattr(value, "detach"):
-            value = value.detach().cpu().numpy()
-        arr = np.ascontiguousarray(np.asarray(value))
-        if tuple(arr.shape) != tuple(shape):
-            raise InputError(f"input {name!r}: shape {tuple(arr.shape)} does not match the compiled shape "
-                             f"{tuple(shape)}; compile again with example_inputs of this shape")
-        if arr.dtype != np.dtype(dtype):
-            if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
-                raise InputError(f"input {name!r}: dtype {arr.dtype} cannot be used as {dtype}")
-            arr = arr.astype(dtype)
-        out.append(arr)
-    return out
-
-
-def write_library(executable, path, target_name, target, inputs, num_outputs, report, overwrite: bool = False,
-                  fcompile=None) -> str:
-    """``executable.export_library(path)`` (``fcompile``: a cross compiler) + the metadata ``load`` reads."""
-    path = os.fspath(path)
-    if not path.endswith(".so"):
-        raise TvmBnnError(f"path={path!r}: a TVM runtime library is a shared library; use a name ending in .so")
-    for p in (path, path + META_SUFFIX):
-        if os.path.exists(p) and not overwrite:
-            raise FileExistsError(f"{p!r} already exists; pass overwrite=True (--force on the CLI) to replace it")
-    if fcompile is None:
-        executable.export_library(path)
-    else:
-        executable.export_library(path, fcompile=fcompile)
-    meta = {"target": target_name, "target_json": str(target.export()) if target else "",
-            "inputs": [[n, list(s), d] for n, s, d in inputs], "num_outputs": num_outputs,
-            "report": [r.as_dict() for r in report]}
-    with open(path + META_SUFFIX, "w") as f:
-        json.dump(meta, f, indent=1)
-    return path
-
-
 def _flatten(result):
     if isinstance(result, tvm.runtime.Tensor):
         return [result.numpy()]
@@ -152,35 +77,6 @@ def _flatten(result):
     for item in result:
         outs.extend(_flatten(item))
     return outs
-
-
-def _name_layers(mod, names, keys=None):
-    """The frontend's layer names in the module's conv2d/matmul order, or None if they do not line up one-to-one.
-    ``keys`` (per name: the model inputs it depends on, the outputs it reaches) match names to layers first; order
-    decides only among layers with the same key."""
-    reach = layer_reach(mod)
-    if len(names) != len(reach):
-        return None
-    if keys is None:
-        return names
-    free = list(zip(keys, names))
-    out = []
-    for key in reach:
-        k = next((i for i, (kk, _) in enumerate(free) if kk == key), None)
-        if k is None:
-            return None
-        out.append(free.pop(k)[1])
-    return out
-
-
-def analyse(model, example_inputs=None):
-    """Import and run our passes without building: (imported model, optimized module, Report)."""
-    imported = import_model(model, example_inputs)
-    with tvm.ir.transform.PassContext(opt_level=3):
-        cleaned = cleanup()(imported.mod)
-        names = _name_layers(cleaned, imported.layer_names, imported.layer_keys)
-        optimized, records = binarize_module(cleaned, names)
-    return imported, optimized, Report(records)
 
 
 def compile(model, target="x86", example_inputs=None, *, tuning_db: str | None = None,  # noqa: A001
@@ -255,30 +151,9 @@ def _compile_arm(model, spec, example_inputs, tuning_db):
     return BundleModel(bundle, spec, inputs, report, scheduled=scheduled)
 
 
+
+
 def load(path: str) -> CompiledModel:
     """Load a model written by ``CompiledModel.export``."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path!r} does not exist")
-    meta_path = path + META_SUFFIX
-    if not os.path.exists(meta_path):
-        raise TvmBnnError(f"{meta_path!r} is missing: tvm_bnn.load needs the metadata written beside the library "
-                          "by CompiledModel.export")
-    try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-        report = Report(LayerRecord(**{**r, "input_shape": tuple(r["input_shape"]),
-                                       "weight_shape": tuple(r["weight_shape"]),
-                                       "output_shape": tuple(r["output_shape"])}) for r in meta["report"])
-        inputs = [(str(n), tuple(int(d) for d in s), str(d_)) for n, s, d_ in meta["inputs"]]
-        target, num_outputs = str(meta["target"]), int(meta["num_outputs"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise TvmBnnError(f"{meta_path!r}: the metadata written by CompiledModel.export is damaged "
-                          f"({exc.__class__.__name__}: {exc}); export the model again") from exc
-    try:
-        lib = tvm.runtime.load_module(path)
-        executable = relax.VMExecutable(lib) if hasattr(relax, "VMExecutable") else lib
-    except Exception as exc:  # noqa: BLE001 - TVM raises several kinds for a file that is not its library
-        raise TvmBnnError(f"{path!r} is not a TVM runtime library for this machine ({str(exc).splitlines()[0]}); "
-                          "export it again, or load it on the machine it was built for") from exc
-    return CompiledModel(executable, target, None, inputs, num_outputs, report)
+    lib = read_library(path)
+    return CompiledModel(lib.executable, lib.target_name, None, lib.inputs, lib.num_outputs, lib.report)

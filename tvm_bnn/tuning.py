@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
+from .core.pipeline import analyse, fuse_pipeline
 from .core.tuning_db import BASELINE_FILE, open_database, workload_key
 from .errors import TvmBnnError
 from .targets import resolve_target
@@ -165,8 +166,6 @@ def _tune_contexts(tasks, work_dir, target, num_cores, seed):
 
 def extract_tasks(model, target="x86", example_inputs=None):
     """The MetaSchedule tasks of a model for ``target``: (spec, tasks, report)."""
-    from .compiler import analyse, fuse_pipeline
-
     spec = resolve_target(target)
     _, optimized, report = analyse(model, example_inputs)
     with spec.target:

@@ -43,6 +43,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ..core.pipeline import fuse_pipeline
 from ..errors import TvmBnnError
 from ..targets import qemu
 from ..targets.c_codegen import _CTYPES, c_array, generate_c
@@ -281,8 +282,6 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
     ``target``: None for plain C kernels (TVM's C codegen), or a ``TargetSpec`` of family "arm": the kernels then
     get our vectorised schedules (serial: a bundle has no thread pool) and TVM's LLVM codegen compiles them into
     ``kernels.o`` (``targets.llvm_object``); ``model.c`` only declares and calls them."""
-    from ..compiler import fuse_pipeline
-
     llvm = target is not None and target.target.kind.name == "llvm"
     lean = lean and not llvm  # the vectorised schedules need the kernels' stages as the ops define them
 

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.exported_library import write_library
+from ..core.inputs import input_arrays
+from ..core.pipeline import lower_pipeline
 from ..errors import TvmBnnError
 
 
@@ -49,8 +52,6 @@ class BundleModel:
         self._stats = None
 
     def __call__(self, *args):
-        from ..compiler import input_arrays
-
         x = input_arrays(args, self.inputs)
         if self.arch is not None:
             return self.bundle.run_linux(x)
@@ -103,7 +104,6 @@ class BundleModel:
         from tvm import relax
         from tvm.support import cc
 
-        from ..compiler import lower_pipeline, write_library
         from ..targets import qemu
 
         if self.scheduled is None:
