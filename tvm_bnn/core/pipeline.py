@@ -3,13 +3,16 @@ fused (``fuse_pipeline``: the tuning tasks), scheduled (``schedule_pipeline``) a
 (``lower_pipeline``)."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import tvm
 from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 
-from ..frontends import import_model
-from ..frontends.importer import layer_reach
+from ..frontends import ImportedModel, import_model
+from ..frontends.importer import layer_reach, main_outputs
 from ..passes import binarize_module, cleanup
+from ..passes.graph import static_shape
 from ..report import Report
 from ..schedules import ScheduleKernels
 
@@ -59,11 +62,29 @@ def _name_layers(mod, names, keys=None):
     return out
 
 
-def analyse(model, example_inputs=None):
+class AnalysedModel(NamedTuple):
+    """What ``analyse`` gives every backend (and unpacks as the triple it always was)."""
+
+    imported: ImportedModel
+    optimized: tvm.IRModule  # after our passes: binary kernels as call_tir, float layers as Relax ops
+    report: Report
+
+    @property
+    def inputs(self) -> list:
+        """[(name, shape, dtype)] per model input: what the compiled model checks its arguments against."""
+        main = self.imported.mod["main"]
+        return [(name, static_shape(p), str(p.ty.dtype)) for name, p in zip(self.imported.input_names, main.params)]
+
+    @property
+    def num_outputs(self) -> int:
+        return main_outputs(self.imported.mod)
+
+
+def analyse(model, example_inputs=None) -> AnalysedModel:
     """Import and run our passes without building: (imported model, optimized module, Report)."""
     imported = import_model(model, example_inputs)
     with tvm.ir.transform.PassContext(opt_level=3):
         cleaned = cleanup()(imported.mod)
         names = _name_layers(cleaned, imported.layer_names, imported.layer_keys)
         optimized, records = binarize_module(cleaned, names)
-    return imported, optimized, Report(records)
+    return AnalysedModel(imported, optimized, Report(records))
