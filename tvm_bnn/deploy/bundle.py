@@ -20,8 +20,8 @@ Arena planning: the calls run in binding order; a tensor occupies its bytes from
 call that reads it (or a view of it), a kernel's scratch buffers only during its call. Blocks are placed greedily
 first-fit at 16-byte-aligned offsets (``deploy.arena``). A call's output never overlaps its inputs (they are still
 live when it is placed). Each model output is written straight into its output pointer (one that is an input, a
-constant or another output's bytes is copied at the end); a pure view (a legalized ``reshape``, ``squeeze``, ``expand_dims`` or
-``flatten`` of a contiguous tensor) is not run at all: it aliases its input's bytes.
+constant or another output's bytes is copied at the end); a pure view (a legalized ``reshape``, ``squeeze``,
+``expand_dims`` or ``flatten`` of a contiguous tensor) is not run at all: it aliases its input's bytes.
 
 Before the C codegen each kernel gets the M-profile schedule of ``schedules.cortexm`` (binary kernels) or the
 memory-lean schedule of ``deploy.lean`` (``lean=True``): injective stages inlined, once-read reductions (the
