@@ -4,7 +4,9 @@ import os as _os
 # TVM's thread pool otherwise starts with one thread per *physical* core, which is 1 on a 2-vCPU machine with SMT.
 # Set before TVM's runtime starts; a user's own TVM_NUM_THREADS wins.
 _os.environ.setdefault("TVM_NUM_THREADS", str(len(_os.sched_getaffinity(0))))
-from .compiler import CompiledModel, analyse, compile, load  # noqa: A004 - compile is the public API
+from .backends import CompiledModel
+from .compiler import compile, load  # noqa: A004 - compile is the public API
+from .core.pipeline import analyse
 from .errors import InputError, ModelImportError, ToolchainMissingError, TvmBnnError, UnknownTargetError
 from .targets import known_targets
 from .tuning import tune

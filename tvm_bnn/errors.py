@@ -19,3 +19,7 @@ class InputError(TvmBnnError, ValueError):
 
 class ToolchainMissingError(TvmBnnError, RuntimeError):
     """An external compiler or emulator the target needs is not installed."""
+
+
+class BundleError(TvmBnnError, ValueError):
+    """The model cannot be turned into a standalone C bundle, or a bundle was given inputs it does not take."""

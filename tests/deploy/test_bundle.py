@@ -16,7 +16,7 @@ from tvm import relax
 
 import tvm_bnn
 from tvm_bnn import nn as bnn
-from tvm_bnn.compiler import analyse
+from tvm_bnn.core.pipeline import analyse
 from tvm_bnn.deploy.bundle import BundleError, build_bundle
 from tvm_bnn.errors import InputError, TvmBnnError
 from tvm_bnn.targets import qemu

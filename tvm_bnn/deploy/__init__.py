@@ -1,1 +1,3 @@
-"""Deployment helpers: bare-metal startup code and linker script templates (``startup/``) for the C bundle path."""
+"""The standalone C bundle: ``bundle.build_bundle`` strings together ``kernel_calls``, ``arena``, ``c_writer``,
+``weights`` and ``toolchain``; ``lean`` is its memory-lean schedule; ``startup/`` holds the bare-metal startup code
+and linker script templates the emulated boards run it with."""

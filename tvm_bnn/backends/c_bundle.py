@@ -1,14 +1,20 @@
-"""The callable a bundle compile returns: a C bundle that runs on an emulated Cortex-M board, under qemu-user
-(ARM Linux, with LLVM-compiled NEON kernels) or on the host (target "c")."""
+"""The standalone C bundle backend (family "c": bare-metal Cortex-M and portable C). ``deploy.build_bundle``
+writes plain C; ``cm(x)`` builds firmware around it and runs it on an emulated board under QEMU, or, for target
+"c", with the host's gcc."""
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.inputs import input_arrays
+from ..deploy.bundle import build_bundle
 from ..errors import TvmBnnError
+from ..targets import qemu
+from .base import Backend, CompiledModel
 
 
 @dataclass
@@ -32,28 +38,19 @@ class BundleStats:
                 f"{ins} instructions per inference")
 
 
-class BundleModel:
-    """``cm(x)`` builds firmware around the bundle and runs it under QEMU (target "c": with the host's gcc; ARM
-    Linux targets: a static program under qemu-aarch64 / qemu-arm)."""
+class BundleModel(CompiledModel):
+    """A C bundle (``bundle``: ``deploy.bundle.Bundle``); ``cm(x)`` runs it on the emulated ``board`` (None: the
+    host's gcc)."""
 
-    def __init__(self, bundle, spec, inputs, report, scheduled=None):
+    def __init__(self, bundle, spec, inputs, report):
+        super().__init__(spec.name, inputs, len(bundle.outputs), report)
         self.bundle = bundle
         self.spec = spec
-        self.target_name = spec.name
-        self.board = spec.board if spec.family == "c" else None
-        self.arch = spec.board if spec.family == "arm" else None
-        self.scheduled = scheduled  # ARM: the scheduled Relax module, built into a runtime library by export(.so)
-        self.inputs = inputs
-        self.report = report
-        self.num_outputs = len(bundle.outputs)
+        self.board = spec.board
         self._stats = None
 
     def __call__(self, *args):
-        from ..compiler import input_arrays
-
         x = input_arrays(args, self.inputs)
-        if self.arch is not None:
-            return self.bundle.run_linux(x)
         if self.board is None:
             return self.bundle.run_host(x)
         y, instructions = self.bundle.run_board(x, self.board)
@@ -61,11 +58,9 @@ class BundleModel:
         return y
 
     def _record(self, instructions):
-        from ..targets.qemu import stack_usage
-
         run = self.bundle.last_board_run
         sizes = getattr(run, "sizes", {}) or {}
-        usage = stack_usage(run.elf.parent) if getattr(run, "elf", None) is not None else {}
+        usage = qemu.stack_usage(run.elf.parent) if getattr(run, "elf", None) is not None else {}
         kernels = [usage[k] for k in self.bundle.kernels if k in usage]
         stack = usage["tvm_bnn_model_run"] + max(kernels, default=0) if "tvm_bnn_model_run" in usage else None
         text = int(sizes.get("text", 0))
@@ -85,12 +80,12 @@ class BundleModel:
         return self._stats
 
     def export(self, path: str, overwrite: bool = False) -> str:
-        """Copy the C bundle (model.h, model.c, weights.c, Makefile, README.md; kernels.o on ARM) into directory
-        ``path``. ARM targets: a ``path`` ending in ``.so`` is a TVM runtime library cross-compiled for the board
-        (multi-threaded; ``tvm_bnn.load`` it there)."""
+        """Copy the C bundle (model.h, model.c, weights.c, Makefile, README.md; kernels.o from an LLVM target)
+        into directory ``path``."""
         path = os.fspath(path)
         if path.endswith(".so"):
-            return self._export_library(path, overwrite)
+            raise TvmBnnError(f"target {self.target_name!r} exports a C bundle directory, not a .so; "
+                              "use an ARM Linux or x86 target for a TVM runtime library")
         if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
             if not overwrite:
                 raise FileExistsError(f"{path!r} exists and is not empty; pass overwrite=True (--force on the CLI) "
@@ -99,21 +94,20 @@ class BundleModel:
         shutil.copytree(self.bundle.out_dir, path, dirs_exist_ok=True)
         return path
 
-    def _export_library(self, path: str, overwrite: bool) -> str:
-        from tvm import relax
-        from tvm.support import cc
 
-        from ..compiler import lower_pipeline, write_library
-        from ..targets import qemu
+def new_bundle_dir() -> str:
+    return tempfile.mkdtemp(prefix="tvm_bnn_bundle_")
 
-        if self.scheduled is None:
-            raise TvmBnnError(f"target {self.target_name!r} exports a C bundle directory, not a .so; "
-                              "use an ARM Linux or x86 target for a TVM runtime library")
-        compiler = qemu.require_tool(qemu.linux_arch(self.arch).cc)
-        executable = relax.build(self.scheduled, self.spec.target, relax_pipeline=lower_pipeline(self.spec))
-        return write_library(executable, path, self.target_name, self.spec.target, self.inputs, self.num_outputs,
-                             self.report, overwrite, fcompile=cc.cross_compiler(compiler))
 
-    def __repr__(self):
-        return (f"<tvm_bnn.BundleModel target={self.target_name} inputs={[(n, s) for n, s, _ in self.inputs]} "
-                f"binarized {self.report.num_binarized}/{len(self.report)} layers>")
+class CBundleBackend(Backend):
+    def check(self, spec, tuning_db):
+        if tuning_db is not None:
+            raise TvmBnnError(f"tuning_db: target {spec.name!r} builds a C bundle, which takes no tuning database")
+        if spec.board is not None:  # fail early, naming the package, rather than at the first call
+            qemu.require_tool("arm-none-eabi-gcc")
+            qemu.require_tool("qemu-system-arm")
+
+    def build(self, spec, analysed, tuning_db):
+        llvm = spec.target.kind.name == "llvm"  # a thumbv7em LLVM target: kernels from TVM's LLVM codegen
+        bundle = build_bundle(analysed.optimized, new_bundle_dir(), overwrite=True, target=spec if llvm else None)
+        return BundleModel(bundle, spec, analysed.inputs, analysed.report)

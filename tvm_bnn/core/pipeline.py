@@ -1,0 +1,90 @@
+"""The model pipeline every build and tuning run shares: import -> cleanup -> our passes (``analyse``), then
+fused (``fuse_pipeline``: the tuning tasks), scheduled (``schedule_pipeline``) and lowered to the Relax VM
+(``lower_pipeline``)."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tvm
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
+
+from ..frontends import ImportedModel, import_model
+from ..frontends.importer import layer_reach, main_outputs
+from ..passes import binarize_module, cleanup
+from ..passes.graph import static_shape
+from ..report import Report
+from ..schedules import ScheduleKernels
+
+
+def fuse_pipeline() -> tvm.transform.Pass:
+    """Legalize the float ops to TIR and fuse them; the PrimFuncs of the result are the tuning tasks."""
+    return tvm.transform.Sequential(
+        [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+         relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()],
+        name="tvm_bnn.Fuse")
+
+
+def schedule_pipeline(spec, tuning_db: str | None = None) -> tvm.transform.Pass:
+    """Fuse, apply tuned schedules from ``tuning_db`` if given, and give every other PrimFunc our default."""
+    passes = [fuse_pipeline()]
+    if tuning_db is not None:
+        from .tuning_db import apply_database_pass
+
+        passes.append(apply_database_pass(tuning_db, spec))
+    passes.append(ScheduleKernels(spec))
+    return tvm.transform.Sequential(passes, name="tvm_bnn.Schedule")
+
+
+def lower_pipeline(spec) -> tvm.transform.Pass:
+    """The scheduled module down to the Relax VM."""
+    return tvm.transform.Sequential(
+        cpu_pipeline.dataflow_lower_passes(spec.target) + cpu_pipeline.finalize_passes(spec.target),
+        name="tvm_bnn.Lower")
+
+
+def _name_layers(mod, names, keys=None):
+    """The frontend's layer names in the module's conv2d/matmul order, or None if they do not line up one-to-one.
+    ``keys`` (per name: the model inputs it depends on, the outputs it reaches) match names to layers first; order
+    decides only among layers with the same key."""
+    reach = layer_reach(mod)
+    if len(names) != len(reach):
+        return None
+    if keys is None:
+        return names
+    free = list(zip(keys, names))
+    out = []
+    for key in reach:
+        k = next((i for i, (kk, _) in enumerate(free) if kk == key), None)
+        if k is None:
+            return None
+        out.append(free.pop(k)[1])
+    return out
+
+
+class AnalysedModel(NamedTuple):
+    """What ``analyse`` gives every backend (and unpacks as the triple it always was)."""
+
+    imported: ImportedModel
+    optimized: tvm.IRModule  # after our passes: binary kernels as call_tir, float layers as Relax ops
+    report: Report
+
+    @property
+    def inputs(self) -> list:
+        """[(name, shape, dtype)] per model input: what the compiled model checks its arguments against."""
+        main = self.imported.mod["main"]
+        return [(name, static_shape(p), str(p.ty.dtype)) for name, p in zip(self.imported.input_names, main.params)]
+
+    @property
+    def num_outputs(self) -> int:
+        return main_outputs(self.imported.mod)
+
+
+def analyse(model, example_inputs=None) -> AnalysedModel:
+    """Import and run our passes without building: (imported model, optimized module, Report)."""
+    imported = import_model(model, example_inputs)
+    with tvm.ir.transform.PassContext(opt_level=3):
+        cleaned = cleanup()(imported.mod)
+        names = _name_layers(cleaned, imported.layer_names, imported.layer_keys)
+        optimized, records = binarize_module(cleaned, names)
+    return AnalysedModel(imported, optimized, Report(records))
