@@ -137,26 +137,11 @@ def test_the_walk_sees_relative_and_function_level_imports():
     assert cycles({"a": {"b"}, "b": {"a", "c"}, "c": set(), "d": {"d"}}) == [frozenset({"a", "b"})]
 
 
-# Two cycles inside folders that are being rewritten on another branch, each a dispatcher that imports its
-# implementations in a function while they import a name back from it. Breaking them moves code inside those folders
-# (ImportedModel to a module of its own; parallelize_outer out of schedules/generic.py), so it is left to that work;
-# test_known_cycles_are_still_there says when an entry can go.
-KNOWN_CYCLES = [
-    frozenset({"tvm_bnn.frontends.importer", "tvm_bnn.frontends.onnx", "tvm_bnn.frontends.torch"}),
-    frozenset({"tvm_bnn.schedules.generic", "tvm_bnn.schedules.float_x86"}),
-]
-
-
 def test_no_import_cycle():
     graph = import_graph()
-    new = [c for c in cycles(graph) if c not in KNOWN_CYCLES]
+    new = cycles(graph)
     assert not new, "import cycles:\n" + "\n".join(
         " -> ".join(find_cycle({m: graph[m] & c for m in c})) for c in new)
-
-
-def test_known_cycles_are_still_there():
-    found = cycles(import_graph())
-    assert [c for c in KNOWN_CYCLES if c not in found] == [], "a known cycle is gone: remove it from KNOWN_CYCLES"
 
 
 # The layers, top first (README: Layout of the code). A module may import from its own layer and those below.
@@ -169,10 +154,6 @@ LAYERS = [
      "tvm_bnn.zoo"],
     ["tvm_bnn.errors", "tvm_bnn.report", "tvm_bnn.profiling"],
 ]
-# deploy/lean.py is a schedule (the memory-lean one of the C bundle) that lives in deploy/; schedules/cortexm.py,
-# in a folder rewritten on another branch, imports it. Moving it to schedules/ would end this exception.
-KNOWN_UPWARD_IMPORTS = {("tvm_bnn.schedules.cortexm", "tvm_bnn.deploy.lean")}
-
 
 def layer_of(module: str) -> int:
     for depth, prefixes in enumerate(LAYERS):
@@ -184,8 +165,7 @@ def layer_of(module: str) -> int:
 def test_every_import_goes_to_the_same_layer_or_below():
     graph = import_graph()
     upward = {(m, t) for m, targets in graph.items() for t in targets if layer_of(t) < layer_of(m)}
-    assert upward <= KNOWN_UPWARD_IMPORTS, sorted(upward - KNOWN_UPWARD_IMPORTS)
-    assert KNOWN_UPWARD_IMPORTS <= upward, "a known upward import is gone: remove it from KNOWN_UPWARD_IMPORTS"
+    assert not upward, sorted(upward)
 
 
 UPPER = ("tvm_bnn.compiler", "tvm_bnn.backends", "tvm_bnn.tuning", "tvm_bnn.cli", "tvm_bnn.deploy.bundle")

@@ -41,3 +41,14 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path):
     assert out.returncode == 2 and out.stderr.startswith("error:") and "not a valid ONNX model" in out.stderr
     out = run_cli("compile", str(bad), "--target", "sparc", "-o", str(tmp_path / "o.so"))
     assert out.returncode == 2 and "target='sparc'" in out.stderr
+
+
+def test_require_binary_fails_naming_the_layer(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 9, 3), bnn.BinaryConv2d(9, 5, 3, bias=False, binarize_input=False))
+    x = torch.randn(1, 3, 8, 8)
+    onnx_path = str(tmp_path / "m.onnx")
+    torch.onnx.export(model.eval(), (x,), onnx_path, dynamo=False, input_names=["x"])
+    out = run_cli("compile", onnx_path, "--require-binary", "-o", str(tmp_path / "m.so"))
+    assert out.returncode == 2 and "has binary weights but stays float" in out.stderr, out.stderr
+    assert not (tmp_path / "m.so").exists()

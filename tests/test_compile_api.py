@@ -50,7 +50,7 @@ def test_report_records_and_table(small):
     assert [r.binarized for r in rep] == [False, True, True]
     assert rep[0].reason and not rep[1].reason and not rep[2].reason
     assert rep[1].weight_bytes_float == 45 * 20 * 9 * 4
-    assert rep[1].weight_bytes_packed == 45 * 9 * 1 * 8 + 45 * 4  # packed words + per-channel scale
+    assert rep[1].weight_bytes_packed == 45 * 9 * 1 * 8 + 2 * 45 * 4  # packed words + scale and bias
     text = str(rep)
     assert "2 of 3 conv2d/dense layers binarized" in text and "stem" in text
 
@@ -210,3 +210,35 @@ def test_x86_target_is_the_host_cpu_not_generic():
     spec = resolve_target("x86")
     assert str(spec.target.attrs["mcpu"]) == host_cpu() != "generic"
     assert int(spec.target.attrs["num-cores"]) >= 1
+
+
+class _BinaryWeightsFloatInput(torch.nn.Module):
+    """conv(x, sign(W)) on a float input: binary weights, activation not binarized (e.g. a forgotten sign)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = bnn.BinaryConv2d(8, 6, 3, padding=1, bias=False, binarize_input=False)
+
+    def forward(self, x):
+        return self.conv(self.stem(x))
+
+
+def test_binary_weights_with_unrecognised_activation_warn_or_raise():
+    torch.manual_seed(0)
+    model, x = _BinaryWeightsFloatInput().eval(), torch.randn(1, 3, 6, 6)
+    with pytest.warns(UserWarning, match=r"layer 'conv' \(conv2d, weights 6x8x3x3\) has binary weights but stays float: "
+                                         r"activation input is not binarized: it is a float tensor computed by an add of a conv2d: it takes many values \(any float\)"):
+        cm = tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False)
+    assert [r.binary_weights for r in cm.report] == [False, True] and not cm.report[1].binarized
+    with pytest.raises(tvm_bnn.NotBinarizedError, match=r"1 layer\(s\)[\s\S]*'conv'"):
+        tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False, require_binary=True)
+
+
+def test_float_layers_with_float_weights_do_not_warn(small):
+    import warnings
+
+    model, x, _ = small
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False, require_binary=True)

@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     p_compile.add_argument("--input-shape", action="append", help="sizes of an input, e.g. 1,3,32,32 (repeat)")
     p_compile.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     p_compile.add_argument("--tuning-db", help="work dir of a previous 'tvm-bnn tune' whose schedules to apply")
+    p_compile.add_argument("--require-binary", action="store_true",
+                           help="fail if a layer with binary weights stays float (its activation not recognised)")
     p_tune = sub.add_parser("tune", help="autotune the model's kernels with MetaSchedule (resumable)")
     p_tune.add_argument("model")
     p_tune.add_argument("--target", default="x86")
@@ -61,7 +63,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "compile":
             cm = tvm_bnn.compile(_load_model(args.model), args.target,
-                                 example_inputs=_example_inputs(args.input_shape), tuning_db=args.tuning_db)
+                                 example_inputs=_example_inputs(args.input_shape), tuning_db=args.tuning_db,
+                                 require_binary=args.require_binary)
             print(cm.report)
             cm.export(args.output, overwrite=args.force)
             print(f"wrote {args.output}")

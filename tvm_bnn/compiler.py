@@ -11,10 +11,13 @@ from .targets import resolve_target
 
 
 def compile(model, target="x86", example_inputs=None, *, tuning_db: str | None = None,  # noqa: A001
-            progress: bool | None = None) -> CompiledModel:
+            progress: bool | None = None, require_binary: bool = False) -> CompiledModel:
     """Compile a PyTorch module / ExportedProgram / ONNX model or path / Relax IRModule for ``target``.
 
     ``tuning_db``: a ``work_dir`` written by :func:`tvm_bnn.tune`; its best schedules replace the defaults.
+    A layer whose weights are binary but whose activation input was not recognised as binarized stays float; each
+    such layer is warned about with the reason, or, with ``require_binary=True``, raises
+    :class:`tvm_bnn.NotBinarizedError` before anything is built.
     """
     spec = resolve_target(target)
     backend = backend_for(spec)
@@ -23,6 +26,7 @@ def compile(model, target="x86", example_inputs=None, *, tuning_db: str | None =
     try:
         steps.set_postfix_str("import + binarize")
         analysed = analyse(model, example_inputs)
+        analysed.report.check_binarized(require=require_binary)
         steps.update()
         steps.set_postfix_str("build")
         compiled = backend.build(spec, analysed, tuning_db)

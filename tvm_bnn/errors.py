@@ -23,3 +23,7 @@ class ToolchainMissingError(TvmBnnError, RuntimeError):
 
 class BundleError(TvmBnnError, ValueError):
     """The model cannot be turned into a standalone C bundle, or a bundle was given inputs it does not take."""
+
+
+class NotBinarizedError(TvmBnnError, ValueError):
+    """``require_binary=True`` and a layer with binary weights was not binarized (its activation not recognised)."""

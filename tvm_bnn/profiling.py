@@ -80,7 +80,6 @@ def time_primfunc(func: tirx.PrimFunc, target, number: int = 5, repeat: int = 3,
 def profile_kernels(scheduled: tvm.IRModule, target, number: int = 5, repeat: int = 3) -> list[KernelTime]:
     """Time every PrimFunc of ``scheduled`` (a module after scheduling, before VM lowering)."""
     counts = _calls(scheduled)
-    dev = tvm.cpu()
     rng = np.random.default_rng(0)
     out = []
     for gvar, func in scheduled.functions_items():

@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 
-from .errors import TvmBnnError
+from .errors import NotBinarizedError
 
 
 @dataclass
@@ -25,10 +25,6 @@ class LayerRecord:
 
     def as_dict(self):
         return asdict(self)
-
-
-class NotBinarizedError(TvmBnnError, ValueError):
-    """``require_binary=True`` and a layer with binary weights was not binarized."""
 
 
 class Report(list):

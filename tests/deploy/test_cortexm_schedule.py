@@ -145,7 +145,7 @@ def test_helper_variants_and_boards(tmp_path, rng, board, defines, c):
 def test_accumulators_stay_in_the_kernel_and_arena_is_unchanged(rng):
     """The register-block accumulators are locals of the C function; the arena scratch (pad, popw, pad_adjust) is
     what the generic lean schedule needs, no more."""
-    from tvm_bnn.deploy.lean import inline_intermediates
+    from tvm_bnn.schedules.lean import inline_intermediates
 
     params = conv_params(64, (3, 3), (1, 1), (1, 1, 1, 1))
     phs = [te.placeholder((1, 8, 8, 1), "uint64", name="xp"), te.placeholder((64, 3, 3, 1), "uint64", name="wp"),
@@ -159,7 +159,7 @@ def test_accumulators_stay_in_the_kernel_and_arena_is_unchanged(rng):
 
 
 def test_non_binary_kernels_get_the_lean_schedule():
-    from tvm_bnn.deploy.lean import inline_intermediates
+    from tvm_bnn.schedules.lean import inline_intermediates
 
     a = te.placeholder((4, 5), "float32", name="a")
     b = te.compute((4, 5), lambda i, j: a[i, j] * 2.0, name="b")

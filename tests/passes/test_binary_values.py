@@ -163,7 +163,7 @@ def test_values_and_direction():
      "not monotone"),
     (lambda bb, x: bb.emit(relax.op.multiply(bb.emit(relax.op.sign(x)), _c(PER_CHANNEL + 1))),
      "scale must be one per tensor"),
-    (lambda bb, x: bb.emit(relax.op.nn.relu(x)), "takes many values (from 0 to"),
+    (lambda bb, x: bb.emit(relax.op.nn.relu(x)), "it is a float tensor computed by a relu of the model input 'x': it takes many values (from 0 to"),
     (lambda bb, x: x, "model input 'x'"),
 ])
 def test_refusals_say_why(build, reason):

@@ -24,7 +24,7 @@ constant or another output's bytes is copied at the end); a pure view (a legaliz
 ``expand_dims`` or ``flatten`` of a contiguous tensor) is not run at all: it aliases its input's bytes.
 
 Before the C codegen each kernel gets the M-profile schedule of ``schedules.cortexm`` (binary kernels) or the
-memory-lean schedule of ``deploy.lean`` (``lean=True``): injective stages inlined, once-read reductions (the
+memory-lean schedule of ``schedules.lean`` (``lean=True``): injective stages inlined, once-read reductions (the
 popcount accumulators) computed per consumer iteration in a compacted buffer. On the digits demo model this cuts
 the arena from 62,464 to 13,696 bytes at the same outputs.
 
@@ -200,7 +200,7 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
                  overwrite: bool = False, lean: bool = True, target=None) -> Bundle:
     """Write a standalone C bundle of ``optimized_mod`` (from ``tvm_bnn.core.pipeline.analyse``) into ``out_dir``.
 
-    ``lean``: inline the kernels' injective intermediate stages (``deploy.lean``), which shrinks the arena.
+    ``lean``: inline the kernels' injective intermediate stages (``schedules.lean``), which shrinks the arena.
     ``target``: None for plain C kernels (TVM's C codegen), or a ``TargetSpec`` of family "arm": the kernels then
     get our vectorised schedules (serial: a bundle has no thread pool) and TVM's LLVM codegen compiles them into
     ``kernels.o`` (``targets.llvm_object``); ``model.c`` only declares and calls them."""

@@ -54,7 +54,7 @@ def model_c(src, calls, copies: list, signature: str, arena_bytes: int, no_reuse
             return st.name
         return f"({p.ctype} *)(tvm_bnn_arena + {st.offset})"
 
-    lines = [f'#include "model.h"\n\n', src.code, "\n/* weights.c */\n"]
+    lines = ['#include "model.h"\n\n', src.code, "\n/* weights.c */\n"]
     for _, t in consts:
         count = max(1, t.storage.nbytes // np.dtype(t.dtype).itemsize)
         lines.append(f"extern const {_CTYPES[t.dtype]} {t.storage.name}[{count}];\n")

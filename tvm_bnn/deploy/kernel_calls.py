@@ -3,7 +3,7 @@ tensors, each backed by a ``Storage``: a model input, a model output, a constant
 
 A pure view (a legalized ``reshape``, ``squeeze``, ``expand_dims`` or ``flatten`` of a contiguous tensor) is no call:
 it shares its input's storage. Each kernel gets a C name (``tvm_bnn_<name>``) and, with ``lean``, the M-profile
-schedule of ``schedules.cortexm`` (binary kernels) or the memory-lean one of ``deploy.lean`` (the rest).
+schedule of ``schedules.cortexm`` (binary kernels) or the memory-lean one of ``schedules.lean`` (the rest).
 """
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def kernel_calls(fused: tvm.IRModule, in_shapes: list, lean: bool) -> KernelCall
                 continue
             if gv.name_hint not in c_names:
                 c_names[gv.name_hint] = _c_name(gv.name_hint, used)
-                from ..schedules.cortexm import schedule_kernel  # M-profile kernels; deploy.lean for the rest
+                from ..schedules.cortexm import schedule_kernel  # M-profile kernels; schedules.lean for the rest
                 funcs[c_names[gv.name_hint]] = schedule_kernel(func) if lean else func
             raw_funcs[c_names[gv.name_hint]] = func
             out = Tensor(var.name, dtype, shape, Storage("arena", 0))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
@@ -10,16 +9,7 @@ from tvm import relax
 
 from ..errors import ModelImportError
 from ..passes.graph import static_shape
-
-
-@dataclass
-class ImportedModel:
-    mod: tvm.IRModule
-    input_names: list
-    layer_names: list = field(default_factory=list)  # conv2d/dense layers, in program order
-    source: str = ""  # "torch", "onnx" or "relax"
-    # per layer name, (model input indices it depends on, model output indices it reaches); None: match by order
-    layer_keys: list | None = None
+from .model import ImportedModel
 
 
 def import_model(model, example_inputs=None) -> ImportedModel:

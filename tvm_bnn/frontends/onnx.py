@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from ..errors import ModelImportError
-from .importer import ImportedModel
+from .model import ImportedModel
 from .qonnx import check_domains, decompose_qonnx
 
 _LAYER_OPS = ("Conv", "Gemm", "MatMul")

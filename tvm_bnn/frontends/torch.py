@@ -4,7 +4,7 @@ from __future__ import annotations
 import warnings
 
 from ..errors import ModelImportError
-from .importer import ImportedModel
+from .model import ImportedModel
 
 _LAYER_TARGETS = ("aten.conv2d", "aten.convolution", "aten.linear", "aten.matmul", "aten.mm", "aten.addmm")
 

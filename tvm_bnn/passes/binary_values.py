@@ -101,7 +101,7 @@ def describe(value) -> str:
     if name is None:
         return type(value).__name__
     short = name.removeprefix("relax.").removeprefix("nn.")
-    return {"conv2d": "a conv2d", "matmul": "a matmul", "add": "an add (e.g. a residual connection)",
+    return {"conv2d": "a conv2d", "matmul": "a matmul", "add": "an add",
             "max_pool2d": "a max-pool", "avg_pool2d": "an average pool", "concat": "a concat"}.get(short, f"a {short}")
 
 
@@ -468,7 +468,10 @@ def _many_values(chain: Chain, element: int) -> str:
     if distinct.size <= 8:
         return (f"it takes {distinct.size} values ({', '.join(_fmt(v) for v in distinct)}): not a 1-bit activation "
                 f"(a {int(np.ceil(np.log2(distinct.size)))}-bit quantizer?)")
-    return f"it takes many values (from {_fmt(distinct[0])} to {_fmt(distinct[-1])}), not two"
+    span = "any float" if distinct[0] < -3e38 and distinct[-1] > 3e38 else \
+        f"from {_fmt(distinct[0])} to {_fmt(distinct[-1])}"
+    return (f"it is a float tensor computed by {describe(chain.graph.value(chain.top))} of "
+            f"{describe(chain.graph.value(chain.root))}: it takes many values ({span}), not two")
 
 
 def analyse_chain(graph: Graph, expr) -> BinaryTensor | None:

@@ -10,7 +10,6 @@ and emits ``S``. These are algebraically S but not bit-for-bit in float (PyTorch
 ±1); the compiled model computes the exact ±1. Requires common subexpressions merged (EliminateCommonSubexpr), so
 that both occurrences of ``a`` are the same variable.
 """
-from tvm import relax
 
 from .binarizers import is_binarizer
 from .graph import Graph, is_op

@@ -1,6 +1,6 @@
 """The C bundle's kernels for an M-profile core (Cortex-M: no popcount instruction, 32-bit ALU, ~13 registers).
 
-``schedule_kernel(func)`` replaces the plain memory-lean schedule (``deploy.lean.inline_intermediates``, which it
+``schedule_kernel(func)`` replaces the plain memory-lean schedule (``schedules.lean.inline_intermediates``, which it
 still applies to every other kernel) for our binary conv2d / dense / bitpack kernels (found by their ``tvm_bnn.op`` +
 ``tvm_bnn.params`` attributes): it rebuilds the PrimFunc from an M-profile form of the same computation (same
 parameters in the same order, same outputs bit for bit) and schedules that:
@@ -18,7 +18,7 @@ parameters in the same order, same outputs bit for bit) and schedules that:
   words of the receptive field outermost and the channels of the block innermost, fully unrolled: each input word is
   loaded once per block and the accumulators (uint32) are local arrays with constant indices, i.e. registers.
   Their buffers (``_REGISTER_BUFFERS``) stay in their nested blocks; every other intermediate becomes a scratch
-  argument in the arena exactly as with ``deploy.lean`` (the arena does not grow).
+  argument in the arena exactly as with ``schedules.lean`` (the arena does not grow).
 * **32-bit output words.** A bits output (and bitpack) gathers each 64-bit word as two uint32 halves in registers,
   bit by bit with a one-instruction 32-bit shift instead of a 64-bit shift sequence, and stores the word once.
 * **Address math and tests out of the hot loop.** The zero-padded input (``pad``) stays materialised, so the
@@ -37,7 +37,7 @@ import warnings
 import numpy as np
 from tvm import s_tir, te, tirx
 
-from ..deploy import lean
+from . import lean
 from ..ops import WORD_BITS, epilogue, num_words
 from ..ops import bitpack as ops_bitpack
 from ..ops.binary_conv2d import Conv2dGeometry, ConvFrame
@@ -342,7 +342,7 @@ def _signature(func) -> list:
 
 
 def _finish(sch: s_tir.Schedule) -> tirx.PrimFunc:
-    """Lower the blocks as ``deploy.lean`` does and lift every intermediate but the register-block accumulators to
+    """Lower the blocks as ``schedules.lean`` does and lift every intermediate but the register-block accumulators to
     the root block (scratch arguments in the arena)."""
     mod = sch.mod
     for p in (s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
@@ -353,7 +353,7 @@ def _finish(sch: s_tir.Schedule) -> tirx.PrimFunc:
 
 def schedule_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` scheduled for the C bundle on an M-profile core; anything but our binary conv/dense kernels gets
-    the memory-lean schedule of ``deploy.lean`` only (so does a kernel whose M-profile form fails to build)."""
+    the memory-lean schedule of ``schedules.lean`` only (so does a kernel whose M-profile form fails to build)."""
     attrs = func.attrs
     op = str(attrs["tvm_bnn.op"]) if attrs is not None and "tvm_bnn.op" in attrs else None
     if op not in _CONV_OPS + _DENSE_OPS + _BITPACK_OPS:

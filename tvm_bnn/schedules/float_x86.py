@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from tvm import s_tir, sym, tirx
 
-from .generic import parallelize_outer
+from .loops import parallelize_outer
 
 VECTOR_LANES = 16  # fp32 lanes of an AVX-512 register
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir, tirx
 
-from .generic import parallelize_outer
+from .loops import parallelize_outer
 
 L1_BYTES = 32 * 1024
 BINARY_OPS = ("binary_conv2d", "binary_conv2d_bits", "binary_dense", "binary_dense_bits")

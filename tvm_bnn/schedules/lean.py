@@ -21,7 +21,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import tvm
 from tvm import s_tir, tirx
 
 
