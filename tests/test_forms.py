@@ -282,3 +282,24 @@ def test_torch_sign_tie_at_zero_is_documented_difference():
     cm = tvm_bnn.compile(Net(), "x86", example_inputs=(x,), progress=False)
     np.testing.assert_array_equal(cm(x), [[[[1.0, 1.0, -1.0]]]])
     np.testing.assert_array_equal(Net()(x).numpy(), [[[[0.0, 1.0, -1.0]]]])
+
+
+def test_split_into_one_conv_per_group_binarizes_each(tmp_path):
+    """A grouped conv written as Split -> one Conv per group -> Concat (tf2onnx's form for some graphs), through the
+    module and through ONNX: each Conv reads its slice of the binarized tensor."""
+    torch.manual_seed(11)
+    ws = [torch.sign(torch.randn(9, 33, 3, 3)), torch.sign(torch.randn(7, 37, 3, 3))]
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            parts = torch.split(ge_sign(x), [33, 37], dim=1)
+            return torch.cat([F.conv2d(p, w, padding=1) for p, w in zip(parts, ws)], dim=1)
+
+    x = torch.randn(2, 70, 6, 5)
+    onnx_path = str(tmp_path / "split.onnx")
+    torch.onnx.export(Net(), (x,), onnx_path, dynamo=False)
+    for source in (Net(), onnx_path):
+        cm = tvm_bnn.compile(source, "x86", example_inputs=(x,) if source is not onnx_path else (x.numpy(),),
+                             progress=False)
+        assert [r.binarized for r in cm.report] == [True, True], str(cm.report)
+        np.testing.assert_array_equal(cm(x.numpy()), Net()(x).numpy())
