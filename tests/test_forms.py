@@ -303,3 +303,25 @@ def test_split_into_one_conv_per_group_binarizes_each(tmp_path):
                              progress=False)
         assert [r.binarized for r in cm.report] == [True, True], str(cm.report)
         np.testing.assert_array_equal(cm(x.numpy()), Net()(x).numpy())
+
+
+@pytest.mark.parametrize("route", ["module", "onnx", "onnx-dynamo"])
+def test_constant_padding_with_either_value_is_exact(route, tmp_path):
+    """F.pad of a binarized tensor with +1 / -1 (Larq's one-padding) is a constant bit in the binary conv, through
+    the module and both ONNX exporters (TVM's importer would hide a Pad with a nonzero value in a TIR function)."""
+    torch.manual_seed(12)
+    w1, w2 = torch.sign(torch.randn(17, 37, 3, 3)), torch.sign(torch.randn(5, 17, 3, 3))
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            y = F.conv2d(F.pad(ge_sign(x), (1, 1, 1, 1), value=1.0), w1, stride=2)
+            return F.conv2d(F.pad(torch.where(y > 2, 1.0, -1.0), (1, 0, 2, 0), value=-1.0), w2)
+
+    x = torch.randn(2, 37, 9, 8)
+    source = Net()
+    if route != "module":
+        source = str(tmp_path / "pad.onnx")
+        torch.onnx.export(Net(), (x,), source, dynamo=route == "onnx-dynamo", opset_version=18)
+    cm = tvm_bnn.compile(source, "x86", example_inputs=(x,) if route == "module" else (x.numpy(),), progress=False)
+    assert [r.binarized for r in cm.report] == [True, True], str(cm.report)
+    np.testing.assert_array_equal(cm(x.numpy()), Net()(x).numpy())
