@@ -111,18 +111,29 @@ def _remapped(graph: Graph, expr, root, inner: BinaryTensor) -> BinaryTensor:
     """``f(inner)`` for an elementwise ``f``: evaluate ``f`` on both values; they must stay uniform and distinct."""
     from .binary_values import Chain
 
-    if inner.pad is not None:
-        raise Refused("an elementwise op follows its padding")
     shape = static_shape(root)
     chain = Chain(graph, expr, root, tuple(shape))
-    f_low = np.asarray(chain.evaluate(np.full(shape, inner.low, np.float32)), np.float64)
-    f_high = np.asarray(chain.evaluate(np.full(shape, inner.high, np.float32)), np.float64)
+
+    def image(value: float) -> np.ndarray:
+        return np.asarray(chain.evaluate(np.full(shape, value, np.float32)), np.float64)
+
+    f_low, f_high = image(inner.low), image(inner.high)
     if np.ptp(f_low) or np.ptp(f_high):
         raise Refused(f"{describe(graph.value(expr))} gives its two values a different scale per element "
                       "(the activation scale must be one per tensor)")
     lo, hi = float(f_low.reshape(-1)[0]), float(f_high.reshape(-1)[0])
     if lo == hi or np.isnan(lo) or np.isnan(hi):
         raise Refused(f"{describe(graph.value(expr))} maps both of its values to {lo:g}")
+    if inner.pad is not None:
+        # An elementwise op after the padding maps the padding value too, e.g. sign(pad(sign(x), 0)) pads with +1.
+        widths, value = inner.pad
+        f_pad = image(value)
+        mapped = float(f_pad.reshape(-1)[0])
+        if np.ptp(f_pad) or mapped not in (0.0, lo, hi):
+            raise Refused(f"{describe(graph.value(expr))} after its padding maps the padding value {value:g} "
+                          f"to {mapped:g}, which is neither 0 nor one of its two values {min(lo, hi):g}, "
+                          f"{max(lo, hi):g}")
+        inner = inner.replace(pad=(widths, mapped))
     if hi > lo:
         return inner.replace(low=lo, high=hi)
     if any(not isinstance(op, Slice) and op_name(op) == "relax.nn.max_pool2d" for op in inner.post):
