@@ -13,8 +13,9 @@ from .targets import known_targets
 from .tuning import tune
 
 __version__ = "0.1.0"
-__all__ = ["CPUFeatureError", "CompiledModel", "InputError", "ModelImportError", "NotBinarizedError", "ToolchainMissingError",
-           "TvmBnnError", "UnknownTargetError", "analyse", "compile", "known_targets", "load", "nn", "tune"]
+__all__ = ["CPUFeatureError", "CompiledModel", "InputError", "ModelImportError", "NotBinarizedError",
+           "ToolchainMissingError", "TvmBnnError", "UnknownTargetError", "analyse", "compile", "known_targets", "load",
+           "nn", "tune"]
 
 
 def __getattr__(name):

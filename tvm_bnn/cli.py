@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     p_compile.add_argument("model")
     p_compile.add_argument("--target", default="x86",
                            help="x86 (default; a .so output is then x86-portable: every x86-64 ISA level, the best "
-                                "chosen where it loads), x86-avx512 / x86-avx2 / ... for one CPU, aarch64, cortex-m4...")
+                                "chosen where it loads), x86-avx2 etc. for one CPU, aarch64, cortex-m4, ...")
     p_compile.add_argument("--no-portable", action="store_true",
                            help="with --target x86: a library for this CPU (and those with its features) only")
     p_compile.add_argument("-o", "--output", required=True,

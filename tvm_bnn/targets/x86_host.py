@@ -153,7 +153,8 @@ def real_host_features() -> frozenset:
     return frozenset(f for f in codegen.llvm_get_cpu_features(cpu) if f in FEATURE_FLAGS)
 
 
-def _real_level() -> str | None:
+def real_host_level() -> str | None:
+    """The best level the CPU has (not lowered by a forced level); None on a host that is not x86-64."""
     have = real_host_features()
     return next((lv.name for lv in LEVELS if lv.features <= have), None)
 
@@ -168,7 +169,7 @@ def forced_level() -> str | None:
     missing = sorted(level(name).features - real_host_features())
     if missing:
         raise CPUFeatureError(f"{LEVEL_ENV}={name!r} asks for more than this CPU has ({cpu_model()}, level "
-                              f"{_real_level()}; missing {', '.join(missing)}): a forced level can only lower the "
+                              f"{real_host_level()}; missing {', '.join(missing)}): a forced level can only lower the "
                               f"level; unset {LEVEL_ENV} or choose a lower one")
     return name
 
@@ -196,7 +197,7 @@ def host_features() -> frozenset:
 def host_level() -> str | None:
     """The best level this host runs (the forced one if forced); None on a host that is not x86-64."""
     forced = forced_level()
-    return forced if forced else _real_level()
+    return forced if forced else real_host_level()
 
 
 def missing_features(required, have: frozenset | None = None) -> list:
@@ -218,7 +219,7 @@ def describe_host() -> str:
     forced = forced_level()
     text = f"{cpu_model()} (LLVM: {host_cpu_name()}), x86 level {host_level()}"
     if forced:
-        text += f" (forced by {LEVEL_ENV}; the CPU has {_real_level()})"
+        text += f" (forced by {LEVEL_ENV}; the CPU has {real_host_level()})"
     return text
 
 
