@@ -3,9 +3,15 @@
 The compiled model (tvm_bnn, target x86; untuned, and tuned when --tuning-db is given) against the same network
 in PyTorch fp32 eager, onnxruntime fp32 and TVM's own fp32 build (relax default pipeline, no binarization), all
 measured in this run; figures are ratios (baseline time / compiled time). Also prints compile time, exactness
-against PyTorch, and the per-kernel breakdown of the compiled model.
+against PyTorch, and the per-kernel breakdown of the compiled model. The first lines name the machine (CPU model,
+LLVM CPU, x86 ISA level) and the variant the compiled model runs (target, CPU, level, popcount).
+
+``--level avx2`` measures as a machine of that level (``TVM_BNN_X86_LEVEL``, only lower than the host's): "x86" is
+that level's generic CPU and the results are marked forced (a bigger host's caches and clocks). ``--target
+x86-portable`` times the portable build (the level this host gets).
 
     python bench/bireal_e2e.py [--repeat 20] [--no-breakdown] [--tuning-db tuning/] [--no-tvm-float]
+                               [--level avx2] [--target x86]
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import THREADS, median_seconds, ort_session, torch_threads  # noqa: E402
+from common import THREADS, force_level, machine_line, median_seconds, ort_session, torch_threads  # noqa: E402
 
 torch = torch_threads()
 import numpy as np  # noqa: E402
@@ -24,6 +30,20 @@ import numpy as np  # noqa: E402
 import tvm_bnn  # noqa: E402
 from tvm_bnn.profiling import format_breakdown  # noqa: E402
 from tvm_bnn.zoo import bireal_net18, randomize_batchnorm_  # noqa: E402
+
+
+def variant_line(cm, forced: str | None) -> str:
+    """'variant: target x86 (znver4), level avx512, popcount vpopcntq (AVX-512 VPOPCNTDQ)'."""
+    from tvm_bnn.targets import x86_host
+
+    target = cm.target
+    cpu = " ".join([str(target.attrs.get("mcpu", ""))] + [str(a) for a in target.attrs.get("mattr", [])]).strip()
+    have = set(cm.required_features if not cm.levels else x86_host.level(cm.level).features)
+    level = next((lv for lv in x86_host.LEVELS if lv.features <= have), x86_host.LEVELS[-1])
+    text = f"variant: target {cm.target_name} ({cpu}), level {level.name}, popcount {level.popcount}"
+    if forced:
+        text += f" (forced {forced} on a host of level {x86_host.real_host_level()})"
+    return text
 
 
 def tvm_float_seconds(model, x, repeat):
@@ -50,14 +70,18 @@ def main(argv=None):
     parser.add_argument("--no-breakdown", action="store_true")
     parser.add_argument("--tuning-db", help="work_dir of tvm_bnn.tune for the same model, to time the tuned build")
     parser.add_argument("--no-tvm-float", action="store_true", help="skip TVM's own fp32 build (slow to run)")
+    parser.add_argument("--target", default="x86", help="x86 (default), x86-portable, x86-avx2, ...")
+    parser.add_argument("--level", choices=("avx512", "avx2", "popcnt", "sse2"),
+                        help="measure as a machine of this x86 ISA level (lower than the host's; marked forced)")
     args = parser.parse_args(argv)
+    force_level(args.level)
 
     torch.manual_seed(0)
     model = randomize_batchnorm_(bireal_net18()).eval()
     x = torch.randn(1, 3, args.size, args.size)
 
     t0 = time.perf_counter()
-    cm = tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False)
+    cm = tvm_bnn.compile(model, args.target, example_inputs=(x,), progress=False)
     compile_s = time.perf_counter() - t0
     with torch.no_grad():
         ref = model(x).numpy()
@@ -77,17 +101,19 @@ def main(argv=None):
     t_tvm = median_seconds(lambda: cm(xn), args.repeat)
     t_tuned = None
     if args.tuning_db:
-        tuned = tvm_bnn.compile(model, "x86", example_inputs=(x,), tuning_db=args.tuning_db, progress=False)
+        tuned = tvm_bnn.compile(model, args.target, example_inputs=(x,), tuning_db=args.tuning_db, progress=False)
         assert np.abs(tuned(x) - ref).max() / np.abs(ref).max() < 1e-5
         t_tuned = median_seconds(lambda: tuned(xn), args.repeat)
     t_tvm_float = None if args.no_tvm_float else tvm_float_seconds(model, x, max(3, args.repeat // 4))
 
+    print(machine_line())
+    print(variant_line(cm, args.level))
     print(f"Bi-Real-Net-18 style, {args.size}x{args.size}, batch 1, {THREADS} threads, median of {args.repeat}")
     print(f"  binarized layers: {cm.report.num_binarized}/{len(cm.report)}; weights "
           f"{cm.report.weight_bytes_float / 1e6:.1f} MB -> {cm.report.weight_bytes_packed / 1e6:.2f} MB")
     print(f"  compile time (no tuning): {compile_s:.1f} s")
     print(f"  max |compiled - PyTorch| / max |PyTorch| = {err:.1e}")
-    print(f"  tvm_bnn x86        {t_tvm * 1e3:8.2f} ms  1.00x")
+    print(f"  tvm_bnn {args.target:10s} {t_tvm * 1e3:8.2f} ms  1.00x")
     print(f"  PyTorch fp32 eager {t_torch * 1e3:8.2f} ms  compiled is {t_torch / t_tvm:.2f}x faster")
     print(f"  onnxruntime fp32   {t_ort * 1e3:8.2f} ms  compiled is {t_ort / t_tvm:.2f}x faster")
     if t_tvm_float is not None:

@@ -11,6 +11,23 @@ os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 
 
+def force_level(level: str | None) -> None:
+    """``--level``: run as a machine of that x86 ISA level (``TVM_BNN_X86_LEVEL``; only lower than the host's).
+    Call before resolving any target: "x86" then is that level's generic CPU."""
+    if level:
+        os.environ["TVM_BNN_X86_LEVEL"] = level
+        from tvm_bnn.targets import x86_host
+
+        x86_host.forced_level()  # raises, naming what is missing, if the host does not have the level
+
+
+def machine_line() -> str:
+    """'machine: AMD EPYC (LLVM: znver4), x86 level avx512; 2 threads' (and whether the level is forced)."""
+    from tvm_bnn.targets import x86_host
+
+    return f"machine: {x86_host.describe_host()}; {THREADS} threads"
+
+
 def median_seconds(fn, repeat: int = 20, warmup: int = 3, min_seconds: float = 0.0) -> float:
     for _ in range(warmup):
         fn()

@@ -11,11 +11,22 @@ parallel region, and timed right after the other library, a kernel would share a
 ``outside load`` counts the rounds in which another process was running on the machine when a measurement began
 (/proc/stat procs_running): such rounds slow both sides, torch's conv far more than ours.
 
-bit-MAC/cycle/core = bit-MACs / (seconds * clock * threads), against the AVX-512 peak of 512 (one 512-bit
-vpopcntq per cycle). bit-MACs count every tap (the padded ones too, as torch's MAC count does). The clock is
-measured with a dependent-add chain (gcc) when a compiler is present, else read from /proc/cpuinfo.
+bit-MAC/cycle/core = bit-MACs / (seconds * clock * threads), against the bound of the row's ISA level
+(``BOUND``: what the popcount instructions allow per core and cycle, counted from the instruction sequence of one
+word; the lead's tables quote them): avx512 512 (one 512-bit vpopcntq per cycle); avx2 114 (a 256-bit word takes
+9 vector uops: vpxor, 2 vpand, vpsrlw, 2 vpshufb, vpaddb, vpsadbw, vpaddq, on 4 vector pipes as on Zen); popcnt 85
+(xor, popcnt, add per 64-bit word on 4 scalar ALUs); sse2 18 (the SWAR popcount: ~14 ALU ops per 64-bit word).
+bit-MACs count every tap (the padded ones too, as torch's MAC count does). The clock is measured with a
+dependent-add chain (gcc) when a compiler is present, else read from /proc/cpuinfo.
 
-    TVM_NUM_THREADS=2 python bench/kernels.py [--repeat 15] [--targets x86,x86-avx2,x86-popcnt] [--extra]
+The header names the machine: CPU model, the LLVM CPU, its x86 ISA level. Each row names its target's level and
+popcount; a row whose target needs CPU features this host lacks is skipped (it would die with SIGILL).
+``--level avx2`` measures as a machine of that level (``TVM_BNN_X86_LEVEL``; only lower than the host's): "x86" is
+then that level's generic CPU, and every row is marked "forced" (measured on a bigger host: its caches, clocks and
+pipes, not those of a real machine of that level).
+
+    TVM_NUM_THREADS=2 python bench/kernels.py [--repeat 15] [--targets x86,x86-avx2,x86-popcnt] [--level avx2]
+                                             [--extra]
 """
 from __future__ import annotations
 
@@ -26,7 +37,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import THREADS, median_seconds, settle_threads, torch_threads  # noqa: E402
+from common import THREADS, force_level, machine_line, median_seconds, settle_threads, torch_threads  # noqa: E402
 
 torch = torch_threads()
 import numpy as np  # noqa: E402
@@ -35,9 +46,10 @@ from tvm import te  # noqa: E402
 
 from tvm_bnn.ops import binary_conv2d, binary_dense, binary_maxpool, bitpack  # noqa: E402
 from tvm_bnn.schedules import x86  # noqa: E402
-from tvm_bnn.targets import resolve_target  # noqa: E402
+from tvm_bnn.targets import resolve_target, x86_host  # noqa: E402
 
-PEAK = 512  # bit-MACs per cycle per core: one 512-bit vpopcntq per cycle
+# bit-MACs per cycle per core that each level's popcount sequence allows (see the docstring)
+BOUND = {"avx512": 512, "avx2": 114, "popcnt": 85, "sse2": 18}
 
 _CLOCK_C = r"""
 #include <stdio.h>
@@ -83,6 +95,17 @@ def build(op: str, make_out, inputs, target_name: str, knobs=None):
     args = [tvm.runtime.tensor(a, dev) for a in inputs]
     args.append(tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], str(out.dtype)), dev))
     return ex, args
+
+
+def level_of(target_name: str) -> str:
+    """The best x86 ISA level whose features the target's code may use."""
+    have = set(resolve_target(target_name).required_features)
+    return next((lv.name for lv in x86_host.LEVELS if lv.features <= have), "sse2")
+
+
+def runnable(target_name: str) -> list:
+    """The CPU features the target needs and this host (as forced) lacks: [] if it runs here."""
+    return x86_host.missing_features(resolve_target(target_name).required_features)
 
 
 def outside_load() -> bool:
@@ -148,16 +171,32 @@ def main(argv=None):
     parser.add_argument("--targets", default="x86,x86-avx2,x86-popcnt")
     parser.add_argument("--extra", action="store_true", help="also the bits outputs, bitpack and maxpool")
     parser.add_argument("--knobs", default=None, help="tile_p,tile_o,vector (override the defaults)")
+    parser.add_argument("--level", choices=x86_host.LEVEL_NAMES,
+                        help="measure as a machine of this x86 ISA level (lower than the host's; rows marked forced)")
     args = parser.parse_args(argv)
+    force_level(args.level)
     knobs = None
     if args.knobs:
         p, o, v = (int(t) for t in args.knobs.split(","))
         knobs = x86.Knobs(p, o, v)
     rng = np.random.default_rng(0)
     hz, how = clock_hz()
+    print(machine_line())
     print(f"threads={THREADS} TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')} clock={hz / 1e9:.2f} GHz ({how})")
-    print(f"{'kernel':32s} {'target':11s} {'tvm ms':>9s} {'torch ms':>9s} {'speedup':>8s} {'bitMAC/cyc/core':>16s}")
-    targets = args.targets.split(",")
+    targets = []
+    for tname in args.targets.split(","):
+        missing = runnable(tname)
+        if missing:
+            print(f"skipped {tname}: this host lacks {x86_host.short_list(missing)} (its code would die with SIGILL)")
+        else:
+            targets.append(tname)
+    forced = f" (forced; host level {x86_host.real_host_level()})" if args.level else ""
+    for tname in targets:
+        spec = resolve_target(tname)
+        print(f"  {tname}: {spec.target.attrs.get('mcpu')} {' '.join(spec.target.attrs.get('mattr', []))}".rstrip()
+              + f", level {level_of(tname)}, popcount: {spec.popcount_isa}")
+    print(f"{'kernel':32s} {'target':11s} {'tvm ms':>9s} {'torch ms':>9s} {'speedup':>8s} {'bitMAC/cyc/core':>16s} "
+          "level")
     rows = cases(rng, False) + (cases(rng, True) if args.extra else [])
     for label, op, inputs, make, macs, torch_fn in rows:
         built = [(tname, *build(op, make, inputs, tname, knobs)) for tname in targets]
@@ -181,7 +220,9 @@ def main(argv=None):
             rate = macs / (t * hz * THREADS)
             speed = f"{tt / t:7.1f}x" if tt else f"{'':8s}"
             ts = f"{tt * 1e3:9.3f}" if tt else f"{'':9s}"
-            print(f"{label:32s} {tname:11s} {t * 1e3:9.3f} {ts} {speed} {rate:9.0f} / {PEAK}", flush=True)
+            level = level_of(tname)
+            print(f"{label:32s} {tname:11s} {t * 1e3:9.3f} {ts} {speed} {rate:9.0f} / {BOUND[level]:<4d} "
+                  f"{level}{forced}", flush=True)
         print(f"{'':32s} outside load in {loaded}/{args.repeat} rounds", flush=True)
     if args.extra:
         for label, op, inputs, make in other_cases(rng):

@@ -66,6 +66,42 @@ def need(*tools):
             pytest.skip(str(exc))
 
 
+_ISA_SKIPS = {}  # missing features -> how many tests ran their code only as far as the asm
+
+
+def need_isa(*features, what: str = "asm checked, run skipped"):
+    """Skip the rest of the test unless this host has every x86 feature in ``features`` (LLVM names, e.g.
+    "avx512vpopcntdq"): code for an ISA the host lacks is built and its asm checked before calling this, never
+    run (it would die with SIGILL). The reason names the features and the host; the run's summary lists them."""
+    from tvm_bnn.targets import x86_host
+
+    missing = x86_host.missing_features(features)
+    if missing:
+        key = x86_host.short_list(missing)
+        _ISA_SKIPS[key] = _ISA_SKIPS.get(key, 0) + 1
+        pytest.skip(f"host lacks {key} ({x86_host.describe_host()}): {what}")
+
+
+def need_runnable(target, what: str = "asm checked, run skipped"):
+    """need_isa for every feature code compiled for ``target`` (a preset name, dict or TVM target) may use."""
+    from tvm_bnn.targets import resolve_target
+
+    need_isa(*resolve_target(target).required_features, what=what)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Which x86 ISA paths ran here (CI logs show it even under -q)."""
+    from tvm_bnn.targets import x86_host
+
+    try:
+        host = x86_host.describe_host()
+    except Exception as exc:  # noqa: BLE001 - a bad TVM_BNN_X86_LEVEL: say so, do not hide the results
+        host = f"unknown ({exc})"
+    terminalreporter.write_line(f"x86 host: {host}")
+    for key, n in sorted(_ISA_SKIPS.items()):
+        terminalreporter.write_line(f"  built but not run for lack of {key}: {n} test(s)")
+
+
 def free_port() -> int:
     import socket
 

@@ -204,12 +204,14 @@ def test_wrong_input_shape_names_the_input(small):
 
 
 def test_x86_target_is_the_host_cpu_not_generic():
-    from tvm_bnn.targets import resolve_target
+    from tvm_bnn.targets import resolve_target, x86_host
     from tvm_bnn.targets.presets import host_cpu
 
     spec = resolve_target("x86")
-    assert str(spec.target.attrs["mcpu"]) == host_cpu() != "generic"
+    forced = x86_host.forced_level()  # TVM_BNN_X86_LEVEL: the generic CPU of that level
+    assert str(spec.target.attrs["mcpu"]) == (x86_host.level(forced).mcpu if forced else host_cpu()) != "generic"
     assert int(spec.target.attrs["num-cores"]) >= 1
+    assert not x86_host.missing_features(spec.required_features)  # "x86" always runs here
 
 
 class _BinaryWeightsFloatInput(torch.nn.Module):

@@ -7,14 +7,15 @@ _os.environ.setdefault("TVM_NUM_THREADS", str(len(_os.sched_getaffinity(0))))
 from .backends import CompiledModel
 from .compiler import compile, load  # noqa: A004 - compile is the public API
 from .core.pipeline import analyse
-from .errors import (InputError, ModelImportError, NotBinarizedError, ToolchainMissingError, TvmBnnError,
-                     UnknownTargetError)
+from .errors import (CPUFeatureError, InputError, ModelImportError, NotBinarizedError, ToolchainMissingError,
+                     TvmBnnError, UnknownTargetError)
 from .targets import known_targets
 from .tuning import tune
 
 __version__ = "0.1.0"
-__all__ = ["CompiledModel", "InputError", "ModelImportError", "NotBinarizedError", "ToolchainMissingError",
-           "TvmBnnError", "UnknownTargetError", "analyse", "compile", "known_targets", "load", "nn", "tune"]
+__all__ = ["CPUFeatureError", "CompiledModel", "InputError", "ModelImportError", "NotBinarizedError",
+           "ToolchainMissingError", "TvmBnnError", "UnknownTargetError", "analyse", "compile", "known_targets", "load",
+           "nn", "tune"]
 
 
 def __getattr__(name):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
+import tvm
+
 from .backends import CompiledModel, LibraryModel, backend_for
+from .backends.runtime_library import Variant
 from .core.exported_library import read_library
 from .core.pipeline import analyse
 from .targets import resolve_target
@@ -36,7 +39,26 @@ def compile(model, target="x86", example_inputs=None, *, tuning_db: str | None =
     return compiled
 
 
-def load(path: str) -> CompiledModel:
-    """Load a model written by ``CompiledModel.export`` as a TVM runtime library (``.so``)."""
-    lib = read_library(path)
-    return LibraryModel(lib.executable, lib.target_name, None, lib.inputs, lib.num_outputs, lib.report)
+def load(path: str, level: str | None = None) -> CompiledModel:
+    """Load a model written by ``CompiledModel.export`` as a TVM runtime library (``.so``).
+
+    The CPU features its code needs are checked first: a library this host cannot run raises
+    :class:`tvm_bnn.CPUFeatureError` (naming the features) instead of dying of an illegal instruction. Of a
+    portable library (``x86-portable``) the best level this host has is loaded; ``level`` (``"avx2"``, ...) or the
+    environment variable ``TVM_BNN_X86_LEVEL`` choose a lower one."""
+    lib = read_library(path, level)
+    variants, loaded = [], 0
+    for v in lib.variants:
+        if v.level == lib.variant.level:
+            loaded = len(variants)
+        target = _target_or_none(v.target)
+        executable = lib.executable if v.level == lib.variant.level else None
+        variants.append(Variant(v.level, target, v.required_features, executable, v.entry))
+    return LibraryModel(lib.target_name, lib.inputs, lib.num_outputs, lib.report, variants, loaded=loaded)
+
+
+def _target_or_none(cfg: dict):
+    try:
+        return tvm.target.Target(cfg) if cfg else None
+    except Exception:  # noqa: BLE001 - informational only: a target this TVM cannot describe
+        return None

@@ -27,3 +27,7 @@ class BundleError(TvmBnnError, ValueError):
 
 class NotBinarizedError(TvmBnnError, ValueError):
     """``require_binary=True`` and a layer with binary weights was not binarized (its activation not recognised)."""
+
+
+class CPUFeatureError(TvmBnnError, RuntimeError):
+    """Compiled x86 code needs CPU features this host does not have (running it would die with SIGILL)."""

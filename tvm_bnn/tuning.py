@@ -23,7 +23,7 @@ from tvm.s_tir import meta_schedule as ms
 from .core.pipeline import analyse, fuse_pipeline
 from .core.tuning_db import BASELINE_FILE, open_database, workload_key
 from .errors import TvmBnnError
-from .targets import resolve_target
+from .targets import resolve_target, x86_host
 
 
 @dataclass
@@ -186,6 +186,8 @@ def tune(model, target="x86", example_inputs=None, *, trials: int = 256, work_di
     if spec.family == "arm" and not rpc:
         raise TvmBnnError(f"target={target!r}: ARM kernels are measured on the board; run a TVM RPC server there "
                           "(README: tuning on a board) and pass rpc='tracker_host:port:device_key'")
+    if spec.family == "x86" and not rpc:  # the candidates run here: never code this CPU cannot execute
+        x86_host.check_runnable(x86_host.required_features(spec.target), f"target {target!r}", "tune")
     spec, tasks, _ = extract_tasks(model, spec, example_inputs)
     tasks = [t for t in tasks if worth_tuning(t.dispatched[0]["main"])]
     database = open_database(work_dir, create=True)

@@ -36,11 +36,28 @@ def schedule_pipeline(spec, tuning_db: str | None = None) -> tvm.transform.Pass:
     return tvm.transform.Sequential(passes, name="tvm_bnn.Schedule")
 
 
-def lower_pipeline(spec) -> tvm.transform.Pass:
-    """The scheduled module down to the Relax VM."""
-    return tvm.transform.Sequential(
-        cpu_pipeline.dataflow_lower_passes(spec.target) + cpu_pipeline.finalize_passes(spec.target),
-        name="tvm_bnn.Lower")
+def lower_pipeline(spec, suffix: str | None = None) -> tvm.transform.Pass:
+    """The scheduled module down to the Relax VM. ``suffix``: appended to the name of every function (PrimFuncs and
+    the Relax ``main``), so that builds of one model for several CPUs link into one library without clashes."""
+    passes = cpu_pipeline.dataflow_lower_passes(spec.target) + cpu_pipeline.finalize_passes(spec.target)
+    if suffix:
+        passes += [_suffix_symbols(suffix), relax.transform.NormalizeGlobalVar()]
+    return tvm.transform.Sequential(passes, name="tvm_bnn.Lower")
+
+
+def _suffix_symbols(suffix: str) -> tvm.transform.Pass:
+    """``global_symbol`` += suffix on every function that has one (NormalizeGlobalVar then renames the GlobalVars
+    and every call to match: the Relax VM calls PrimFuncs by their GlobalVar's name)."""
+
+    @tvm.transform.module_pass(opt_level=0, name="tvm_bnn.SuffixSymbols")
+    def _pass(mod, _ctx):
+        for gvar, func in list(mod.functions_items()):
+            symbol = func.attrs.get("global_symbol") if func.attrs is not None else None
+            if symbol is not None:
+                mod[gvar] = func.with_attr("global_symbol", str(symbol) + suffix)
+        return mod
+
+    return _pass
 
 
 def _name_layers(mod, names, keys=None):

@@ -10,6 +10,7 @@ import tvm_ffi
 from tvm.s_tir import meta_schedule as ms
 
 from ..errors import TvmBnnError
+from ..targets import x86_host
 
 
 def open_database(work_dir: str, create: bool) -> ms.database.JSONDatabase:
@@ -40,9 +41,17 @@ def workload_key(func) -> str:
     return str(tvm_ffi.structural_hash(_as_task(func)))
 
 
+def _level_of(target) -> str | None:
+    """The best x86 level (targets.x86_host.LEVELS) whose features ``target`` has."""
+    have = set(x86_host.required_features(target))
+    return next((lv.name for lv in x86_host.LEVELS if lv.features <= have), None)
+
+
 def apply_database_pass(work_dir: str, spec) -> tvm.transform.Pass:
     """Each PrimFunc takes the database's best schedule only where it measured faster than our default schedule
-    (recorded by tune()); everything else keeps the default, so a tuned build is never slower kernel by kernel."""
+    (recorded by tune()); everything else keeps the default, so a tuned build is never slower kernel by kernel.
+    For one level of a portable build (``spec.level``), only schedules tuned on a CPU of that level apply (a
+    schedule tuned on an AVX-512 machine is no guide for the AVX2 variant)."""
     database = open_database(work_dir, create=False)
     path = os.path.join(work_dir, BASELINE_FILE)
     baseline = json.load(open(path)) if os.path.isfile(path) else {}
@@ -55,6 +64,8 @@ def apply_database_pass(work_dir: str, spec) -> tvm.transform.Pass:
             one = tvm.IRModule({"main": _as_task(func)})
             record = database.query_tuning_record(one, spec.target, gvar.name_hint)
             if record is None or not record.run_secs:
+                continue
+            if getattr(spec, "level", None) and _level_of(record.target) != spec.level:
                 continue
             tuned_us = 1e6 * sum(float(x) for x in record.run_secs) / len(record.run_secs)
             default_us = baseline.get(workload_key(func))

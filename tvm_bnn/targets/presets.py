@@ -1,7 +1,9 @@
 """Target presets: a name a user types -> the TVM target and the schedules that go with it.
 
-"x86" is the host CPU as LLVM names it (``znver4`` on our machines). Never the generic ``{"kind": "llvm"}``: that CPU
-has no popcnt instruction at all, and every popcount becomes a bit-twiddling sequence.
+"x86" is the host CPU as LLVM names it (``znver4`` on our machines), minus any feature that CPU model has and this
+host does not (a hypervisor may hide AVX-512), or the generic CPU of the level ``TVM_BNN_X86_LEVEL`` forces. Never
+the generic ``{"kind": "llvm"}``: that CPU has no popcnt instruction at all, and every popcount becomes a
+bit-twiddling sequence. "x86-portable" is every level of ``x86_host.LEVELS`` in one library (``levels``).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 import tvm
 
 from ..errors import UnknownTargetError
-
+from . import x86_host
 
 @dataclass(frozen=True)
 class TargetSpec:
@@ -21,30 +23,52 @@ class TargetSpec:
     target: tvm.target.Target
     board: str | None = None  # "c": the emulated board (targets/qemu.BOARDS), None: the host's gcc;
     # "arm": the qemu-user architecture (targets/qemu.LINUX_ARCHES)
+    levels: tuple = ()  # "x86-portable": the x86_host.LEVELS it builds, best first; ``target`` is then the level
+    # this host runs (what tuning and profiling use)
+    level: str | None = None  # one level of a portable build (``level_spec``)
+
+    @property
+    def required_features(self) -> tuple:
+        """The x86 features the code may use (LLVM names; () for ARM and C): what running it here needs. For a
+        portable build, those of its lowest level (each level's own are checked when one is chosen)."""
+        if self.levels:
+            return tuple(sorted(x86_host.level(self.levels[-1]).features))
+        return x86_host.required_features(self.target) if self.family == "x86" else ()
+
+    def level_spec(self, name: str) -> TargetSpec:
+        """The spec of one level of a portable build."""
+        return TargetSpec(f"{self.name}:{name}", "x86", x86_host.level(name).target(_num_cores(self.target)),
+                          level=name)
 
     @property
     def popcount_isa(self) -> str:
         """Which popcount the code will use, for the report and the docs."""
-        mcpu = str(self.target.attrs.get("mcpu", ""))
-        mattr = [str(a) for a in self.target.attrs.get("mattr", [])]
-        if "+avx512vpopcntdq" in mattr or mcpu in ("znver4", "znver5", "icelake-server", "icelake-client",
-                                                      "sapphirerapids", "tigerlake", "graniterapids"):
-            return "avx512-vpopcntdq"
         if self.family == "c":
             return "SWAR software popcount in C (Cortex-M has no popcount instruction)"
         if self.family == "arm":
             return "NEON cnt (vcnt.8 on armv7) with pairwise widening adds"
-        if mcpu in ("", "generic", "x86-64") and not any(a in mattr for a in ("+popcnt", "+avx2")):
-            return "none (generic CPU: software popcount)"
-        return "popcnt"
+        if self.levels:
+            return "per level: " + ", ".join(f"{n} {x86_host.level(n).popcount}" for n in self.levels)
+        features = set(self.required_features)
+        if "avx512vpopcntdq" in features:
+            return "avx512-vpopcntdq"
+        if "avx2" in features:
+            return "avx2 (vpshufb nibble tables) and popcnt"
+        if "popcnt" in features:
+            return "popcnt"
+        return "none (generic CPU: software popcount)"
 
 
 def host_cpu() -> str:
-    return str(tvm.get_global_func("tvm.codegen.llvm.GetHostCPUName")())
+    return x86_host.host_cpu_name()
 
 
 def _cores() -> int:
     return int(os.environ.get("TVM_NUM_THREADS", 0)) or len(os.sched_getaffinity(0))
+
+
+def _num_cores(target) -> int:
+    return int(target.attrs.get("num-cores", 0)) or _cores()
 
 
 def _x86(mcpu: str | None = None, mattr=None):
@@ -54,11 +78,37 @@ def _x86(mcpu: str | None = None, mattr=None):
     return cfg
 
 
+def _host_x86():
+    """The host CPU, without the features its model has and this host does not (so "x86" always runs here); under
+    TVM_BNN_X86_LEVEL, the generic CPU of that level."""
+    forced = x86_host.forced_level()
+    if forced:
+        lv = x86_host.level(forced)
+        return _x86(lv.mcpu, lv.mattr)
+    cpu = host_cpu()
+    hidden = x86_host.missing_features(x86_host.required_features(tvm.target.Target({"kind": "llvm", "mcpu": cpu})),
+                                       x86_host.real_host_features()) if x86_host.is_x86_host() else []
+    return _x86(cpu, [f"-{f}" for f in hidden])
+
+
+def _level(name: str):
+    lv = x86_host.level(name)
+    return lambda: _x86(lv.mcpu, lv.mattr)
+
+
+def _portable():
+    best = x86_host.host_level() if x86_host.is_x86_host() else None
+    return _level(best or x86_host.LEVEL_NAMES[-1])()
+
+
 _PRESETS = {
-    "x86": ("x86", lambda: _x86(), "the host x86-64 CPU (AVX-512 VPOPCNTDQ where it has it)"),
+    "x86": ("x86", _host_x86, "the host x86-64 CPU (AVX-512 VPOPCNTDQ where it has it)"),
+    "x86-portable": ("x86", _portable, "every x86-64 CPU: one library with a variant per ISA level (AVX-512 "
+                                       "VPOPCNTDQ, AVX2, POPCNT, SSE2), the best one chosen when it loads"),
     "x86-avx512": ("x86", lambda: _x86("icelake-server"), "x86-64 with AVX-512 VPOPCNTDQ"),
     "x86-avx2": ("x86", lambda: _x86("haswell"), "x86-64 with AVX2 and POPCNT, no AVX-512"),
     "x86-popcnt": ("x86", lambda: _x86("nehalem"), "x86-64 with scalar POPCNT only"),
+    "x86-sse2": ("x86", _level("sse2"), "any x86-64 CPU (SSE2, no popcount instruction)"),
 }
 
 
@@ -114,7 +164,8 @@ def resolve_target(target) -> TargetSpec:
             raise UnknownTargetError(f"target={target!r} is not a known target; choose one of {choices}, "
                                      "or pass a TVM target dict such as {'kind': 'llvm', 'mcpu': 'znver4'}")
         family, make, _ = _PRESETS[key]
-        return TargetSpec(key, family, tvm.target.Target(make()))
+        levels = x86_host.LEVEL_NAMES if key == "x86-portable" else ()
+        return TargetSpec(key, family, tvm.target.Target(make()), levels=levels)
     if isinstance(target, dict | tvm.target.Target):
         tgt = tvm.target.Target(target) if isinstance(target, dict) else target
         triple = str(tgt.attrs.get("mtriple", ""))
