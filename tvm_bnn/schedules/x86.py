@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir, tirx
 
+from . import simd_bytes
 from .loops import parallelize_outer
 
 L1_BYTES = 32 * 1024
@@ -97,6 +98,32 @@ def popcount_isa(target=None) -> str:
     except Exception:  # noqa: BLE001 - a target LLVM cannot describe: the portable choice
         pass
     return "scalar"
+
+
+def simd_flavour(target=None):
+    """The byte-lane kernels (schedules/simd_bytes.py) for targets without a 64-bit vector popcount: "avx2" (x86 with
+    AVX2, no VPOPCNTDQ), "aarch64" / "dotprod" (aarch64 NEON, with the dot product extension) or "armv7"; None
+    for the others (AVX-512 VPOPCNTDQ keeps vpopcntq, scalar popcnt targets the generic TE) or when
+    ``TVM_BNN_SIMD_BYTES=0`` (the generic kernels, for comparisons)."""
+    import os
+
+    if os.environ.get("TVM_BNN_SIMD_BYTES", "1") == "0":
+        return None
+    target = target if target is not None else tvm.target.Target.current(allow_none=True)
+    isa = popcount_isa(target)
+    if isa == "avx2":
+        return simd_bytes.FLAVOURS["avx2"]
+    if isa != "neon":
+        return None
+    if not str(target.attrs.get("mtriple", "")).startswith("aarch64"):
+        return simd_bytes.FLAVOURS["armv7"]
+    from tvm.target import codegen
+
+    try:
+        dot = codegen.target_has_features(["dotprod"], target)
+    except Exception:  # noqa: BLE001
+        dot = False
+    return simd_bytes.FLAVOURS["dotprod" if dot else "aarch64"]
 
 
 def is_arm(target) -> bool:
@@ -468,6 +495,12 @@ def schedule_kernel(func, op: str, num_cores: int, target=None, knobs: Knobs | N
     if op in BINARY_OPS:
         if not _has_block(func, "dot"):
             return func  # already scheduled (``dot`` is always inlined), e.g. a PrimFunc from a tuning database
+        flavour = simd_flavour(target)
+        if flavour is not None:  # byte-lane counters: AVX2 without VPOPCNTDQ, NEON
+            simd = None if knobs is None else simd_bytes.Knobs(knobs.tile_p, knobs.tile_o, knobs.vector, knobs.unroll)
+            scheduled = simd_bytes.schedule_kernel(func, op, flavour, num_cores, simd)
+            if scheduled is not None:
+                return scheduled
         return schedule_binary(func, op, knobs or default_knobs(op, func, target), num_cores, target)
     try:
         sch = s_tir.Schedule(func)
