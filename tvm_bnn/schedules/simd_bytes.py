@@ -59,6 +59,14 @@ class Flavour:
     vector_words: int  # u64 lanes of one hardware vector
     default_tile: tuple  # (pixels or rows, output channels) of a register block
     nibbles: bool = False  # x86: inputs and weights split into nibble planes, the count is one vpshufb per plane
+    count_bits: int = 64  # the per-output count: u64 (x86: vpsadbw's lanes) or u32 (NEON: a full q of 4 channels)
+    replicate: int = 1  # NEON: each input word stored this many times (a vector load with an immediate offset, or
+    #                    ldp, instead of ld1r, which takes no offset: LLVM spent an address add per broadcast)
+
+    @property
+    def out_lanes(self) -> int:
+        """Output channels per vector of counts (and of the epilogue): 4 u64 in a ymm, 4 u32 in a q register."""
+        return self.vector_words * 64 // self.count_bits
 
     @property
     def group_limit(self) -> int:
@@ -71,10 +79,10 @@ FLAVOURS = {
     # 16 ymm: 4 pixels x 8 channels = 8 byte accumulators, the nibble table, the 0x0f mask, broadcasts, temporaries
     "avx2": Flavour("avx2", "x86", 8, 4, (4, 8), nibbles=True),
     # 32 q registers: 4 pixels x 8 channels = 16 u16 accumulators, 4 filter vectors, 4 input broadcasts
-    "aarch64": Flavour("aarch64", "aarch64", 16, 2, (4, 8)),
-    "dotprod": Flavour("dotprod", "aarch64", 32, 2, (4, 8)),
+    "aarch64": Flavour("aarch64", "aarch64", 16, 2, (4, 8), count_bits=32, replicate=2),
+    "dotprod": Flavour("dotprod", "aarch64", 32, 2, (4, 8), count_bits=32, replicate=2),
     # 16 q registers: 2 pixels x 8 channels = 8 accumulators, 4 filter vectors, 2 inputs
-    "armv7": Flavour("armv7", "armv7", 16, 2, (2, 8)),
+    "armv7": Flavour("armv7", "armv7", 16, 2, (2, 8), count_bits=32, replicate=2),
 }
 
 
@@ -130,6 +138,42 @@ def _pairwise(arch: str, v, src_bits: int, lanes: int):
     return _fold(v, src_bits, lanes)
 
 
+def _bits(expr) -> int:
+    return tvm.DataType(str(expr.ty)).bits
+
+
+def _narrow(v, call):
+    """A u64 (x lanes) count as the call's type (u64 or u32)."""
+    return v if _bits(call) == 64 else v.astype(_vt(_bits(call), _lanes(call)))
+
+
+def _half(v, which: int):
+    """Lanes [0, 2) or [2, 4) of a 4-lane vector."""
+    return tirx.Shuffle([v], [tirx.const(2 * which, "int32"), tirx.const(2 * which + 1, "int32")])
+
+
+def _sum_to_u32(arch: str, v, src_bits: int, lanes: int):
+    """NEON: the u32 count of each u64 lane from its ``src_bits`` counters: u16 -> u32 by one uaddlp (vpaddl),
+    then the two u32 halves of every lane added pairwise (addp), two accumulators' lanes into one q register."""
+    def u32_pairs(half):  # one q register (2 u64 lanes) -> u32x4: 2 partial sums per lane
+        if src_bits == 32:
+            return _view(half, 32, 2)
+        name = "llvm.aarch64.neon.uaddlp" if arch == "aarch64" else "llvm.arm.neon.vpaddlu"
+        return tirx.call_llvm_pure_intrin("uint32x4", name, _view(half, 16, 2))
+
+    if lanes == 2:
+        a = u32_pairs(v)
+        b = a
+    else:
+        a, b = u32_pairs(_half(v, 0)), u32_pairs(_half(v, 1))
+    if arch == "aarch64":
+        r = tirx.call_llvm_pure_intrin("uint32x4", "llvm.aarch64.neon.addp", a, b)
+    else:  # armv7 has no 128-bit vpadd: even + odd lanes (vuzp + vadd)
+        idx = (lambda start: [tirx.const(k, "int32") for k in range(start, 8, 2)])
+        r = tirx.Shuffle([a, b], idx(0)) + tirx.Shuffle([a, b], idx(1))
+    return r if lanes == 4 else _half(r, 0)
+
+
 def _lower(kind: str, arch: str):
     def lower(call):
         lanes = _lanes(call)
@@ -154,15 +198,17 @@ def _lower(kind: str, arch: str):
             bits = 16 if kind == "add16" else 32
             return _u64(_view(a, bits, lanes) + _view(call.args[1], bits, lanes), lanes)
         if kind == "sum8":
-            if arch == "x86" and lanes in (2, 4):
+            if arch == "x86" and lanes in (2, 4) and _bits(call) == 64:
                 name = "llvm.x86.avx2.psad.bw" if lanes == 4 else "llvm.x86.sse2.psad.bw"
                 zero = tirx.Broadcast(tirx.const(0, "uint8"), 8 * lanes)
                 return tirx.call_llvm_pure_intrin(_vt(64, lanes), name, _view(a, 8, lanes), zero)
-            return _pairwise(arch, _pairwise(arch, _pairwise(arch, a, 8, lanes), 16, lanes), 32, lanes)
-        if kind == "sum16":
-            return _pairwise(arch, _pairwise(arch, a, 16, lanes), 32, lanes)
-        if kind == "sum32":
-            return _pairwise(arch, a, 32, lanes)
+            return _narrow(_pairwise(arch, _pairwise(arch, _pairwise(arch, a, 8, lanes), 16, lanes), 32, lanes), call)
+        if kind in ("sum16", "sum32"):
+            src = 16 if kind == "sum16" else 32
+            if _bits(call) == 32 and arch in ("aarch64", "armv7") and lanes in (2, 4):
+                return _sum_to_u32(arch, a, src, lanes)
+            v = _pairwise(arch, _pairwise(arch, a, 16, lanes), 32, lanes) if src == 16 else _pairwise(arch, a, 32, lanes)
+            return _narrow(v, call)
         raise ValueError(kind)
 
     return lower
@@ -184,8 +230,8 @@ def _register_ops():
 _register_ops()
 
 
-def _call(kind: str, arch: str, *args):
-    return tirx.call_intrin("uint64", _op_name(kind, arch), *args)
+def _call(kind: str, arch: str, *args, dtype: str = "uint64"):
+    return tirx.call_intrin(dtype, _op_name(kind, arch), *args)
 
 
 def popcount_bytes(word):
@@ -205,16 +251,17 @@ def _accumulation(fl: Flavour):
     """(value of one word from ``word(plane)``, the counters' combiner, counters -> u64 count) for a flavour;
     ``plane`` is None (the whole XORed word) or 0 / 1 (its low / high nibble plane) for ``fl.nibbles``."""
     arch = fl.arch
+    count = f"uint{fl.count_bits}"
     if fl.nibbles:  # the XOR of two nibble planes is a nibble plane: its byte counts are one table lookup each
         return (lambda word: _call("nibcount", arch, word(0)) + _call("nibcount", arch, word(1))), None, \
-            lambda acc: _call("sum8", arch, acc)
+            lambda acc: _call("sum8", arch, acc, dtype=count)
     if fl.lane_bits == 8:  # byte counters: a u64 add is a byte-wise add while no byte exceeds 255
-        return (lambda word: popcount_bytes(word(None))), None, lambda acc: _call("sum8", arch, acc)
+        return (lambda word: popcount_bytes(word(None))), None, lambda acc: _call("sum8", arch, acc, dtype=count)
     if fl.lane_bits == 16:
         add = te.comm_reducer(lambda a, b: _call("add16", arch, a, b), lambda t: tirx.const(0, t), name="add_u16")
-        return (lambda w: _call("pairs", arch, popcount_bytes(w(None)))), add, lambda acc: _call("sum16", arch, acc)
+        return (lambda w: _call("pairs", arch, popcount_bytes(w(None)))), add, lambda acc: _call("sum16", arch, acc, dtype=count)
     add = te.comm_reducer(lambda a, b: _call("add32", arch, a, b), lambda t: tirx.const(0, t), name="add_u32")
-    return (lambda w: _call("quads", arch, popcount_bytes(w(None)))), add, lambda acc: _call("sum32", arch, acc)
+    return (lambda w: _call("quads", arch, popcount_bytes(w(None)))), add, lambda acc: _call("sum32", arch, acc, dtype=count)
 
 
 # ------------------------------------------------------------------------------------------------------ the TE form
@@ -298,9 +345,12 @@ def conv_dot(xp, wp, geo: Conv2dGeometry, fl: Flavour, out_extent: int | None = 
     else:
         wt = te.compute((f.ext // blk, f.kh, f.kw, f.cw, blk), lambda b, i, j, q, o: wp[oc(b * blk + o), i, j, q],
                         name="weights_t")
+        rep = fl.replicate
+        xr = te.compute(tuple(int(d) for d in xs.shape) + (rep,), lambda n, i, j, q, r: xs[n, i, j, q],
+                        name="pad_lanes")
 
-        def word(n, oh, ow, o, kh, kw, cw, h):
-            return xs[n, oh * sh + kh * dh, ow * sw + kw * dw, cw] ^ wt[o // blk, kh, kw, cw, o % blk]
+        def word(n, oh, ow, o, kh, kw, cw, h):  # the copy o % rep: lane l of a vector of rep channels reads copy l
+            return xr[n, oh * sh + kh * dh, ow * sw + kw * dw, cw, o % rep] ^ wt[o // blk, kh, kw, cw, o % blk]
 
     pop = _mismatch_stages((f.n, f.oh, f.ow, f.ext), word, (f.kh, f.kw, f.cw), fl)
     rc = te.reduce_axis((0, f.cw), name="rc")
@@ -322,7 +372,9 @@ def dense_dot(xp, wp, k: int, fl: Flavour, out_extent: int | None = None) -> te.
         pop = _mismatch_stages((m_, ext), lambda m, n, r, h: xn[m, r, h] ^ wn[n // blk, r, h, n % blk], (kw_,), fl)
     else:
         wt = te.compute((ext // blk, kw_, blk), lambda b, r, n: wp[row(b * blk + n), r], name="weights_t")
-        pop = _mismatch_stages((m_, ext), lambda m, n, r, h: xp[m, r] ^ wt[n // blk, r, n % blk], (kw_,), fl)
+        rep = fl.replicate
+        xr = te.compute((m_, kw_, rep), lambda m, r, c: xp[m, r], name="pad_lanes")
+        pop = _mismatch_stages((m_, ext), lambda m, n, r, h: xr[m, r, n % rep] ^ wt[n // blk, r, n % blk], (kw_,), fl)
     return te.compute((m_, ext), lambda m, n: int(k) - 2 * pop[m, n].astype("int32"), name="dot")
 
 
@@ -557,22 +609,25 @@ def default_knobs(fl: Flavour) -> Knobs:
 
 
 class _Fixed:
-    def __init__(self, knobs: Knobs):
+    def __init__(self, knobs: Knobs, fl: Flavour):
         self.knobs = knobs
         self.lanes = knobs.lanes
+        # counts and epilogue: out_lanes channels per vector (4 u32 on NEON, whose accumulators hold 2 channels)
+        self.out_lanes = _largest_divisor(knobs.tile_o, fl.out_lanes) if knobs.lanes > 1 else 1
 
     def p(self, sch, loop):
         return [None, self.knobs.tile_p]
 
     def o3(self, sch, loop):
-        return [None, self.knobs.tile_o // self.knobs.lanes, self.knobs.lanes]
+        return [None, self.knobs.tile_o // self.out_lanes, self.out_lanes]
 
 
 class _Sampled:
     """Register block sampled by MetaSchedule; the vector is the flavour's (``lanes``, fitted to the channels)."""
 
-    def __init__(self, lanes: int):
+    def __init__(self, lanes: int, out_lanes: int):
         self.lanes = lanes
+        self.out_lanes = out_lanes
 
     def p(self, sch, loop):
         return sch.sample_perfect_tile(loop, n=2, max_innermost_factor=8)
@@ -586,7 +641,7 @@ def _split_o3(sch, loop, how):
     """(blocks, vectors per block, lanes) of an output-channel loop."""
     f = how.o3(sch, loop)
     if f[2] is None:  # sampled: first the lanes, then the vectors per block
-        rest, lane = sch.split(loop, [None, how.lanes])
+        rest, lane = sch.split(loop, [None, how.out_lanes])
         ob, ov = sch.split(rest, sch.sample_perfect_tile(rest, n=2, max_innermost_factor=8))
         return ob, ov, lane
     return sch.split(loop, f)
@@ -669,7 +724,7 @@ def _channel_iter(sch, block) -> int:
     return spatial[rank - 1]
 
 
-UNROLL_WORDS = 4  # unroll the innermost reduction loops of the counters up to this many words (one pixel's row)
+UNROLL_WORDS = 12  # unroll the innermost reduction loops of the counters up to this many words (one pixel's row)
 
 
 def _schedule(sch, op: str, how, num_cores: int, unroll: bool = True):
@@ -678,7 +733,7 @@ def _schedule(sch, op: str, how, num_cores: int, unroll: bool = True):
     pop = sch.get_sblock("popcount")
     byt = sch.get_sblock("bytes")
     sch.compute_at(pop, tile_loop, preserve_unit_loops=True)
-    first, last = _block_inner(sch, pop, tile_loop, how.lanes, unroll)
+    first, last = _block_inner(sch, pop, tile_loop, how.out_lanes, unroll)
     anchor = last if last is not None else tile_loop
     sch.compute_at(byt, anchor, preserve_unit_loops=True)
     bfirst, _ = _block_inner(sch, byt, anchor, how.lanes, unroll, UNROLL_WORDS)
@@ -686,7 +741,7 @@ def _schedule(sch, op: str, how, num_cores: int, unroll: bool = True):
         sch.decompose_reduction(byt, bfirst)
     if first is not None:
         sch.decompose_reduction(pop, first)
-    for name in ("pad", "pad_nibbles"):
+    for name in ("pad", "pad_nibbles", "pad_lanes"):
         pad = _try(sch.get_sblock, name)
         if pad is not None:
             loops = sch.get_loops(pad)
@@ -694,12 +749,41 @@ def _schedule(sch, op: str, how, num_cores: int, unroll: bool = True):
                 _try(sch.vectorize, loops[-1])
             parallelize_outer(sch, pad, min_parallel=4 * num_cores)
     parallelize_outer(sch, sch.get_sblock("weights_t"), min_parallel=4 * num_cores)
+    _try(_schedule_channel_tables, sch, how.lanes)
     return sch
+
+
+MAX_ADJUST_UNROLL = 100  # (border class, tap) pairs of the padding correction unrolled into constant code
+
+
+def _schedule_channel_tables(sch, lanes: int):
+    """``popw`` (popcount per filter tap) and ``pad_adjust`` (the border correction): channels innermost and
+    vectorised, the border classes and taps outside, unrolled when few, so each tap's inside/outside test is a
+    constant (as in schedules/cortexm.py): about 1 % of the conv's instructions instead of 3 %."""
+    vec = 4 * lanes // 2 if lanes > 1 else 1  # int32 lanes of one vector
+    popw = sch.get_sblock("popw")
+    i, j, o, rc = sch.get_loops(popw)
+    sch.reorder(i, j, rc, o)
+    if _extent(sch, o) % vec == 0 and vec > 1:
+        _, ov = sch.split(o, [None, vec])
+        sch.vectorize(ov)
+    sch.decompose_reduction(popw, rc)
+    adj = sch.get_sblock("pad_adjust")
+    ch, cwl, o, ak, aj = sch.get_loops(adj)
+    sch.reorder(ch, cwl, ak, aj, o)
+    if _extent(sch, o) % vec == 0 and vec > 1:
+        _, ov = sch.split(o, [None, vec])
+        sch.vectorize(ov)
+    if _extent(sch, ch) * _extent(sch, cwl) * _extent(sch, ak) * _extent(sch, aj) <= MAX_ADJUST_UNROLL:
+        for lp in (ch, cwl, ak, aj):
+            sch.unroll(lp)
+    sch.decompose_reduction(adj, ak)
 
 
 def schedule_form(form: tirx.PrimFunc, op: str, knobs: Knobs, num_cores: int) -> tirx.PrimFunc:
     sch = s_tir.Schedule(form)
-    _schedule(sch, op, _Fixed(fit_knobs(sch, op, knobs)), num_cores, knobs.unroll)
+    _schedule(sch, op, _Fixed(fit_knobs(sch, op, knobs), FLAVOURS[str(form.attrs[FORM_ATTR])]), num_cores,
+              knobs.unroll)
     return sch.mod["main"]
 
 
@@ -716,5 +800,6 @@ def design_space(sch: s_tir.Schedule, op: str, num_cores: int) -> s_tir.Schedule
     """MetaSchedule design space of a byte-lane kernel (``FORM_ATTR`` set): the register block sampled."""
     fl = FLAVOURS[str(sch.mod["main"].attrs[FORM_ATTR])]
     _, o_ext = _extents(sch, op)
-    _schedule(sch, op, _Sampled(_largest_divisor(o_ext, fl.vector_words)), num_cores)
+    lanes = _largest_divisor(o_ext, fl.vector_words)
+    _schedule(sch, op, _Sampled(lanes, _largest_divisor(o_ext, fl.out_lanes) if lanes > 1 else 1), num_cores)
     return sch
