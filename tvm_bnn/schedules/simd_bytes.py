@@ -60,6 +60,7 @@ class Flavour:
     default_tile: tuple  # (pixels or rows, output channels) of a register block
     nibbles: bool = False  # x86: inputs and weights split into nibble planes, the count is one vpshufb per plane
     count_bits: int = 64  # the per-output count: u64 (x86: vpsadbw's lanes) or u32 (NEON: a full q of 4 channels)
+    unroll_words: int = 4  # unroll the innermost reduction loops of the counters up to this many words
     replicate: int = 1  # NEON: each input word stored this many times (a vector load with an immediate offset, or
     #                    ldp, instead of ld1r, which takes no offset: LLVM spent an address add per broadcast)
 
@@ -79,10 +80,10 @@ FLAVOURS = {
     # 16 ymm: 4 pixels x 8 channels = 8 byte accumulators, the nibble table, the 0x0f mask, broadcasts, temporaries
     "avx2": Flavour("avx2", "x86", 8, 4, (4, 8), nibbles=True),
     # 32 q registers: 4 pixels x 8 channels = 16 u16 accumulators, 4 filter vectors, 4 input broadcasts
-    "aarch64": Flavour("aarch64", "aarch64", 16, 2, (4, 8), count_bits=32, replicate=2),
-    "dotprod": Flavour("dotprod", "aarch64", 32, 2, (4, 8), count_bits=32, replicate=2),
+    "aarch64": Flavour("aarch64", "aarch64", 16, 2, (4, 8), count_bits=32, unroll_words=12, replicate=2),
+    "dotprod": Flavour("dotprod", "aarch64", 32, 2, (4, 8), count_bits=32, unroll_words=12, replicate=2),
     # 16 q registers: 2 pixels x 8 channels = 8 accumulators, 4 filter vectors, 2 inputs
-    "armv7": Flavour("armv7", "armv7", 16, 2, (2, 8), count_bits=32, replicate=2),
+    "armv7": Flavour("armv7", "armv7", 16, 2, (2, 8), count_bits=32, unroll_words=12, replicate=2),
 }
 
 
@@ -614,6 +615,7 @@ class _Fixed:
         self.lanes = knobs.lanes
         # counts and epilogue: out_lanes channels per vector (4 u32 on NEON, whose accumulators hold 2 channels)
         self.out_lanes = _largest_divisor(knobs.tile_o, fl.out_lanes) if knobs.lanes > 1 else 1
+        self.unroll_words = fl.unroll_words
 
     def p(self, sch, loop):
         return [None, self.knobs.tile_p]
@@ -625,9 +627,10 @@ class _Fixed:
 class _Sampled:
     """Register block sampled by MetaSchedule; the vector is the flavour's (``lanes``, fitted to the channels)."""
 
-    def __init__(self, lanes: int, out_lanes: int):
+    def __init__(self, lanes: int, out_lanes: int, fl: Flavour):
         self.lanes = lanes
         self.out_lanes = out_lanes
+        self.unroll_words = fl.unroll_words
 
     def p(self, sch, loop):
         return sch.sample_perfect_tile(loop, n=2, max_innermost_factor=8)
@@ -724,7 +727,6 @@ def _channel_iter(sch, block) -> int:
     return spatial[rank - 1]
 
 
-UNROLL_WORDS = 12  # unroll the innermost reduction loops of the counters up to this many words (one pixel's row)
 
 
 def _schedule(sch, op: str, how, num_cores: int, unroll: bool = True):
@@ -736,7 +738,7 @@ def _schedule(sch, op: str, how, num_cores: int, unroll: bool = True):
     first, last = _block_inner(sch, pop, tile_loop, how.out_lanes, unroll)
     anchor = last if last is not None else tile_loop
     sch.compute_at(byt, anchor, preserve_unit_loops=True)
-    bfirst, _ = _block_inner(sch, byt, anchor, how.lanes, unroll, UNROLL_WORDS)
+    bfirst, _ = _block_inner(sch, byt, anchor, how.lanes, unroll, how.unroll_words)
     if bfirst is not None:
         sch.decompose_reduction(byt, bfirst)
     if first is not None:
@@ -801,5 +803,5 @@ def design_space(sch: s_tir.Schedule, op: str, num_cores: int) -> s_tir.Schedule
     fl = FLAVOURS[str(sch.mod["main"].attrs[FORM_ATTR])]
     _, o_ext = _extents(sch, op)
     lanes = _largest_divisor(o_ext, fl.vector_words)
-    _schedule(sch, op, _Sampled(lanes, _largest_divisor(o_ext, fl.out_lanes) if lanes > 1 else 1), num_cores)
+    _schedule(sch, op, _Sampled(lanes, _largest_divisor(o_ext, fl.out_lanes) if lanes > 1 else 1, fl), num_cores)
     return sch
