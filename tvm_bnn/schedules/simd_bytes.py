@@ -82,8 +82,8 @@ FLAVOURS = {
     # 32 q registers: 4 pixels x 8 channels = 16 u16 accumulators, 4 filter vectors, 4 input broadcasts
     "aarch64": Flavour("aarch64", "aarch64", 16, 2, (4, 8), count_bits=32, unroll_words=12, replicate=2),
     "dotprod": Flavour("dotprod", "aarch64", 32, 2, (4, 8), count_bits=32, unroll_words=12, replicate=2),
-    # 16 q registers: 2 pixels x 8 channels = 8 accumulators, 4 filter vectors, 2 inputs
-    "armv7": Flavour("armv7", "armv7", 16, 2, (2, 8), count_bits=32, unroll_words=12, replicate=2),
+    # 16 q registers: 2 pixels x 4 channels = 4 accumulators, 2 filter vectors, 2 inputs (2 x 8 spilled)
+    "armv7": Flavour("armv7", "armv7", 16, 2, (2, 4), count_bits=32, unroll_words=12, replicate=2),
 }
 
 
@@ -98,7 +98,7 @@ class Knobs:
 # ------------------------------------------------------------------------------------------- our TIR ops, lowered
 
 _ARCHES = ("x86", "aarch64", "armv7")
-_KINDS = ("nibcount", "pairs", "quads", "add16", "add32", "sum8", "sum16", "sum32")
+_KINDS = ("nibcount", "padal", "pairs", "quads", "add16", "add32", "sum8", "sum16", "sum32")
 
 
 def _lanes(expr) -> int:
@@ -186,6 +186,12 @@ def _lower(kind: str, arch: str):
                 table = tirx.popcount(ramp & tirx.Broadcast(tirx.const(15, "uint8"), 8 * lanes))  # LLVM folds it
                 return _u64(tirx.call_llvm_pure_intrin(_vt(8, 8 * lanes), name, table, _view(a, 8, lanes)), lanes)
             return _u64(tirx.popcount(_view(a, 8, lanes)), lanes)
+        if kind == "padal":  # u16 counters + the pair sums of a word's byte counts (armv7: LLVM does not fuse them)
+            b = call.args[1]
+            if arch == "armv7" and lanes in (1, 2):
+                return _u64(tirx.call_llvm_pure_intrin(_vt(16, 4 * lanes), "llvm.arm.neon.vpadalu", _view(a, 16, lanes),
+                                                       _view(b, 8, lanes)), lanes)
+            return _u64(_view(a, 16, lanes) + _view(_pairwise(arch, b, 8, lanes), 16, lanes), lanes)
         if kind == "pairs":
             return _pairwise(arch, a, 8, lanes)
         if kind == "quads":  # sum of 4 bytes per u32 field
@@ -258,6 +264,11 @@ def _accumulation(fl: Flavour):
             lambda acc: _call("sum8", arch, acc, dtype=count)
     if fl.lane_bits == 8:  # byte counters: a u64 add is a byte-wise add while no byte exceeds 255
         return (lambda word: popcount_bytes(word(None))), None, lambda acc: _call("sum8", arch, acc, dtype=count)
+    if fl.lane_bits == 16 and arch == "armv7":
+        # the combiner takes the counters and a word's byte counts (vpadal.u8): not a monoid, but the reduction is
+        # only ever lowered as acc = combine(acc, value) (no rfactor); identity 0
+        padal = te.comm_reducer(lambda a, b: _call("padal", arch, a, b), lambda t: tirx.const(0, t), name="padal_u8")
+        return (lambda w: popcount_bytes(w(None))), padal, lambda acc: _call("sum16", arch, acc, dtype=count)
     if fl.lane_bits == 16:
         add = te.comm_reducer(lambda a, b: _call("add16", arch, a, b), lambda t: tirx.const(0, t), name="add_u16")
         return (lambda w: _call("pairs", arch, popcount_bytes(w(None)))), add, lambda acc: _call("sum16", arch, acc, dtype=count)
@@ -711,11 +722,17 @@ def _block_inner(sch, block, anchor, lanes, unroll: bool, unroll_words: int = 0)
         for lp in spatial:
             sch.unroll(lp)
         words = 1
-        for lp in reversed(reds):  # the innermost reductions, up to unroll_words words: constant offsets
-            words *= _extent(sch, lp)
-            if words > unroll_words:
+        for k in range(len(reds) - 1, -1, -1):  # the innermost reductions, up to unroll_words words: constant offsets
+            ext = _extent(sch, reds[k])
+            if words * ext > unroll_words:  # a long word loop (dense): unroll a divisor of it
+                d = _largest_divisor(ext, max(1, unroll_words // words))
+                if d > 1:
+                    outer_, inner_ = sch.split(reds[k], [None, d])
+                    sch.unroll(inner_)
+                    reds = reds[:k] + [outer_, inner_] + reds[k + 1:]
                 break
-            sch.unroll(lp)
+            words *= ext
+            sch.unroll(reds[k])
     return (reds[0], reds[-1]) if reds else (None, None)
 
 
