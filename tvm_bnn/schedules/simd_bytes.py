@@ -132,7 +132,7 @@ def _fold(v, shift: int, lanes: int):
 
 def _pairwise(arch: str, v, src_bits: int, lanes: int):
     """u64 lanes of ``src_bits`` fields -> fields of twice the width, adjacent pairs summed (NEON: one uaddlp)."""
-    if lanes in (1, 2) and arch in ("aarch64", "armv7"):
+    if lanes in (1, 2) and arch in ("aarch64", "armv7") and 32 // src_bits * lanes >= 2:  # no <1 x i64> in TIR
         name = "llvm.aarch64.neon.uaddlp" if arch == "aarch64" else "llvm.arm.neon.vpaddlu"
         return _u64(tirx.call_llvm_pure_intrin(_vt(2 * src_bits, 32 // src_bits * lanes), name,
                                                _view(v, src_bits, lanes)), lanes)
