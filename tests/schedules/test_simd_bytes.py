@@ -116,6 +116,29 @@ def test_knobs_and_groups(rng):
     assert simd_bytes._groups((64,), 31) == ("split", 16)
 
 
+def test_design_space_samples_are_exact(rng):
+    """MetaSchedule's space over the byte-lane kernels (x86.design_space on tuning_form's PrimFunc): sampled register
+    blocks build and stay exact."""
+    from tvm import s_tir
+
+    geo, dot, xp, wp = _conv_case(rng, 1, 130, 40, 6, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 0)
+    scale, bias = exact_affine(rng, 40)
+    inputs = [("xp", xp), ("wp", wp), ("scale", scale), ("bias", bias)]
+    func = _func("binary_conv2d", inputs, lambda a, b, s, t: binary_conv2d.compute(a, b, s, t, geo), geo.params())
+    target = resolve_target("x86-avx2").target
+    form = x86.tuning_form(func, target)
+    assert form.attrs[simd_bytes.FORM_ATTR] == "avx2"
+    assert x86.tuning_form(func, resolve_target("x86-avx512").target).same_as(func)
+    dev = tvm.cpu()
+    for seed in (1, 2, 3):
+        sch = s_tir.Schedule(form, seed=seed)
+        x86.design_space(sch, target=target, num_cores=2)
+        ex = tvm.compile(tvm.IRModule({"main": sch.mod["main"]}), target=target)
+        res = tvm.runtime.tensor(np.zeros((1, 40, 6, 6), np.float32), dev)
+        ex(*[tvm.runtime.tensor(a, dev) for _, a in inputs], res)
+        np.testing.assert_array_equal(res.numpy(), epilogue.float_reference(dot, scale, bias, channel_axis=1))
+
+
 def _asm(target_name, op, inputs, build_out, params):
     target, scheduled = _schedule(target_name, op, _func(op, inputs, build_out, params))
     return tvm.compile(tvm.IRModule({"main": scheduled}), target=target).mod.inspect_source("asm")

@@ -43,6 +43,8 @@ def workload_key(func) -> str:
 def apply_database_pass(work_dir: str, spec) -> tvm.transform.Pass:
     """Each PrimFunc takes the database's best schedule only where it measured faster than our default schedule
     (recorded by tune()); everything else keeps the default, so a tuned build is never slower kernel by kernel."""
+    from ..schedules.x86 import tuning_form
+
     database = open_database(work_dir, create=False)
     path = os.path.join(work_dir, BASELINE_FILE)
     baseline = json.load(open(path)) if os.path.isfile(path) else {}
@@ -52,6 +54,7 @@ def apply_database_pass(work_dir: str, spec) -> tvm.transform.Pass:
         for gvar, func in list(mod.functions_items()):
             if not isinstance(func, tvm.tirx.PrimFunc):
                 continue
+            func = tuning_form(func, spec.target)  # the kernel tune() recorded (byte-lane form on AVX2 / NEON)
             one = tvm.IRModule({"main": _as_task(func)})
             record = database.query_tuning_record(one, spec.target, gvar.name_hint)
             if record is None or not record.run_secs:
