@@ -509,6 +509,7 @@ def _schedule_simple(sch, op: str, num_cores: int):
 
 def schedule_kernel(func, op: str, num_cores: int, target=None, knobs: Knobs | None = None):
     """Schedule one tvm_bnn kernel for x86. ``target`` defaults to ``Target.current()`` (set during the build)."""
+    target = target if target is not None else tvm.target.Target.current(allow_none=True)
     if op in BINARY_OPS:
         if not _has_block(func, "dot"):
             return func  # already scheduled (``dot`` is always inlined), e.g. a PrimFunc from a tuning database
