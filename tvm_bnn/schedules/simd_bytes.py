@@ -58,6 +58,7 @@ class Flavour:
     lane_bits: int  # counter width inside a u64 lane: 8 (bytes), 16 (byte pairs), 32 (4-byte groups)
     vector_words: int  # u64 lanes of one hardware vector
     default_tile: tuple  # (pixels or rows, output channels) of a register block
+    bits_tile: tuple | None = None  # the register block of the bits outputs, if not default_tile
     nibbles: bool = False  # x86: inputs and weights split into nibble planes, the count is one vpshufb per plane
     count_bits: int = 64  # the per-output count: u64 (x86: vpsadbw's lanes) or u32 (NEON: a full q of 4 channels)
     unroll_words: int = 4  # unroll the innermost reduction loops of the counters up to this many words
@@ -77,9 +78,11 @@ class Flavour:
 
 
 FLAVOURS = {
-    # 16 ymm: 2 pixels x 8 channels = 4 byte accumulators, the nibble table, 4 filter vectors (2 planes), 2 input
-    # broadcasts, temporaries (4 x 8 spilled accumulators; llvm-mca: 118 vs 114 bit/cycle in the hot loop)
-    "avx2": Flavour("avx2", "x86", 8, 4, (2, 8), nibbles=True),
+    # 16 ymm: 1 pixel x 16 channels = 4 byte accumulators, the nibble table, filter vectors as memory operands, 2
+    # input broadcasts per word for 4 vectors (llvm-mca znver3: 139 bit/cycle in the hot loop; 2 x 8: 118; 4 x 8
+    # spilled). The bits outputs take 2 x 8: their channel loop runs inside the row loop, so the filters of a whole
+    # output word (64 channels) are reloaded per row tile, and 2 rows halve that (measured 1.26x vs 1.03x)
+    "avx2": Flavour("avx2", "x86", 8, 4, (1, 16), nibbles=True, bits_tile=(2, 8)),
     # 32 q registers: 4 pixels x 8 channels = 16 u16 accumulators, 4 filter vectors, 4 input broadcasts
     "aarch64": Flavour("aarch64", "aarch64", 16, 2, (4, 8), count_bits=32, unroll_words=12, replicate=2),
     "dotprod": Flavour("dotprod", "aarch64", 32, 2, (4, 8), count_bits=32, unroll_words=12, replicate=2),
@@ -348,13 +351,14 @@ def conv_dot(xp, wp, geo: Conv2dGeometry, fl: Flavour, out_extent: int | None = 
     xs, oc, sh, sw, dh, dw = f.xs, f.oc, f.sh, f.sw, f.dh, f.dw
     blk = _largest_divisor(f.ext, WEIGHT_BLOCK)
     if fl.nibbles:
-        xn = te.compute(tuple(int(d) for d in xs.shape) + (2,), lambda n, i, j, q, h: nibble_plane(
+        rep = fl.replicate
+        xn = te.compute(tuple(int(d) for d in xs.shape) + (2, rep), lambda n, i, j, q, h, r: nibble_plane(
             xs[n, i, j, q], h), name="pad_nibbles")
         wn = te.compute((f.ext // blk, f.kh, f.kw, f.cw, 2, blk), lambda b, i, j, q, h, o: nibble_plane(
             wp[oc(b * blk + o), i, j, q], h), name="weights_t")
 
         def word(n, oh, ow, o, kh, kw, cw, h):
-            return xn[n, oh * sh + kh * dh, ow * sw + kw * dw, cw, h] ^ wn[o // blk, kh, kw, cw, h, o % blk]
+            return xn[n, oh * sh + kh * dh, ow * sw + kw * dw, cw, h, o % rep] ^ wn[o // blk, kh, kw, cw, h, o % blk]
     else:
         wt = te.compute((f.ext // blk, f.kh, f.kw, f.cw, blk), lambda b, i, j, q, o: wp[oc(b * blk + o), i, j, q],
                         name="weights_t")
@@ -379,10 +383,12 @@ def dense_dot(xp, wp, k: int, fl: Flavour, out_extent: int | None = None) -> te.
     row = (lambda n: n) if ext == n_ else (lambda n: tirx.min(n, n_ - 1))
     blk = _largest_divisor(ext, WEIGHT_BLOCK)
     if fl.nibbles:
-        xn = te.compute((m_, kw_, 2), lambda m, r, h: nibble_plane(xp[m, r], h), name="pad_nibbles")
+        rep = fl.replicate
+        xn = te.compute((m_, kw_, 2, rep), lambda m, r, h, c: nibble_plane(xp[m, r], h), name="pad_nibbles")
         wn = te.compute((ext // blk, kw_, 2, blk), lambda b, r, h, n: nibble_plane(wp[row(b * blk + n), r], h),
                         name="weights_t")
-        pop = _mismatch_stages((m_, ext), lambda m, n, r, h: xn[m, r, h] ^ wn[n // blk, r, h, n % blk], (kw_,), fl)
+        pop = _mismatch_stages((m_, ext), lambda m, n, r, h: xn[m, r, h, n % rep] ^ wn[n // blk, r, h, n % blk],
+                               (kw_,), fl)
     else:
         wt = te.compute((ext // blk, kw_, blk), lambda b, r, n: wp[row(b * blk + n), r], name="weights_t")
         rep = fl.replicate
@@ -617,8 +623,9 @@ def fit_knobs(sch, op: str, knobs: Knobs) -> Knobs:
     return Knobs(tile_p, tile_o, lanes, knobs.unroll)
 
 
-def default_knobs(fl: Flavour) -> Knobs:
-    return Knobs(fl.default_tile[0], fl.default_tile[1], fl.vector_words)
+def default_knobs(fl: Flavour, op: str = "") -> Knobs:
+    tile = fl.bits_tile if op.endswith("_bits") and fl.bits_tile is not None else fl.default_tile
+    return Knobs(tile[0], tile[1], fl.vector_words)
 
 
 class _Fixed:
@@ -813,7 +820,7 @@ def schedule_kernel(func, op: str, fl: Flavour, num_cores: int, knobs: Knobs | N
     form = func if func.attrs is not None and FORM_ATTR in func.attrs else build_form(func, op, fl)
     if form is None:
         return None
-    return schedule_form(form, op, knobs or default_knobs(fl), num_cores)
+    return schedule_form(form, op, knobs or default_knobs(fl, op), num_cores)
 
 
 def design_space(sch: s_tir.Schedule, op: str, num_cores: int) -> s_tir.Schedule:
