@@ -16,6 +16,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 
+import tvm
 from tqdm.auto import tqdm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
@@ -171,6 +172,15 @@ def extract_tasks(model, target="x86", example_inputs=None):
     with spec.target:
         fused = fuse_pipeline()(optimized)
     tasks = ms.relax_integration.extract_tasks(fused, spec.target)
+    from .schedules.x86 import tuning_form
+
+    out = []
+    for t in tasks:  # our binary kernels as the build schedules them (the byte-lane form on AVX2 / NEON)
+        func = t.dispatched[0]["main"]
+        form = tuning_form(func, spec.target)
+        out.append(t if form.same_as(func) else ms.ExtractedTask(t.task_name, t.mod, t.target, [tvm.IRModule(
+            {"main": form})], t.weight))
+    tasks = out
     return spec, tasks, report
 
 

@@ -199,7 +199,9 @@ def test_aarch64_instruction_count_is_calibrated_and_outputs_match(spine, tmp_pa
     np.testing.assert_array_equal(y2, y)
     assert [k for k, _ in calls] == cm.bundle.kernels and all(n > 0 for _, n in calls)
     total = sum(n for _, n in calls)
-    assert instructions - 64 * len(calls) <= total <= instructions  # the run function's own glue is not in a call
+    # the run function's own glue is not in a call; the per-call run is another binary (profiling hooks), whose
+    # calls start at other phases of the 16-instruction tick: each call's count may be one tick off
+    assert instructions - 64 * len(calls) <= total <= instructions + 16 * len(calls)
 
 
 def test_arm_target_errors():

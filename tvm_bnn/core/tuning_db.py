@@ -52,6 +52,8 @@ def apply_database_pass(work_dir: str, spec) -> tvm.transform.Pass:
     (recorded by tune()); everything else keeps the default, so a tuned build is never slower kernel by kernel.
     For one level of a portable build (``spec.level``), only schedules tuned on a CPU of that level apply (a
     schedule tuned on an AVX-512 machine is no guide for the AVX2 variant)."""
+    from ..schedules.x86 import tuning_form
+
     database = open_database(work_dir, create=False)
     path = os.path.join(work_dir, BASELINE_FILE)
     baseline = json.load(open(path)) if os.path.isfile(path) else {}
@@ -61,6 +63,7 @@ def apply_database_pass(work_dir: str, spec) -> tvm.transform.Pass:
         for gvar, func in list(mod.functions_items()):
             if not isinstance(func, tvm.tirx.PrimFunc):
                 continue
+            func = tuning_form(func, spec.target)  # the kernel tune() recorded (byte-lane form on AVX2 / NEON)
             one = tvm.IRModule({"main": _as_task(func)})
             record = database.query_tuning_record(one, spec.target, gvar.name_hint)
             if record is None or not record.run_secs:

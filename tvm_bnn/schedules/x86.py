@@ -15,7 +15,9 @@ The binary layers are bit-GEMMs, ``popcount[.., p, o] = sum_r popcount(x[p, r] ^
 * conv padding costs nothing in the interior: the kernel reads a zero-padded copy of the input and adds a per
   border-class correction (ops/binary_conv2d.py).
 
-``vector=1`` is scalar ``popcnt`` (CPUs without a vector popcount). All knobs are explicit (:class:`Knobs`):
+``vector=1`` is scalar ``popcnt`` (CPUs without a vector popcount). On AVX2 without VPOPCNTDQ and on NEON the binary
+kernels are rebuilt in the byte-lane form of schedules/simd_bytes.py (``simd_flavour``; ``TVM_BNN_SIMD_BYTES=0``
+keeps the generic TE below, for comparisons). All knobs are explicit (:class:`Knobs`):
 :func:`schedule_kernel` picks defaults per target (:func:`default_knobs`), :func:`design_space` samples the same
 knobs for MetaSchedule. bitpack (NCHW) is vectorised over W; maxpool/bitpack rows are parallelised.
 """
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import s_tir, tirx
 
+from . import simd_bytes
 from .loops import parallelize_outer
 
 L1_BYTES = 32 * 1024
@@ -99,6 +102,32 @@ def popcount_isa(target=None) -> str:
     return "scalar"
 
 
+def simd_flavour(target=None):
+    """The byte-lane kernels (schedules/simd_bytes.py) for targets without a 64-bit vector popcount: "avx2" (x86 with
+    AVX2, no VPOPCNTDQ), "aarch64" / "dotprod" (aarch64 NEON, with the dot product extension) or "armv7"; None
+    for the others (AVX-512 VPOPCNTDQ keeps vpopcntq, scalar popcnt targets the generic TE) or when
+    ``TVM_BNN_SIMD_BYTES=0`` (the generic kernels, for comparisons)."""
+    import os
+
+    if os.environ.get("TVM_BNN_SIMD_BYTES", "1") == "0":
+        return None
+    target = target if target is not None else tvm.target.Target.current(allow_none=True)
+    isa = popcount_isa(target)
+    if isa == "avx2":
+        return simd_bytes.FLAVOURS["avx2"]
+    if isa != "neon":
+        return None
+    if not str(target.attrs.get("mtriple", "")).startswith("aarch64"):
+        return simd_bytes.FLAVOURS["armv7"]
+    from tvm.target import codegen
+
+    try:
+        dot = codegen.target_has_features(["dotprod"], target)
+    except Exception:  # noqa: BLE001
+        dot = False
+    return simd_bytes.FLAVOURS["dotprod" if dot else "aarch64"]
+
+
 def is_arm(target) -> bool:
     """An ARM application core (A-profile: NEON); M-profile microcontrollers (thumbv6m/v7m/v7em/v8m, "-none-"
     triples) have no vector unit: their popcount is scalar."""
@@ -142,6 +171,19 @@ def default_knobs(op: str, func, target=None) -> Knobs:
     if vector < 8 and words <= 16:
         vector = words
     return Knobs(tile_p=4 if vector <= 4 else 2, tile_o=4, vector=vector)
+
+
+def tuning_form(func, target=None):
+    """The PrimFunc MetaSchedule tunes for one of our binary kernels: its byte-lane form where the target takes one
+    (``simd_flavour``), so that the design space (``simd_bytes.design_space``) and the database records are of the
+    kernel the build uses; ``func`` itself otherwise (and for every other PrimFunc)."""
+    attrs = func.attrs
+    if attrs is None or str(attrs.get("tvm_bnn.op", "")) not in BINARY_OPS or simd_bytes.FORM_ATTR in attrs or \
+            not _has_block(func, "dot"):
+        return func
+    flavour = simd_flavour(target)
+    form = simd_bytes.build_form(func, str(attrs["tvm_bnn.op"]), flavour) if flavour is not None else None
+    return form if form is not None else func
 
 
 def _has_block(func, name: str) -> bool:
@@ -419,7 +461,9 @@ def design_space(sch: s_tir.Schedule, target=None, num_cores: int | None = None)
         num_cores = int(target.attrs.get("num-cores", 1)) if target is not None else 1
     func = sch.mod["main"]
     op = str(func.attrs["tvm_bnn.op"]) if func.attrs is not None and "tvm_bnn.op" in func.attrs else None
-    if op in BINARY_OPS:
+    if op in BINARY_OPS and func.attrs is not None and simd_bytes.FORM_ATTR in func.attrs:
+        simd_bytes.design_space(sch, op, num_cores)  # a byte-lane kernel (see tuning_form): its register block
+    elif op in BINARY_OPS:
         _apply(sch, op, _Sampled(sch, popcount_isa(target), _reduction_words(func)), num_cores)
     elif op is not None:
         _schedule_simple(sch, op, num_cores)
@@ -465,9 +509,16 @@ def _schedule_simple(sch, op: str, num_cores: int):
 
 def schedule_kernel(func, op: str, num_cores: int, target=None, knobs: Knobs | None = None):
     """Schedule one tvm_bnn kernel for x86. ``target`` defaults to ``Target.current()`` (set during the build)."""
+    target = target if target is not None else tvm.target.Target.current(allow_none=True)
     if op in BINARY_OPS:
         if not _has_block(func, "dot"):
             return func  # already scheduled (``dot`` is always inlined), e.g. a PrimFunc from a tuning database
+        flavour = simd_flavour(target)
+        if flavour is not None:  # byte-lane counters: AVX2 without VPOPCNTDQ, NEON
+            simd = None if knobs is None else simd_bytes.Knobs(knobs.tile_p, knobs.tile_o, knobs.vector, knobs.unroll)
+            scheduled = simd_bytes.schedule_kernel(func, op, flavour, num_cores, simd)
+            if scheduled is not None:
+                return scheduled
         return schedule_binary(func, op, knobs or default_knobs(op, func, target), num_cores, target)
     try:
         sch = s_tir.Schedule(func)

@@ -1,0 +1,832 @@
+"""Byte-lane bit-GEMM kernels for vector units without a 64-bit vector popcount: x86 AVX2 and ARM NEON.
+
+The generic TE (ops/binary_conv2d.py, ops/binary_dense.py) accumulates ``popcount(x ^ w)`` in uint64 lanes. On AVX2
+LLVM lowers each uint64 vector popcount to the nibble-table ``vpshufb`` sequence *plus* a ``vpsadbw`` that sums the 8
+byte counts of every lane, and on NEON to ``cnt`` plus three ``uaddlp`` widenings: the widening runs once per word,
+in the hot loop. This module rebuilds a binary conv2d / dense kernel (same PrimFunc signature, same integers, the
+epilogues of ops/epilogue.py and the padding of ``ConvFrame``) from a form in which a word only contributes its
+per-byte bit counts, accumulated in narrow lanes, and the widening happens once per group of words:
+
+* ``popcount bytes``: ``reinterpret(u64, popcount(reinterpret(u8x8, x ^ w)))`` -- a byte view of the XORed word.
+  TVM's vectorizer turns the reinterprets into ``<N x i64> <-> <8N x i8>`` bitcasts, LLVM lowers ``ctpop <32 x i8>``
+  to the nibble table (``vpshufb``) on AVX2 and to one ``cnt v.16b`` / ``vcnt.8`` on NEON;
+* narrow accumulators, held inside uint64 lanes (each u64 lane is 8 u8, 4 u16 or 2 u32 counters):
+  ``avx2``: u8 counters (``vpaddq`` of byte counts: no carry crosses a byte while a byte stays <= 255, i.e. for up to
+  31 words); ``aarch64``/``armv7``: u16 counters fed by a pairwise widening add (``uadalp`` / ``vpadal.u8``, up to
+  4095 words); ``dotprod``: u32 counters fed by ``udot`` against a ones vector (a 4-byte sum);
+* one widening per group: the u64 count of a lane is taken from its counters (``vpsadbw`` against 0 on AVX2,
+  ``uaddlp`` on NEON) once per group of words; the group is the whole reduction when its fan-in cannot overflow the
+  counters (known at compile time), else one kernel row, else a divisor of it (``_groups``).
+
+The ops that are not plain TIR (pairwise and 4-byte sums, lane-wise u16/u32 adds, the per-lane byte / u16 / u32 sums)
+are our own pure, vectorizable TIR ops (``tvm_bnn.simd.<what>.<arch>``) with an LLVM lowering rule
+(``tirx.op.register_intrin_lowering``): ``LowerIntrin`` runs after ``VectorizeLoop``, so the rule sees the vector
+width and emits the target intrinsic where it fits (``llvm.x86.avx2.psad.bw``, ``llvm.aarch64.neon.uaddlp``,
+``llvm.aarch64.neon.udot``, ``llvm.arm.neon.vpadalu``), else the same value from generic shifts and masks.
+
+Schedule: as the conv in schedules/x86.py, vectorised over output channels (weights transposed to [.., O], dense
+too), a register block of ``tile_p`` pixels (rows) x ``tile_o`` channels, each input word broadcast against the
+filter vectors, the accumulators (``bytes``) and the per-group u64 counts (``popcount``) in registers, the epilogue
+per tile straight from them. ``design_space`` samples the same knobs for MetaSchedule.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+import tvm_ffi
+from tvm import s_tir, te, tirx
+from tvm.ir import register_op_attr
+
+from ..ops import WORD_BITS, epilogue, num_words
+from ..ops import binary_conv2d, binary_dense
+from ..ops.binary_conv2d import Conv2dGeometry, ConvFrame
+from .loops import parallelize_outer
+
+CONV_OPS = ("binary_conv2d", "binary_conv2d_bits")
+DENSE_OPS = ("binary_dense", "binary_dense_bits")
+OPS = CONV_OPS + DENSE_OPS
+FORM_ATTR = "tvm_bnn.simd_bytes"  # set on a rebuilt PrimFunc: its flavour
+
+
+@dataclass(frozen=True)
+class Flavour:
+    name: str
+    arch: str  # lowering family of our ops: "x86", "aarch64", "armv7"
+    lane_bits: int  # counter width inside a u64 lane: 8 (bytes), 16 (byte pairs), 32 (4-byte groups)
+    vector_words: int  # u64 lanes of one hardware vector
+    default_tile: tuple  # (pixels or rows, output channels) of a register block
+    bits_tile: tuple | None = None  # the register block of the bits outputs, if not default_tile
+    nibbles: bool = False  # x86: inputs and weights split into nibble planes, the count is one vpshufb per plane
+    count_bits: int = 64  # the per-output count: u64 (x86: vpsadbw's lanes) or u32 (NEON: a full q of 4 channels)
+    unroll_words: int = 4  # unroll the innermost reduction loops of the counters up to this many words
+    replicate: int = 1  # NEON: each input word stored this many times (a vector load with an immediate offset, or
+    #                    ldp, instead of ld1r, which takes no offset: LLVM spent an address add per broadcast)
+
+    @property
+    def out_lanes(self) -> int:
+        """Output channels per vector of counts (and of the epilogue): 4 u64 in a ymm, 4 u32 in a q register."""
+        return self.vector_words * 64 // self.count_bits
+
+    @property
+    def group_limit(self) -> int:
+        """Words a counter can take before it could overflow: each word adds at most ``lane_bits`` to a counter of
+        ``lane_bits // 8`` bytes (8 bits per byte)."""
+        return ((1 << self.lane_bits) - 1) // self.lane_bits
+
+
+FLAVOURS = {
+    # 16 ymm: 1 pixel x 16 channels = 4 byte accumulators, the nibble table, filter vectors as memory operands, 2
+    # input broadcasts per word for 4 vectors (llvm-mca znver3: 139 bit/cycle in the hot loop; 2 x 8: 118; 4 x 8
+    # spilled). The bits outputs take 2 x 8: their channel loop runs inside the row loop, so the filters of a whole
+    # output word (64 channels) are reloaded per row tile, and 2 rows halve that (measured 1.26x vs 1.03x)
+    "avx2": Flavour("avx2", "x86", 8, 4, (1, 16), nibbles=True, bits_tile=(2, 8)),
+    # 32 q registers: 4 pixels x 8 channels = 16 u16 accumulators, 4 filter vectors, 4 input broadcasts
+    "aarch64": Flavour("aarch64", "aarch64", 16, 2, (4, 8), count_bits=32, unroll_words=12, replicate=2),
+    "dotprod": Flavour("dotprod", "aarch64", 32, 2, (4, 8), count_bits=32, unroll_words=12, replicate=2),
+    # 16 q registers: 2 pixels x 4 channels = 4 accumulators, 2 filter vectors, 2 inputs (2 x 8 spilled)
+    "armv7": Flavour("armv7", "armv7", 16, 2, (2, 4), count_bits=32, unroll_words=12, replicate=2),
+}
+
+
+@dataclass(frozen=True)
+class Knobs:
+    tile_p: int  # output pixels (conv, along OW) / rows (dense) per register block
+    tile_o: int  # output channels per register block (a multiple of ``lanes``)
+    lanes: int  # u64 lanes per vector (output channels per vector)
+    unroll: bool = True
+
+
+# ------------------------------------------------------------------------------------------- our TIR ops, lowered
+
+_ARCHES = ("x86", "aarch64", "armv7")
+_KINDS = ("nibcount", "padal", "pairs", "quads", "add16", "add32", "sum8", "sum16", "sum32")
+
+
+def _lanes(expr) -> int:
+    return tvm.DataType(str(expr.ty)).lanes
+
+
+def _vt(bits: int, lanes: int) -> str:
+    return f"uint{bits}" if lanes == 1 else f"uint{bits}x{lanes}"
+
+
+def _const(value: int, lanes: int):
+    c = tirx.const(value, "uint64")
+    return c if lanes == 1 else tirx.Broadcast(c, lanes)
+
+
+def _view(expr, bits: int, lanes: int):
+    """The u64 (x lanes) ``expr`` as ``64 // bits * lanes`` lanes of ``bits``."""
+    return tirx.reinterpret(_vt(bits, 64 // bits * lanes), expr)
+
+
+def _u64(expr, lanes: int):
+    return tirx.reinterpret(_vt(64, lanes), expr)
+
+
+def _fold(v, shift: int, lanes: int):
+    """Adjacent ``shift``-bit fields of each u64 lane summed into ``2*shift``-bit fields (generic shifts and masks)."""
+    mask = {8: 0x00FF00FF00FF00FF, 16: 0x0000FFFF0000FFFF, 32: 0x00000000FFFFFFFF}[shift]
+    m = _const(mask, lanes)
+    return (v & m) + ((v >> _const(shift, lanes)) & m)
+
+
+def _pairwise(arch: str, v, src_bits: int, lanes: int):
+    """u64 lanes of ``src_bits`` fields -> fields of twice the width, adjacent pairs summed (NEON: one uaddlp)."""
+    if lanes in (1, 2) and arch in ("aarch64", "armv7") and 32 // src_bits * lanes >= 2:  # no <1 x i64> in TIR
+        name = "llvm.aarch64.neon.uaddlp" if arch == "aarch64" else "llvm.arm.neon.vpaddlu"
+        return _u64(tirx.call_llvm_pure_intrin(_vt(2 * src_bits, 32 // src_bits * lanes), name,
+                                               _view(v, src_bits, lanes)), lanes)
+    return _fold(v, src_bits, lanes)
+
+
+def _bits(expr) -> int:
+    return tvm.DataType(str(expr.ty)).bits
+
+
+def _narrow(v, call):
+    """A u64 (x lanes) count as the call's type (u64 or u32)."""
+    return v if _bits(call) == 64 else v.astype(_vt(_bits(call), _lanes(call)))
+
+
+def _half(v, which: int):
+    """Lanes [0, 2) or [2, 4) of a 4-lane vector."""
+    return tirx.Shuffle([v], [tirx.const(2 * which, "int32"), tirx.const(2 * which + 1, "int32")])
+
+
+def _sum_to_u32(arch: str, v, src_bits: int, lanes: int):
+    """NEON: the u32 count of each u64 lane from its ``src_bits`` counters: u16 -> u32 by one uaddlp (vpaddl),
+    then the two u32 halves of every lane added pairwise (addp), two accumulators' lanes into one q register."""
+    def u32_pairs(half):  # one q register (2 u64 lanes) -> u32x4: 2 partial sums per lane
+        if src_bits == 32:
+            return _view(half, 32, 2)
+        name = "llvm.aarch64.neon.uaddlp" if arch == "aarch64" else "llvm.arm.neon.vpaddlu"
+        return tirx.call_llvm_pure_intrin("uint32x4", name, _view(half, 16, 2))
+
+    if lanes == 2:
+        a = u32_pairs(v)
+        b = a
+    else:
+        a, b = u32_pairs(_half(v, 0)), u32_pairs(_half(v, 1))
+    if arch == "aarch64":
+        r = tirx.call_llvm_pure_intrin("uint32x4", "llvm.aarch64.neon.addp", a, b)
+    else:  # armv7 has no 128-bit vpadd: even + odd lanes (vuzp + vadd)
+        idx = (lambda start: [tirx.const(k, "int32") for k in range(start, 8, 2)])
+        r = tirx.Shuffle([a, b], idx(0)) + tirx.Shuffle([a, b], idx(1))
+    return r if lanes == 4 else _half(r, 0)
+
+
+def _lower(kind: str, arch: str):
+    def lower(call):
+        lanes = _lanes(call)
+        a = call.args[0]
+        if kind == "nibcount":  # bit counts of bytes that hold only a low nibble: one table lookup (vpshufb)
+            if arch == "x86" and lanes in (2, 4):
+                name = "llvm.x86.avx2.pshuf.b" if lanes == 4 else "llvm.x86.ssse3.pshuf.b.128"
+                ramp = tirx.Ramp(tirx.const(0, "uint8"), tirx.const(1, "uint8"), 8 * lanes)
+                table = tirx.popcount(ramp & tirx.Broadcast(tirx.const(15, "uint8"), 8 * lanes))  # LLVM folds it
+                return _u64(tirx.call_llvm_pure_intrin(_vt(8, 8 * lanes), name, table, _view(a, 8, lanes)), lanes)
+            return _u64(tirx.popcount(_view(a, 8, lanes)), lanes)
+        if kind == "padal":  # u16 counters + the pair sums of a word's byte counts (armv7: LLVM does not fuse them)
+            b = call.args[1]
+            if arch == "armv7" and lanes in (1, 2):
+                return _u64(tirx.call_llvm_pure_intrin(_vt(16, 4 * lanes), "llvm.arm.neon.vpadalu", _view(a, 16, lanes),
+                                                       _view(b, 8, lanes)), lanes)
+            return _u64(_view(a, 16, lanes) + _view(_pairwise(arch, b, 8, lanes), 16, lanes), lanes)
+        if kind == "pairs":
+            return _pairwise(arch, a, 8, lanes)
+        if kind == "quads":  # sum of 4 bytes per u32 field
+            if arch == "aarch64" and lanes in (1, 2):  # udot(0, v, ones): LLVM folds the accumulating add into it
+                ones = tirx.Broadcast(tirx.const(1, "uint8"), 8 * lanes)
+                zero = tirx.Broadcast(tirx.const(0, "uint32"), 2 * lanes)
+                return _u64(tirx.call_llvm_pure_intrin(_vt(32, 2 * lanes), "llvm.aarch64.neon.udot", zero,
+                                                       _view(a, 8, lanes), ones), lanes)
+            return _fold(_fold(a, 8, lanes), 16, lanes)
+        if kind in ("add16", "add32"):
+            bits = 16 if kind == "add16" else 32
+            return _u64(_view(a, bits, lanes) + _view(call.args[1], bits, lanes), lanes)
+        if kind == "sum8":
+            if arch == "x86" and lanes in (2, 4) and _bits(call) == 64:
+                name = "llvm.x86.avx2.psad.bw" if lanes == 4 else "llvm.x86.sse2.psad.bw"
+                zero = tirx.Broadcast(tirx.const(0, "uint8"), 8 * lanes)
+                return tirx.call_llvm_pure_intrin(_vt(64, lanes), name, _view(a, 8, lanes), zero)
+            return _narrow(_pairwise(arch, _pairwise(arch, _pairwise(arch, a, 8, lanes), 16, lanes), 32, lanes), call)
+        if kind in ("sum16", "sum32"):
+            src = 16 if kind == "sum16" else 32
+            if _bits(call) == 32 and arch in ("aarch64", "armv7") and lanes in (2, 4):
+                return _sum_to_u32(arch, a, src, lanes)
+            v = _pairwise(arch, _pairwise(arch, a, 16, lanes), 32, lanes) if src == 16 else _pairwise(arch, a, 32, lanes)
+            return _narrow(v, call)
+        raise ValueError(kind)
+
+    return lower
+
+
+def _op_name(kind: str, arch: str) -> str:
+    return f"tvm_bnn.simd.{kind}.{arch}"
+
+
+def _register_ops():
+    for arch in _ARCHES:
+        for kind in _KINDS:
+            name = _op_name(kind, arch)
+            register_op_attr(name, "TCallEffectKind", tirx.CallEffectKind.Pure.value)
+            register_op_attr(name, "TVectorizable", True)
+            tirx.op.register_intrin_lowering(name, target="llvm", f=_lower(kind, arch), level=10)
+
+
+_register_ops()
+
+
+def _call(kind: str, arch: str, *args, dtype: str = "uint64"):
+    return tirx.call_intrin(dtype, _op_name(kind, arch), *args)
+
+
+def popcount_bytes(word):
+    """uint64 -> uint64 whose 8 bytes are the bit counts of ``word``'s bytes (a byte view of the word)."""
+    return tirx.reinterpret("uint64", tirx.popcount(tirx.reinterpret("uint8x8", word)))
+
+
+NIBBLES = 0x0F0F0F0F0F0F0F0F
+
+
+def nibble_plane(word, plane):
+    """Plane 0 (low nibbles) or 1 (high nibbles) of a uint64 word, each in the low half of its byte."""
+    return (word >> (tirx.const(4, "uint64") * plane.astype("uint64"))) & tirx.const(NIBBLES, "uint64")
+
+
+def _accumulation(fl: Flavour):
+    """(value of one word from ``word(plane)``, the counters' combiner, counters -> u64 count) for a flavour;
+    ``plane`` is None (the whole XORed word) or 0 / 1 (its low / high nibble plane) for ``fl.nibbles``."""
+    arch = fl.arch
+    count = f"uint{fl.count_bits}"
+    if fl.nibbles:  # the XOR of two nibble planes is a nibble plane: its byte counts are one table lookup each
+        return (lambda word: _call("nibcount", arch, word(0)) + _call("nibcount", arch, word(1))), None, \
+            lambda acc: _call("sum8", arch, acc, dtype=count)
+    if fl.lane_bits == 8:  # byte counters: a u64 add is a byte-wise add while no byte exceeds 255
+        return (lambda word: popcount_bytes(word(None))), None, lambda acc: _call("sum8", arch, acc, dtype=count)
+    if fl.lane_bits == 16 and arch == "armv7":
+        # the combiner takes the counters and a word's byte counts (vpadal.u8): not a monoid, but the reduction is
+        # only ever lowered as acc = combine(acc, value) (no rfactor); identity 0
+        padal = te.comm_reducer(lambda a, b: _call("padal", arch, a, b), lambda t: tirx.const(0, t), name="padal_u8")
+        return (lambda w: popcount_bytes(w(None))), padal, lambda acc: _call("sum16", arch, acc, dtype=count)
+    if fl.lane_bits == 16:
+        add = te.comm_reducer(lambda a, b: _call("add16", arch, a, b), lambda t: tirx.const(0, t), name="add_u16")
+        return (lambda w: _call("pairs", arch, popcount_bytes(w(None)))), add, lambda acc: _call("sum16", arch, acc, dtype=count)
+    add = te.comm_reducer(lambda a, b: _call("add32", arch, a, b), lambda t: tirx.const(0, t), name="add_u32")
+    return (lambda w: _call("quads", arch, popcount_bytes(w(None)))), add, lambda acc: _call("sum32", arch, acc, dtype=count)
+
+
+# ------------------------------------------------------------------------------------------------------ the TE form
+
+# Transposed weights are blocked by this many output channels ([O/8, KH, KW, CW, (plane,) 8]): one block's words
+# are contiguous. Unblocked ([.., O]) consecutive words of a channel tile lie O*8 bytes apart, 2 KB for O = 256: all
+# in the same two L1 sets, and a 3x3 tile's 72 lines kept missing L1.
+WEIGHT_BLOCK = 8
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
+
+
+def _groups(axes: tuple, limit: int) -> tuple:
+    """How the reduction axes (outermost first) are grouped for the counters: ("all",) one group;
+    ("rows",) one group per outer index (kernel row); ("split", g) groups of g words of the flattened inner axes."""
+    total = int(np.prod(axes))
+    if total <= limit:
+        return ("all",)
+    inner = int(np.prod(axes[1:])) if len(axes) > 1 else total
+    if len(axes) > 1 and inner <= limit:
+        return ("rows",)
+    return ("split", _largest_divisor(inner, limit))
+
+
+def _mismatch_stages(shape: tuple, word, axes: tuple, fl: Flavour):
+    """``bytes`` (narrow counters per group) and ``popcount`` (u64 per output: the groups' counts summed) as TE
+    stages; ``word(*idx, *red, plane)`` is the XORed uint64 word at reduction indices ``red`` (one per axis), or its
+    nibble plane (``plane`` 0 / 1, for ``fl.nibbles``)."""
+    value, combiner, widen = _accumulation(fl)
+    reducer = combiner if combiner is not None else te.sum
+    how = _groups(axes, fl.group_limit)
+    shape = tuple(shape)
+    if how[0] == "all":
+        rs = [te.reduce_axis((0, a), name=f"r{k}") for k, a in enumerate(axes)]
+        byt = te.compute(shape, lambda *i: reducer(value(lambda h: word(*i, *rs, h)), axis=rs), name="bytes")
+        return te.compute(shape, lambda *i: widen(byt[i]), name="popcount")
+    if how[0] == "rows":
+        rs = [te.reduce_axis((0, a), name=f"r{k + 1}") for k, a in enumerate(axes[1:])]
+        byt = te.compute(shape + (axes[0],), lambda *i: reducer(value(lambda h: word(*i, *rs, h)), axis=rs), name="bytes")
+        ro = te.reduce_axis((0, axes[0]), name="ro")
+        return te.compute(shape, lambda *i: te.sum(widen(byt[i + (ro,)]), axis=ro), name="popcount")
+    group = how[1]
+    inner_axes = axes[1:] if len(axes) > 1 else axes
+    inner = int(np.prod(inner_axes))
+    rj = te.reduce_axis((0, group), name="rj")
+
+    def unflatten(j):
+        out = []
+        for a in reversed(inner_axes[1:]):
+            out.append(j % a)
+            j = j // a
+        return [j] + out[::-1]
+
+    if len(axes) == 1:
+        byt = te.compute(shape + (inner // group,), lambda *i: reducer(
+            value(lambda h: word(*i[:-1], *unflatten(i[-1] * group + rj), h)), axis=rj), name="bytes")
+        rg = te.reduce_axis((0, inner // group), name="rg")
+        return te.compute(shape, lambda *i: te.sum(widen(byt[i + (rg,)]), axis=rg), name="popcount")
+    byt = te.compute(shape + (axes[0], inner // group), lambda *i: reducer(
+        value(lambda h: word(*i[:-2], i[-2], *unflatten(i[-1] * group + rj), h)), axis=rj), name="bytes")
+    ro = te.reduce_axis((0, axes[0]), name="ro")
+    rg = te.reduce_axis((0, inner // group), name="rg")
+    return te.compute(shape, lambda *i: te.sum(widen(byt[i + (ro, rg)]), axis=[ro, rg]), name="popcount")
+
+
+def conv_dot(xp, wp, geo: Conv2dGeometry, fl: Flavour, out_extent: int | None = None) -> te.Tensor:
+    """As ``binary_conv2d.compute_dot``: int32[N, OH, OW, out_extent] (channels past O reuse the last filter)."""
+    f = ConvFrame(xp, wp, geo, out_extent)
+    xs, oc, sh, sw, dh, dw = f.xs, f.oc, f.sh, f.sw, f.dh, f.dw
+    blk = _largest_divisor(f.ext, WEIGHT_BLOCK)
+    if fl.nibbles:
+        rep = fl.replicate
+        xn = te.compute(tuple(int(d) for d in xs.shape) + (2, rep), lambda n, i, j, q, h, r: nibble_plane(
+            xs[n, i, j, q], h), name="pad_nibbles")
+        wn = te.compute((f.ext // blk, f.kh, f.kw, f.cw, 2, blk), lambda b, i, j, q, h, o: nibble_plane(
+            wp[oc(b * blk + o), i, j, q], h), name="weights_t")
+
+        def word(n, oh, ow, o, kh, kw, cw, h):
+            return xn[n, oh * sh + kh * dh, ow * sw + kw * dw, cw, h, o % rep] ^ wn[o // blk, kh, kw, cw, h, o % blk]
+    else:
+        wt = te.compute((f.ext // blk, f.kh, f.kw, f.cw, blk), lambda b, i, j, q, o: wp[oc(b * blk + o), i, j, q],
+                        name="weights_t")
+        rep = fl.replicate
+        xr = te.compute(tuple(int(d) for d in xs.shape) + (rep,), lambda n, i, j, q, r: xs[n, i, j, q],
+                        name="pad_lanes")
+
+        def word(n, oh, ow, o, kh, kw, cw, h):  # the copy o % rep: lane l of a vector of rep channels reads copy l
+            return xr[n, oh * sh + kh * dh, ow * sw + kw * dw, cw, o % rep] ^ wt[o // blk, kh, kw, cw, o % blk]
+
+    pop = _mismatch_stages((f.n, f.oh, f.ow, f.ext), word, (f.kh, f.kw, f.cw), fl)
+    rc = te.reduce_axis((0, f.cw), name="rc")
+    return f.dot(lambda n, oh, ow, o: pop[n, oh, ow, o], lambda: te.compute((f.kh, f.kw, f.o), lambda i, j, o: te.sum(
+        tirx.popcount(wp[o, i, j, rc]).astype("int32"), axis=rc), name="popw"))
+
+
+def dense_dot(xp, wp, k: int, fl: Flavour, out_extent: int | None = None) -> te.Tensor:
+    """As ``binary_dense.compute_dot``: int32[M, out_extent] (rows past N reuse the last weight row)."""
+    m_, kw_ = (int(d) for d in xp.shape)
+    n_ = int(wp.shape[0])
+    ext = n_ if out_extent is None else int(out_extent)
+    row = (lambda n: n) if ext == n_ else (lambda n: tirx.min(n, n_ - 1))
+    blk = _largest_divisor(ext, WEIGHT_BLOCK)
+    if fl.nibbles:
+        rep = fl.replicate
+        xn = te.compute((m_, kw_, 2, rep), lambda m, r, h, c: nibble_plane(xp[m, r], h), name="pad_nibbles")
+        wn = te.compute((ext // blk, kw_, 2, blk), lambda b, r, h, n: nibble_plane(wp[row(b * blk + n), r], h),
+                        name="weights_t")
+        pop = _mismatch_stages((m_, ext), lambda m, n, r, h: xn[m, r, h, n % rep] ^ wn[n // blk, r, h, n % blk],
+                               (kw_,), fl)
+    else:
+        wt = te.compute((ext // blk, kw_, blk), lambda b, r, n: wp[row(b * blk + n), r], name="weights_t")
+        rep = fl.replicate
+        xr = te.compute((m_, kw_, rep), lambda m, r, c: xp[m, r], name="pad_lanes")
+        pop = _mismatch_stages((m_, ext), lambda m, n, r, h: xr[m, r, n % rep] ^ wt[n // blk, r, n % blk], (kw_,), fl)
+    return te.compute((m_, ext), lambda m, n: int(k) - 2 * pop[m, n].astype("int32"), name="dot")
+
+
+def kernel_compute(op: str, params: dict, args, fl: Flavour) -> te.Tensor:
+    """The byte-lane TE of one of our binary kernels: ``args`` placeholders -> output tensor."""
+    xp, wp, p2, p3 = args
+    padded = num_words(int(wp.shape[0])) * WORD_BITS
+    if op in CONV_OPS:
+        geo = Conv2dGeometry.from_params(params)
+        if op == "binary_conv2d":
+            dot = conv_dot(xp, wp, geo, fl)
+            n_, oh_, ow_, o_ = (int(d) for d in dot.shape)
+            return te.compute((n_, o_, oh_, ow_), lambda n, o, oh, ow: dot[n, oh, ow, o].astype("float32") * p2[o]
+                              + p3[o], name="binary_conv2d")
+        return epilogue.bits_output(conv_dot(xp, wp, geo, fl, padded), p2, p3, name="binary_conv2d_bits")
+    if op == "binary_dense":
+        return epilogue.float_output(dense_dot(xp, wp, params["k"], fl), p2, p3, channel_axis=1, name="binary_dense")
+    return epilogue.bits_output(dense_dot(xp, wp, params["k"], fl, padded), p2, p3, name="binary_dense_bits")
+
+
+# --------------------------------------------------------------------------- the kernel's parameters, when missing
+
+
+def _signature(func) -> list:
+    return [(str(p.name), tuple(int(d) for d in p.shape), str(p.dtype)) for p in func.params]
+
+
+def _bare(func) -> tirx.PrimFunc:
+    return tirx.PrimFunc(func.params, func.body)
+
+
+def _generic_func(op: str, params: dict, sig) -> tirx.PrimFunc:
+    from ..passes.kernels import TE_BUILDERS
+
+    phs = [te.placeholder(shape, dtype, name=name) for name, shape, dtype in sig[:-1]]
+    return te.create_prim_func(phs + [TE_BUILDERS[op](params)(*phs)])
+
+
+def _block_body(func, name):
+    sch = s_tir.Schedule(func)
+    return sch.get(sch.get_sblock(name))
+
+
+_LOAD = tvm.ir.expr.TensorLoad  # what tirx.BufferLoad builds in this TVM
+_CHILDREN = ("value", "indices", "args", "a", "b", "condition", "true_value", "false_value", "source")
+
+
+def _visit(node, fvisit):
+    """Post-order walk over the expressions of a block body (this TVM exposes no TIR post_order_visit to Python)."""
+    for attr in _CHILDREN:
+        child = getattr(node, attr, None)
+        if child is None or isinstance(child, (int, float, str)):
+            continue
+        if isinstance(child, (list, tuple, tvm.ir.Array)) or type(child).__name__ == "Array":
+            for c in child:
+                if isinstance(c, (tvm.ir.Expr, tirx.Stmt)):
+                    _visit(c, fvisit)
+        elif isinstance(child, (tvm.ir.Expr, tirx.Stmt)):
+            _visit(child, fvisit)
+    fvisit(node)
+
+
+def _ints(expr) -> list:
+    found = []
+    _visit(expr, lambda e: found.append(int(e.value)) if isinstance(e, tirx.IntImm) else None)
+    return found
+
+
+def _eval(expr, values: dict) -> int:
+    from tvm.sym.analyzer import Analyzer
+
+    ana = Analyzer()
+    for var, value in values.items():
+        ana.bind(var, value)
+    out = ana.simplify(expr)
+    if not isinstance(out, tirx.IntImm):
+        raise ValueError(f"{expr} is not constant under {values}: {out}")
+    return int(out)
+
+
+def recover_params(func, op: str) -> dict | None:
+    """The ``tvm_bnn.params`` of a kernel built from ops/ TE without them (a benchmark's or a test's bare
+    ``te.create_prim_func``): read off the generic TE's blocks, then verified by rebuilding the generic TE from
+    them and comparing structurally. None when that fails."""
+    sig = _signature(func)
+    try:
+        if op in DENSE_OPS:
+            kw_ = sig[0][1][1]
+            ints = [v for v in _ints(_block_body(func, "dot").body) if (kw_ - 1) * WORD_BITS < v <= kw_ * WORD_BITS]
+            candidates = [{"k": v} for v in dict.fromkeys(ints)]
+        else:
+            candidates = [_conv_params(func, sig, op)]
+    except Exception:  # noqa: BLE001 - not the generic TE we know
+        return None
+    for params in candidates:
+        try:
+            if tvm_ffi.structural_equal(_bare(_generic_func(op, params, sig)), _bare(func)):
+                return params
+        except Exception:  # noqa: BLE001
+            continue
+    return None
+
+
+def _conv_params(func, sig, op: str) -> dict:
+    """Geometry of a generic conv TE (ops/binary_conv2d.py, output channels vectorised): strides and dilation from
+    the input load of ``popcount``, the top/left padding and pad value from ``pad``, C from ``dot``'s constant."""
+    (_, (n_, h_, w_, cw_), _), (_, (o_, kh_, kw_, _), _) = sig[0], sig[1]
+    out_shape = sig[-1][1]
+    oh_, ow_ = (out_shape[2], out_shape[3]) if op == "binary_conv2d" else (out_shape[1], out_shape[2])
+    pop = _block_body(func, "popcount")
+    loads = []
+    _visit(pop.body, lambda e: loads.append(e) if isinstance(
+        e, _LOAD) and str(e.source.name) not in ("weights_t", "popcount") else None)
+    xload = loads[0]
+    iv = {v.var.name: v.var for v in pop.iter_vars}
+    p, rkh, rkw = iv["v_p"], iv["v_rkh"], iv["v_rkw"]
+
+    def at(expr, pv=0, khv=0, kwv=0):
+        return _eval(expr, {p: tirx.const(pv, "int32"), rkh: tirx.const(khv, "int32"),
+                            rkw: tirx.const(kwv, "int32")})
+
+    ih, iw = xload.indices[1], xload.indices[2]
+    sh = at(ih, pv=ow_) - at(ih) if oh_ > 1 else 1
+    dh = at(ih, khv=1) - at(ih) if kh_ > 1 else 1
+    sw = at(iw, pv=1) - at(iw) if ow_ > 1 else 1
+    dw = at(iw, kwv=1) - at(iw) if kw_ > 1 else 1
+    pt = pl = 0
+    pad_value = 0
+    pad = _try(_block_body, func, "pad")
+    if pad is not None:
+        zero = {v.var: tirx.const(0, "int32") for v in pad.iter_vars}
+        found = []
+        _visit(pad.body, lambda e: found.append(e) if isinstance(e, tvm.ir.expr.Call) and str(
+            e.op.name).endswith("if_then_else") else None)
+        xin = found[0].args[1]
+        pt, pl = -_eval(xin.indices[1], zero), -_eval(xin.indices[2], zero)
+        fill = _eval(found[0].args[2], zero)
+        has_adjust = _try(_block_body, func, "pad_adjust") is not None
+        pad_value = 1 if fill != 0 else (0 if has_adjust else -1)
+    base = [v for v in _ints(_block_body(func, "dot").body) if v > 0 and v % (kh_ * kw_) == 0
+            and (cw_ - 1) * WORD_BITS < v // (kh_ * kw_) <= cw_ * WORD_BITS]
+    c = base[0] // (kh_ * kw_)
+    pb = max(0, (oh_ - 1) * sh + dh * (kh_ - 1) + 1 - h_ - pt)
+    pr = max(0, (ow_ - 1) * sw + dw * (kw_ - 1) + 1 - w_ - pl)
+    return dict(in_channels=c, kernel=[kh_, kw_], strides=[sh, sw], padding=[pt, pl, pb, pr], dilation=[dh, dw],
+                pad_value=pad_value)
+
+
+def kernel_params(func, op: str) -> dict | None:
+    attrs = func.attrs
+    if attrs is not None and "tvm_bnn.params" in attrs:
+        return json.loads(str(attrs["tvm_bnn.params"]))
+    return recover_params(func, op)
+
+
+def build_form(func, op: str, fl: Flavour, params: dict | None = None) -> tirx.PrimFunc | None:
+    """The unscheduled byte-lane PrimFunc of kernel ``func`` (same parameters in the same order, same attributes,
+    ``FORM_ATTR`` = the flavour), or None when its parameters cannot be known."""
+    params = params if params is not None else kernel_params(func, op)
+    if params is None:
+        return None
+    sig = _signature(func)
+    phs = [te.placeholder(shape, dtype, name=name) for name, shape, dtype in sig[:-1]]
+    new = te.create_prim_func(phs + [kernel_compute(op, params, phs, fl)])
+    if [s[1:] for s in _signature(new)] != [s[1:] for s in sig]:
+        raise ValueError(f"{op}: byte-lane form has parameters {_signature(new)}, the kernel {sig}")
+    for key, value in (func.attrs.items() if func.attrs is not None else []):
+        if key != "global_symbol":
+            new = new.with_attr(key, value)
+    if func.attrs is None or "global_symbol" not in func.attrs:
+        new = new.without_attr("global_symbol")
+    return new.with_attr(FORM_ATTR, fl.name)
+
+
+# ------------------------------------------------------------------------------------------------------ schedule
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except Exception:  # noqa: BLE001 - a block this kernel variant does not have
+        return None
+
+
+def _extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _loop_kinds(sch, block, below=None):
+    """[(loop, is_reduction, block iter index)] of the loops above ``block`` (only those inside ``below``)."""
+    loops = sch.get_loops(block)
+    realize = sch.get(loops[-1]).body
+    if below is not None:
+        stop = sch.get(below)
+        loops = loops[[i for i, lp in enumerate(loops) if sch.get(lp).same_as(stop)][0] + 1:]
+    while not isinstance(realize, s_tir.SBlockRealize):
+        realize = realize.seq[0] if hasattr(realize, "seq") else realize.body
+    kinds = {}
+    for i, (iv, value) in enumerate(zip(realize.block.iter_vars, realize.iter_values)):
+        for var in tirx.analysis.undefined_vars(value):
+            kinds[var.name] = (int(iv.iter_type) == 2, i)
+    return [(lp, *kinds.get(sch.get(lp).loop_var.name, (False, -1))) for lp in loops]
+
+
+def _extents(sch, op: str) -> tuple:
+    """(pixel/row extent, channel extent) of the output tiles."""
+    out = sch.get(sch.get_sblock(op))
+    ivs = [int(iv.dom.extent) for iv in out.iter_vars]
+    if op == "binary_dense":
+        return ivs[0], ivs[1]
+    if op == "binary_dense_bits":
+        return ivs[0], WORD_BITS
+    if op == "binary_conv2d":
+        return ivs[3], ivs[1]
+    return ivs[2], WORD_BITS
+
+
+def fit_knobs(sch, op: str, knobs: Knobs) -> Knobs:
+    """Shrink the knobs to divisors of this kernel's extents (no tile needs a bounds check)."""
+    p_ext, o_ext = _extents(sch, op)
+    lanes = _largest_divisor(o_ext, knobs.lanes)
+    tile_o = lanes * _largest_divisor(o_ext // lanes, max(1, knobs.tile_o // lanes))
+    tile_p = _largest_divisor(p_ext, knobs.tile_p)
+    if tile_p < knobs.tile_p and _largest_divisor(p_ext, 8) > knobs.tile_p:  # 7-wide maps: 7 pixels, fewer channels
+        tile_p = _largest_divisor(p_ext, 8)
+        tile_o = lanes * _largest_divisor(o_ext // lanes, max(1, knobs.tile_p * knobs.tile_o // tile_p // lanes))
+    return Knobs(tile_p, tile_o, lanes, knobs.unroll)
+
+
+def default_knobs(fl: Flavour, op: str = "") -> Knobs:
+    tile = fl.bits_tile if op.endswith("_bits") and fl.bits_tile is not None else fl.default_tile
+    return Knobs(tile[0], tile[1], fl.vector_words)
+
+
+class _Fixed:
+    def __init__(self, knobs: Knobs, fl: Flavour):
+        self.knobs = knobs
+        self.lanes = knobs.lanes
+        # counts and epilogue: out_lanes channels per vector (4 u32 on NEON, whose accumulators hold 2 channels)
+        self.out_lanes = _largest_divisor(knobs.tile_o, fl.out_lanes) if knobs.lanes > 1 else 1
+        self.unroll_words = fl.unroll_words
+
+    def p(self, sch, loop):
+        return [None, self.knobs.tile_p]
+
+    def o3(self, sch, loop):
+        return [None, self.knobs.tile_o // self.out_lanes, self.out_lanes]
+
+
+class _Sampled:
+    """Register block sampled by MetaSchedule; the vector is the flavour's (``lanes``, fitted to the channels)."""
+
+    def __init__(self, lanes: int, out_lanes: int, fl: Flavour):
+        self.lanes = lanes
+        self.out_lanes = out_lanes
+        self.unroll_words = fl.unroll_words
+
+    def p(self, sch, loop):
+        return sch.sample_perfect_tile(loop, n=2, max_innermost_factor=8)
+
+    def o3(self, sch, loop):
+        outer, inner = sch.sample_perfect_tile(loop, n=2, max_innermost_factor=8)
+        return [outer, inner, None]
+
+
+def _split_o3(sch, loop, how):
+    """(blocks, vectors per block, lanes) of an output-channel loop."""
+    f = how.o3(sch, loop)
+    if f[2] is None:  # sampled: first the lanes, then the vectors per block
+        rest, lane = sch.split(loop, [None, how.out_lanes])
+        ob, ov = sch.split(rest, sch.sample_perfect_tile(rest, n=2, max_innermost_factor=8))
+        return ob, ov, lane
+    return sch.split(loop, f)
+
+
+def _tile(sch, op: str, how, num_cores: int, unroll: bool):
+    """Tile the output (epilogue) into register blocks; returns the loop the accumulators are computed under."""
+    epi = sch.get_sblock(op)
+    if op == "binary_dense":
+        m, n = sch.get_loops(epi)
+        mo, mi = sch.split(m, how.p(sch, m))
+        no, nb, nv = _split_o3(sch, n, how)
+        sch.reorder(no, mo, mi, nb, nv)
+        outer = sch.fuse(no, mo)
+        tile_loop, vec, unr = outer, nv, [mi, nb]
+    elif op == "binary_dense_bits":
+        m, w, b = sch.get_loops(epi)
+        mo, mi = sch.split(m, how.p(sch, m))
+        bo, bb, bv = _split_o3(sch, b, how)
+        sch.reorder(mo, w, bo, mi, bb, bv)
+        outer = sch.fuse(mo, w)
+        tile_loop, vec, unr = bo, None, []
+    elif op == "binary_conv2d":
+        n, o, oh, ow = sch.get_loops(epi)
+        oo, ob, ov = _split_o3(sch, o, how)
+        wo, wi = sch.split(ow, how.p(sch, ow))
+        # pixels outside, the channel vector inside, as the accumulators hold it (schedules/x86.py's reason)
+        sch.reorder(n, oo, oh, wo, ob, wi, ov)
+        outer = sch.fuse(n, oo, oh, wo)
+        tile_loop, vec, unr = outer, ov, [wi]
+    else:  # binary_conv2d_bits
+        n, oh, ow, w, b = sch.get_loops(epi)
+        wo, wi = sch.split(ow, how.p(sch, ow))
+        bo, bb, bv = _split_o3(sch, b, how)
+        sch.reorder(n, w, oh, wo, bo, wi, bb, bv)
+        outer = sch.fuse(n, w, oh, wo)
+        tile_loop, vec, unr = bo, None, []
+    sch.parallel(outer)
+    if vec is not None and _extent(sch, vec) > 1:
+        sch.vectorize(vec)
+    if unroll:
+        for lp in unr:
+            sch.unroll(lp)
+    return tile_loop
+
+
+def _block_inner(sch, block, anchor, lanes, unroll: bool, unroll_words: int = 0):
+    """Under ``anchor``: the block's reductions outside, its spatial loops (the register block) inside, the output
+    channels split into vectors of ``lanes`` innermost. Returns (first reduction loop, last reduction loop)."""
+    kinds = _loop_kinds(sch, block, anchor)
+    o_index = _channel_iter(sch, block)
+    o_loop = [lp for lp, is_red, iv in kinds if iv == o_index][0]
+    lane = None
+    if lanes > 1 and _extent(sch, o_loop) % lanes == 0:
+        _, lane = sch.split(o_loop, [None, lanes])
+    kinds = _loop_kinds(sch, block, anchor)
+    is_lane = (lambda lp: lane is not None and sch.get(lp).same_as(sch.get(lane)))
+    spatial = [lp for lp, is_red, _ in kinds if not is_red and not is_lane(lp)]
+    reds = [lp for lp, is_red, _ in kinds if is_red]
+    sch.reorder(*reds, *spatial, *([lane] if lane is not None else []))
+    if lane is not None:
+        sch.vectorize(lane)
+    if unroll:
+        for lp in spatial:
+            sch.unroll(lp)
+        words = 1
+        for k in range(len(reds) - 1, -1, -1):  # the innermost reductions, up to unroll_words words: constant offsets
+            ext = _extent(sch, reds[k])
+            if words * ext > unroll_words:  # a long word loop (dense): unroll a divisor of it
+                d = _largest_divisor(ext, max(1, unroll_words // words))
+                if d > 1:
+                    outer_, inner_ = sch.split(reds[k], [None, d])
+                    sch.unroll(inner_)
+                    reds = reds[:k] + [outer_, inner_] + reds[k + 1:]
+                break
+            words *= ext
+            sch.unroll(reds[k])
+    return (reds[0], reds[-1]) if reds else (None, None)
+
+
+def _channel_iter(sch, block) -> int:
+    """Index of the output-channel iterator of ``popcount`` / ``bytes``: the last of the output's (n, oh, ow, o) /
+    (m, n), which both blocks start with (``bytes`` then has its group iterators, spatial too)."""
+    rank = sum(1 for iv in sch.get(sch.get_sblock("popcount")).iter_vars if int(iv.iter_type) == 0)
+    spatial = [i for i, iv in enumerate(sch.get(block).iter_vars) if int(iv.iter_type) == 0]
+    return spatial[rank - 1]
+
+
+
+
+def _schedule(sch, op: str, how, num_cores: int, unroll: bool = True):
+    sch.compute_inline(sch.get_sblock("dot"))
+    tile_loop = _tile(sch, op, how, num_cores, unroll)
+    pop = sch.get_sblock("popcount")
+    byt = sch.get_sblock("bytes")
+    sch.compute_at(pop, tile_loop, preserve_unit_loops=True)
+    first, last = _block_inner(sch, pop, tile_loop, how.out_lanes, unroll)
+    anchor = last if last is not None else tile_loop
+    sch.compute_at(byt, anchor, preserve_unit_loops=True)
+    bfirst, _ = _block_inner(sch, byt, anchor, how.lanes, unroll, how.unroll_words)
+    if bfirst is not None:
+        sch.decompose_reduction(byt, bfirst)
+    if first is not None:
+        sch.decompose_reduction(pop, first)
+    for name in ("pad", "pad_nibbles", "pad_lanes"):
+        pad = _try(sch.get_sblock, name)
+        if pad is not None:
+            loops = sch.get_loops(pad)
+            if _extent(sch, loops[-1]) > 1:
+                _try(sch.vectorize, loops[-1])
+            parallelize_outer(sch, pad, min_parallel=4 * num_cores)
+    parallelize_outer(sch, sch.get_sblock("weights_t"), min_parallel=4 * num_cores)
+    _try(_schedule_channel_tables, sch, how.lanes)
+    return sch
+
+
+MAX_ADJUST_UNROLL = 100  # (border class, tap) pairs of the padding correction unrolled into constant code
+
+
+def _schedule_channel_tables(sch, lanes: int):
+    """``popw`` (popcount per filter tap) and ``pad_adjust`` (the border correction): channels innermost and
+    vectorised, the border classes and taps outside, unrolled when few, so each tap's inside/outside test is a
+    constant (as in schedules/cortexm.py): about 1 % of the conv's instructions instead of 3 %."""
+    vec = 4 * lanes // 2 if lanes > 1 else 1  # int32 lanes of one vector
+    popw = sch.get_sblock("popw")
+    i, j, o, rc = sch.get_loops(popw)
+    sch.reorder(i, j, rc, o)
+    if _extent(sch, o) % vec == 0 and vec > 1:
+        _, ov = sch.split(o, [None, vec])
+        sch.vectorize(ov)
+    sch.decompose_reduction(popw, rc)
+    adj = sch.get_sblock("pad_adjust")
+    ch, cwl, o, ak, aj = sch.get_loops(adj)
+    sch.reorder(ch, cwl, ak, aj, o)
+    if _extent(sch, o) % vec == 0 and vec > 1:
+        _, ov = sch.split(o, [None, vec])
+        sch.vectorize(ov)
+    if _extent(sch, ch) * _extent(sch, cwl) * _extent(sch, ak) * _extent(sch, aj) <= MAX_ADJUST_UNROLL:
+        for lp in (ch, cwl, ak, aj):
+            sch.unroll(lp)
+    sch.decompose_reduction(adj, ak)
+
+
+def schedule_form(form: tirx.PrimFunc, op: str, knobs: Knobs, num_cores: int) -> tirx.PrimFunc:
+    sch = s_tir.Schedule(form)
+    _schedule(sch, op, _Fixed(fit_knobs(sch, op, knobs), FLAVOURS[str(form.attrs[FORM_ATTR])]), num_cores,
+              knobs.unroll)
+    return sch.mod["main"]
+
+
+def schedule_kernel(func, op: str, fl: Flavour, num_cores: int, knobs: Knobs | None = None):
+    """``func`` (one of our binary kernels, generic TE) rebuilt in the byte-lane form and scheduled; None when its
+    parameters cannot be known (the caller keeps its own schedule)."""
+    form = func if func.attrs is not None and FORM_ATTR in func.attrs else build_form(func, op, fl)
+    if form is None:
+        return None
+    return schedule_form(form, op, knobs or default_knobs(fl, op), num_cores)
+
+
+def design_space(sch: s_tir.Schedule, op: str, num_cores: int) -> s_tir.Schedule:
+    """MetaSchedule design space of a byte-lane kernel (``FORM_ATTR`` set): the register block sampled."""
+    fl = FLAVOURS[str(sch.mod["main"].attrs[FORM_ATTR])]
+    _, o_ext = _extents(sch, op)
+    lanes = _largest_divisor(o_ext, fl.vector_words)
+    _schedule(sch, op, _Sampled(lanes, _largest_divisor(o_ext, fl.out_lanes) if lanes > 1 else 1, fl), num_cores)
+    return sch
