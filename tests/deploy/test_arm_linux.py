@@ -199,7 +199,8 @@ def test_aarch64_instruction_count_is_calibrated_and_outputs_match(spine, tmp_pa
     np.testing.assert_array_equal(y2, y)
     assert [k for k, _ in calls] == cm.bundle.kernels and all(n > 0 for _, n in calls)
     total = sum(n for _, n in calls)
-    assert instructions - 64 * len(calls) <= total <= instructions  # the run function's own glue is not in a call
+    # the run function's own glue is not in a call; each count is quantised to the counter's 16 instructions
+    assert instructions - 64 * len(calls) <= total <= instructions + 16 * len(calls)
 
 
 def test_arm_target_errors():
