@@ -5,6 +5,8 @@
 #   scripts/aarch64_rpc_board.sh setup                                  # build the board into the cache (idempotent)
 #   scripts/aarch64_rpc_board.sh serve --tracker 127.0.0.1:9190 --key aarch64-qemu [rpc_server options...]
 #   scripts/aarch64_rpc_board.sh python [args...]                       # the board's python3.11, under qemu
+#   scripts/aarch64_rpc_board.sh run SCRIPT.py [args...]                # the same, with `import tvm_bnn` giving
+#                                                                       # tvm_bnn.load (tvm_bnn/deploy/runtime_loader.py)
 #   scripts/aarch64_rpc_board.sh check                                  # exit 0 iff the board is set up
 #   scripts/aarch64_rpc_board.sh dir                                    # print the board's directory
 #
@@ -53,9 +55,25 @@ board_python() {  # run the board's python under qemu-user
   is_set_up || die "the board is not set up in $BOARD; run: scripts/aarch64_rpc_board.sh setup"
   # runtime only: the board never compiles (the host cross-compiles every candidate), and skipping libtvm_compiler
   # keeps startup short under emulation. One thread: the emulated board shares the host's cores with the tuner.
-  PYTHONPATH="$BOARD/boot:$SITE" PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1 TVM_USE_RUNTIME_LIB=1 \
+  # the host's PYTHONPATH is not the board's: only what board_run adds (BOARD_EXTRA_PATH) comes before the board's
+  PYTHONPATH="${BOARD_EXTRA_PATH:+$BOARD_EXTRA_PATH:}$BOARD/boot:$SITE" PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1 TVM_USE_RUNTIME_LIB=1 \
     TVM_NUM_THREADS="${TVM_NUM_THREADS:-1}" TVM_BNN_BOARD_PYTHON="$BOARD/bin/python3.11" \
     exec "$BOARD/bin/python3.11" "$@"
+}
+
+board_run() {  # the board's python with tvm_bnn's runtime-only load path importable as the package tvm_bnn
+  [ $# -gt 0 ] || die "usage: $0 run SCRIPT.py [args...]"
+  is_set_up || die "the board is not set up in $BOARD; run: scripts/aarch64_rpc_board.sh setup"
+  # the loader of this tree, in a directory named by its content (several trees may share one board)
+  local src="$ROOT/tvm_bnn/deploy/runtime_loader.py" dir tmp
+  dir="$BOARD/loader/$(sha256sum "$src" | cut -c1-16)"
+  if [ ! -f "$dir/tvm_bnn/__init__.py" ]; then
+    mkdir -p "$dir/tvm_bnn"
+    tmp="$(mktemp "$dir/tvm_bnn/.init.XXXXXX")"
+    cp "$src" "$tmp"
+    mv -f "$tmp" "$dir/tvm_bnn/__init__.py"
+  fi
+  BOARD_EXTRA_PATH="$dir" board_python "$@"
 }
 
 setup() {
@@ -158,6 +176,7 @@ case "$cmd" in
   check) is_set_up || { echo "no board set up in $BOARD" >&2; exit 1; } ;;
   dir) echo "$BOARD" ;;
   python) board_python "$@" ;;
+  run) board_run "$@" ;;
   serve)
     tracker="" key=""
     args=()
@@ -174,7 +193,7 @@ case "$cmd" in
     board_python -m tvm.exec.rpc_server --host 127.0.0.1 --tracker "$tracker" --key "$key" ${args[@]+"${args[@]}"}
     ;;
   *)
-    echo "usage: $0 {setup|serve --tracker HOST:PORT --key KEY|python ARGS|check|dir}" >&2
+    echo "usage: $0 {setup|serve --tracker HOST:PORT --key KEY|python ARGS|run SCRIPT ARGS|check|dir}" >&2
     echo "board dir: $BOARD (TVM_BNN_AARCH64_BOARD)" >&2
     exit 2 ;;
 esac

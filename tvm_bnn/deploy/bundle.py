@@ -150,17 +150,19 @@ class Bundle:
         return self._result(run.output)
 
     def count_instructions(self, x, workdir=None, opt: str = "-O2", per_call: bool = False) -> tuple:
-        """(output, instructions of one ``tvm_bnn_model_run``) of an aarch64 bundle on a bare-metal AArch64 under
-        ``qemu-system-aarch64 -icount`` (qemu-user, which ``run_linux`` uses, cannot count). ``per_call``: the
-        instructions are a list of (kernel, instructions), one per call in order, instead of the total."""
-        if self.arch != "aarch64":
-            raise BundleError(f"instruction counts are measured for aarch64 bundles; this one is for {self.arch}")
+        """(output, instructions of one ``tvm_bnn_model_run``) of an ARM Linux bundle on a bare-metal machine of
+        its architecture under QEMU ``-icount`` (``qemu.count_bare_metal``: a Cortex-A72 for aarch64, a Cortex-A7
+        for armv7; qemu-user, which ``run_linux`` uses, cannot count). ``per_call``: the instructions are a list of
+        (kernel, instructions), one per call in order, instead of the total."""
+        if self.arch not in qemu.BARE_METAL_ARCHES:
+            raise BundleError(f"instruction counts are measured for ARM Linux bundles "
+                              f"({', '.join(qemu.BARE_METAL_ARCHES)}); this one is for {self.arch or 'no arch'}")
         srcs = dict(self.sources, **{"test_main.c": self._main(x, bracket=not per_call)})
         hooks = ("-DTVM_BNN_PROFILE_STEPS",) if per_call else ()
-        tmp = None if workdir else tempfile.mkdtemp(prefix="tvm_bnn_bundle_a64_")
+        tmp = None if workdir else tempfile.mkdtemp(prefix=f"tvm_bnn_bundle_{self.arch}_bm_")
         try:
-            run = qemu.count_aarch64(srcs, self.objects, workdir=workdir or tmp, opt=opt,
-                                     extra_cflags=(*CFLAGS_EXTRA, *hooks))
+            run = qemu.count_bare_metal(srcs, self.arch, self.objects, workdir=workdir or tmp, opt=opt,
+                                        extra_cflags=(*CFLAGS_EXTRA, *hooks))
         finally:
             if tmp:
                 shutil.rmtree(tmp, ignore_errors=True)

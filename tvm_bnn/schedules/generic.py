@@ -1,9 +1,11 @@
 """Default schedule for the float PrimFuncs that LegalizeOps produces (stem conv, shortcuts, classifier, pooling).
 
-Untuned LegalizeOps output is serial scalar loops. ``schedule_generic`` first tries the structured x86 schedules of
-``float_x86`` (conv2d NCHW, matmul, pooling / injective functions); a PrimFunc none of them recognises, or one whose
-schedule raises, gets the fallback: the outermost data-parallel loops of each block run in parallel over the cores
-(primitives that are illegal for a block raise and are skipped, so this is safe on any PrimFunc).
+Untuned LegalizeOps output is serial scalar loops. ``schedule_generic`` first tries the structured schedules: on an
+ARM NEON target those of ``float_arm`` (convs vectorised over output channels; the rest as ``float_x86`` with the
+NEON register budget), elsewhere the x86 ones of ``float_x86`` (conv2d NCHW, matmul, pooling / injective functions);
+a PrimFunc none of them recognises, or one whose schedule raises, gets the fallback: the outermost data-parallel
+loops of each block run in parallel over the cores (primitives that are illegal for a block raise and are skipped,
+so this is safe on any PrimFunc).
 """
 import logging
 
@@ -16,12 +18,13 @@ logger = logging.getLogger(__name__)
 
 def schedule_generic(func, num_cores: int, target=None) -> tirx.PrimFunc:
     """Our default schedule of a float PrimFunc; ``target`` (optional) sets the vector width (None: AVX-512)."""
-    from . import float_x86
+    from . import float_arm, float_x86
 
+    structured = float_arm if float_arm.neon_isa(target) is not None else float_x86
     try:
-        scheduled = float_x86.schedule_float(func, num_cores, target)
+        scheduled = structured.schedule_float(func, num_cores, target)
     except Exception as err:  # noqa: BLE001 - a schedule that does not apply must never break the build
-        logger.debug("float_x86 schedule failed, using the fallback: %s", err)
+        logger.debug("%s schedule failed, using the fallback: %s", structured.__name__, err)
         scheduled = None
     if scheduled is not None:
         return scheduled

@@ -289,49 +289,96 @@ def run_linux_user(sources: Mapping[str, str], arch: str = "aarch64", objects: M
 
 
 AARCH64_ICOUNT_SHIFT = 0  # 1 ns of virtual time per instruction; the 62.5 MHz counter then ticks every 16
+BARE_METAL_ICOUNT_SHIFT = AARCH64_ICOUNT_SHIFT
 
 
-def count_aarch64(sources: Mapping[str, str], objects: Mapping[str, bytes] | None = None, workdir=None,
-                  opt: str = "-O2", extra_cflags: Sequence[str] = (), timeout: float = 1800,
-                  stack_bytes: int = 1 << 20) -> BoardRun:
-    """Instructions of the begin/end regions of ``sources`` (+ ``objects``) on a bare-metal AArch64 (QEMU virt,
-    Cortex-A72, ``-icount``; startup ``deploy/startup/startup_aarch64.c``). qemu-user has no instruction count; the
-    same C and objects run here without an OS. ``BoardRun.instructions`` is the count; outputs as for a board."""
-    cc = require_tool("aarch64-linux-gnu-gcc")
-    qemu = require_tool("qemu-system-aarch64")
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="tvm_bnn_a64_"))
+@dataclass(frozen=True)
+class BareMetalArch:
+    """A bare-metal QEMU "virt" machine that counts the instructions of the code an ARM Linux target runs."""
+
+    name: str  # the LinuxArch it stands in for
+    qemu: str
+    cpu: str
+    startup: str  # in deploy/startup
+    linker_script: str  # in deploy/startup, @STACK_BYTES@ filled in
+    memory_mb: int
+
+
+BARE_METAL_ARCHES = {
+    "aarch64": BareMetalArch("aarch64", "qemu-system-aarch64", "cortex-a72", "startup_aarch64.c",
+                             "aarch64_virt.ld.in", 2048),
+    "armv7": BareMetalArch("armv7", "qemu-system-arm", "cortex-a7", "startup_armv7.c", "armv7_virt.ld.in", 1024),
+}
+
+
+def count_bare_metal(sources: Mapping[str, str], arch: str = "aarch64", objects: Mapping[str, bytes] | None = None,
+                     workdir=None, opt: str = "-O2", extra_cflags: Sequence[str] = (), timeout: float = 1800,
+                     stack_bytes: int = 1 << 20) -> BoardRun:
+    """Instructions of the begin/end regions of ``sources`` (+ ``objects``) on a bare-metal ``arch`` (QEMU virt,
+    ``-icount``: Cortex-A72 for aarch64, startup ``deploy/startup/startup_aarch64.c``; Cortex-A7 for armv7,
+    ``startup_armv7.c``). qemu-user has no instruction count; the same C and objects, built by the same cross gcc
+    with the same flags as for ``run_linux_user``, run here without an OS. ``BoardRun.instructions`` is the count;
+    outputs as for a board."""
+    a, bm = linux_arch(arch), BARE_METAL_ARCHES[arch]
+    cc = require_tool(a.cc)
+    qemu = require_tool(bm.qemu)
+    workdir = Path(workdir or tempfile.mkdtemp(prefix=f"tvm_bnn_{arch}_bm_"))
     workdir.mkdir(parents=True, exist_ok=True)
     files = _write_sources(sources, workdir)
     for name, data in (objects or {}).items():
         (workdir / name).write_bytes(data)
         files.append(workdir / name)
-    ld = (STARTUP_DIR / "aarch64_virt.ld.in").read_text().replace("@STACK_BYTES@", str(int(stack_bytes)))
+    ld = (STARTUP_DIR / bm.linker_script).read_text().replace("@STACK_BYTES@", str(int(stack_bytes)))
     (workdir / "link.ld").write_text(ld)
     elf = workdir / "fw.elf"
-    cmd = [cc, "-march=armv8-a", "-std=c99", opt, "-ffreestanding", "-nostdlib", "-static", "-fno-pic", "-no-pie",
+    cmd = [cc, *a.cflags, "-std=c99", opt, "-ffreestanding", "-nostdlib", "-static", "-fno-pic", "-no-pie",
            "-Wall", "-Werror", *extra_cflags, f"-I{STARTUP_DIR}", f"-I{workdir}",
-           str(STARTUP_DIR / "startup_aarch64.c"), *map(str, files), "-T", str(workdir / "link.ld"), "-lgcc",
+           str(STARTUP_DIR / bm.startup), *map(str, files), "-T", str(workdir / "link.ld"), "-lgcc",
            "-o", str(elf)]
-    proc = _run(cmd, workdir, 300, "aarch64-linux-gnu-gcc")
+    proc = _run(cmd, workdir, 300, a.cc)
     if proc.returncode != 0:
-        raise FirmwareError(f"bare-metal aarch64 build failed:\n{' '.join(cmd)}\n{proc.stderr}")
+        raise FirmwareError(f"bare-metal {arch} build failed:\n{' '.join(cmd)}\n{proc.stderr}")
     for name in ("tvm_bnn_out.bin", "tvm_bnn_ticks.bin"):
         (workdir / name).unlink(missing_ok=True)
-    run = [qemu, "-M", "virt", "-cpu", "cortex-a72", "-m", "2048", "-display", "none", "-serial", "none",
+    run = [qemu, "-M", "virt", "-cpu", bm.cpu, "-m", str(bm.memory_mb), "-display", "none", "-serial", "none",
            "-monitor", "none", "-nodefaults", "-semihosting-config", "enable=on,target=native",
-           "-icount", f"shift={AARCH64_ICOUNT_SHIFT},align=off,sleep=off", "-kernel", str(elf)]
-    proc = _run(run, workdir, timeout, "qemu-system-aarch64")
+           "-icount", f"shift={BARE_METAL_ICOUNT_SHIFT},align=off,sleep=off", "-kernel", str(elf)]
+    proc = _run(run, workdir, timeout, bm.qemu)
     ticks_path = workdir / "tvm_bnn_ticks.bin"
     if proc.returncode != 0 or not ticks_path.exists():
-        raise FirmwareError(f"bare-metal aarch64 program failed (exit {proc.returncode}): {proc.stderr.strip()}")
+        raise FirmwareError(f"bare-metal {arch} program failed (exit {proc.returncode}): {proc.stderr.strip()}")
     raw = ticks_path.read_bytes()
     ticks, regions, overhead, freq = struct.unpack("<4Q", raw[:32])
-    a64 = Board("cortex-a72", "virt", (), 0, 2 << 20, int(freq))
+    board_ = Board(bm.cpu, "virt", tuple(a.cflags), 0, bm.memory_mb << 10, int(freq))
     out_path = workdir / "tvm_bnn_out.bin"
     return BoardRun(output=out_path.read_bytes() if out_path.exists() else b"", exit_code=0,
-                    ticks=max(0, ticks - regions * overhead), regions=regions, board=a64, elf=elf,
-                    sizes=elf_sizes(elf), stderr=proc.stderr, icount_shift=AARCH64_ICOUNT_SHIFT,
+                    ticks=max(0, ticks - regions * overhead), regions=regions, board=board_, elf=elf,
+                    sizes=elf_sizes(elf), stderr=proc.stderr, icount_shift=BARE_METAL_ICOUNT_SHIFT,
                     per_region=_per_region(raw[32:], overhead))
+
+
+def count_aarch64(sources: Mapping[str, str], objects: Mapping[str, bytes] | None = None, workdir=None,
+                  opt: str = "-O2", extra_cflags: Sequence[str] = (), timeout: float = 1800,
+                  stack_bytes: int = 1 << 20) -> BoardRun:
+    """:func:`count_bare_metal` on the AArch64 (Cortex-A72) machine."""
+    return count_bare_metal(sources, "aarch64", objects, workdir, opt, extra_cflags, timeout, stack_bytes)
+
+
+# the loop the instruction counts are calibrated on: exactly 2 * N + 1 instructions (a load of N, then N x
+# (subtract, branch)), in the assembly of each architecture
+CALIBRATION_LOOP = {
+    "aarch64": 'ldr x0, =%0\\n1:\\n\\tsubs x0, x0, #1\\n\\tb.ne 1b" :: "i"(@N@) : "x0", "cc"',
+    "armv7": '.syntax unified\\nldr r0, =%0\\n1:\\n\\tsubs r0, r0, #1\\n\\tbne 1b" :: "i"(@N@) : "r0", "cc"',
+}
+
+
+def calibrate_bare_metal(arch: str = "aarch64", n: int = 100_000, workdir=None) -> tuple:
+    """(measured, expected) instructions of a ``subs; b.ne`` loop of ``n`` iterations on the bare-metal ``arch``
+    (expected 2n + 1; the virt counter ticks every 16 instructions, so the two agree to 16 per region end)."""
+    main = ('#include "tvm_bnn_bm.h"\nint main(void) {\n  tvm_bnn_bm_begin();\n  __asm__ volatile("'
+            + CALIBRATION_LOOP[arch].replace("@N@", str(int(n))) + ');\n  tvm_bnn_bm_end();\n  return 0;\n}\n')
+    run = count_bare_metal({"main.c": main}, arch, workdir=workdir)
+    return run.instructions, 2 * n + 1
 
 
 def disassemble(elf: str | Path, symbol: str) -> str:

@@ -1,0 +1,112 @@
+"""``tvm_bnn.load`` for a board that has only TVM's runtime: the library ``CompiledModel.export("model.so")`` wrote
+and the metadata beside it, run by the Relax VM, with nothing of tvm_bnn's compiler.
+
+The package ``tvm_bnn`` itself needs TVM's compiler (Relax, the passes, torch for the frontends) at import time; an
+ARM board usually has TVM's runtime wheel alone (the emulated board of ``scripts/aarch64_rpc_board.sh`` has the
+aarch64 runtime, ``TVM_USE_RUNTIME_LIB=1``). This module imports only ``tvm.runtime`` and numpy, and no other module
+of tvm_bnn, so it is shipped to the board as the package ``tvm_bnn`` (``aarch64_rpc_board.sh run`` puts it on the
+board's path as ``tvm_bnn/__init__.py``): there ``import tvm_bnn; tvm_bnn.load("model.so")(x)`` runs a model as
+``tvm_bnn.load`` does on the host. It reads the same metadata (``<library>.tvm_bnn.json``: target, inputs, outputs,
+the per-layer report) and checks inputs the same way (count, shape, a dtype that casts safely). The tests check it
+against ``tvm_bnn.load`` on the host.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+META_SUFFIX = ".tvm_bnn.json"  # = tvm_bnn.core.exported_library.META_SUFFIX
+
+__all__ = ["InputError", "LoadedModel", "TvmBnnError", "load"]
+
+
+class TvmBnnError(Exception):
+    """A library or its metadata cannot be used."""
+
+
+class InputError(TvmBnnError, ValueError):
+    """Inputs given to the model do not match what it was compiled for."""
+
+
+class LoadedModel:
+    """A model exported as a TVM runtime library, run by the Relax VM of TVM's runtime."""
+
+    def __init__(self, lib, target_name: str, inputs: list, num_outputs: int, report: list):
+        self.lib = lib
+        self.target_name = target_name
+        self.inputs = inputs  # [(name, shape, dtype)]
+        self.num_outputs = num_outputs
+        self.report = report  # the per-layer records, as dicts
+        self._vm = None
+
+    def _machine(self):
+        if self._vm is None:
+            import tvm
+            from tvm.runtime.vm import VirtualMachine
+
+            self._vm = VirtualMachine(self.lib, tvm.cpu())
+        return self._vm
+
+    def _arrays(self, args) -> list:
+        if len(args) != len(self.inputs):
+            names = ", ".join(n for n, _, _ in self.inputs)
+            raise InputError(f"the model takes {len(self.inputs)} input(s) ({names}), got {len(args)}")
+        out = []
+        for value, (name, shape, dtype) in zip(args, self.inputs):
+            if hasattr(value, "detach"):
+                value = value.detach().cpu().numpy()
+            arr = np.ascontiguousarray(np.asarray(value))
+            if tuple(arr.shape) != tuple(shape):
+                raise InputError(f"input {name!r}: shape {tuple(arr.shape)} does not match the compiled shape "
+                                 f"{tuple(shape)}; compile again with example_inputs of this shape")
+            if arr.dtype != np.dtype(dtype):
+                if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
+                    raise InputError(f"input {name!r}: dtype {arr.dtype} cannot be used as {dtype}")
+                arr = arr.astype(dtype)
+            out.append(arr)
+        return out
+
+    def __call__(self, *args):
+        import tvm
+
+        result = self._machine()["main"](*[tvm.runtime.tensor(a, tvm.cpu()) for a in self._arrays(args)])
+        outs = _flatten(result)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def _flatten(result) -> list:
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    outs = []
+    for item in result:
+        outs.extend(_flatten(item))
+    return outs
+
+
+def load(path: str) -> LoadedModel:
+    """The model ``CompiledModel.export(path)`` wrote (a ``.so`` and ``path + ".tvm_bnn.json"``)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path!r} does not exist")
+    meta_path = path + META_SUFFIX
+    if not os.path.exists(meta_path):
+        raise TvmBnnError(f"{meta_path!r} is missing: tvm_bnn.load needs the metadata written beside the library "
+                          "by CompiledModel.export")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        inputs = [(str(n), tuple(int(d) for d in s), str(d_)) for n, s, d_ in meta["inputs"]]
+        target, num_outputs, report = str(meta["target"]), int(meta["num_outputs"]), list(meta["report"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TvmBnnError(f"{meta_path!r}: the metadata written by CompiledModel.export is damaged "
+                          f"({exc.__class__.__name__}: {exc}); export the model again") from exc
+    import tvm
+
+    try:
+        lib = tvm.runtime.load_module(path)
+    except Exception as exc:  # noqa: BLE001 - TVM raises several kinds for a file that is not its library
+        raise TvmBnnError(f"{path!r} is not a TVM runtime library for this machine ({str(exc).splitlines()[0]}); "
+                          "export it again, or load it on the machine it was built for") from exc
+    return LoadedModel(lib, target, inputs, num_outputs, report)
