@@ -10,7 +10,10 @@ stem and shortcuts get, so a faster float conv shortens both builds). Emulated w
 board, so both run on a bare-metal machine under QEMU with -icount (instructions are deterministic):
 ``qemu-system-aarch64 -M virt -cpu cortex-a72`` and ``qemu-system-arm -M virt -cpu cortex-a7``
 (``targets/qemu.count_bare_metal``). Outputs are checked against PyTorch first (the binarized build under qemu-user,
-as cm(x) runs it; the float build's output from the bare-metal run).
+as cm(x) runs it; the float build's output from the bare-metal run). A second float build with the
+width-vectorised schedules ARM had before ``float_arm`` (``TVM_BNN_NEON_FLOAT=0``: the baseline of the first
+measurements, 1,947.9 M instructions on aarch64) shows how far the binarized build moved apart from the float
+build's own gain; the shared float stem bounds the ratio against the faster float build.
 
 "Where the instructions go" groups the per-call counts (one counted region per kernel call) by what the kernel is;
 ``--breakdown N`` also lists the N biggest kernels of the binarized build.
@@ -18,6 +21,7 @@ as cm(x) runs it; the float build's output from the bare-metal run).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 
 import tvm_bnn
+from tvm_bnn import nn as bnn
 from tvm_bnn.deploy.bundle import build_bundle
 from tvm_bnn.frontends import import_model
 from tvm_bnn.passes import cleanup
@@ -78,11 +83,35 @@ def measure(arch: str, model, x, ref) -> dict:
     yf, float_ins = fb.count_instructions(x.numpy())
     _, float_calls = fb.count_instructions(x.numpy(), per_call=True)
 
+    # The float build with the width-vectorised schedules ARM had before schedules/float_arm.py (the baseline of
+    # the first measurements): how far the binarized build moved from there, the float build's own gain apart.
+    os.environ["TVM_BNN_NEON_FLOAT"] = "0"
+    try:
+        wb = build_bundle(float_mod, tempfile.mkdtemp(prefix=f"tvm_bnn_floatw_{arch}_"), overwrite=True, target=spec)
+    finally:
+        del os.environ["TVM_BNN_NEON_FLOAT"]
+    yw, width_ins = wb.count_instructions(x.numpy())
+
     convs = [r for r in cm.report if r.op == "conv2d"]
-    return dict(cm=cm, fb=fb, err=err, float_err=float(np.abs(yf - ref).max()), bin=bin_ins, float=float_ins,
+    return dict(cm=cm, fb=fb, err=err, float_err=float(max(np.abs(yf - ref).max(), np.abs(yw - ref).max())), bin=bin_ins,
+                float=float_ins, width=width_ins,
                 bin_calls=bin_calls, float_calls=float_calls, t_compile=t_compile, t_float=t_float,
                 bin_groups=grouped(bin_calls, [tuple(r.weight_shape[2:]) for r in convs if not r.binarized]),
                 float_groups=grouped(float_calls, [tuple(r.weight_shape[2:]) for r in convs]))
+
+
+def lone_conv(arch: str, channels: int = 256, size: int = 28) -> tuple:
+    """(binary MACs, instructions) of the binary conv kernel alone: a 3x3 ``channels`` -> ``channels`` conv, stride 1,
+    zero padding 1, at ``size`` x ``size`` (the call's count from the per-call run; the bitpack before it apart)."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(bnn.BinaryConv2d(channels, channels, 3, padding=1, bias=False)).eval()
+    x = torch.randn(1, channels, size, size)
+    cm = tvm_bnn.compile(model, arch, example_inputs=(x,), progress=False)
+    with torch.no_grad():
+        np.testing.assert_allclose(cm(x), model(x).numpy(), rtol=1e-6, atol=1e-5)
+    _, calls = cm.bundle.count_instructions(x.numpy(), per_call=True)
+    ins = sum(n for name, n in calls if "binary_conv2d" in name)
+    return cm.report.binary_macs, ins
 
 
 def main(argv=None):
@@ -112,14 +141,20 @@ def main(argv=None):
     row("instructions, binarized", lambda r: f"{int(r['bin']):,}")
     row("instructions, TVM float build", lambda r: f"{int(r['float']):,}")
     row("float build / binarized", lambda r: f"{r['float'] / r['bin']:.1f}x")
+    row("instructions, float, width-vectorised", lambda r: f"{int(r['width']):,}")
+    row("  that float build / binarized", lambda r: f"{r['width'] / r['bin']:.1f}x")
     row("binary MACs per instruction", lambda r: f"{r['cm'].report.binary_macs / r['bin']:.2f}")
     row("|binarized - PyTorch| (qemu-user)", lambda r: f"{r['err']:.1e}")
-    row("|float build - PyTorch| (bare metal)", lambda r: f"{r['float_err']:.1e}")
+    row("|float builds - PyTorch| (bare metal)", lambda r: f"{r['float_err']:.1e}")
     row("compile s: binarized, float bundle", lambda r: f"{r['t_compile']:.0f}, {r['t_float']:.0f}")
     print(f"  weights: binarized {cm.bundle.weight_bytes:,} B, float {fb.weight_bytes:,} B "
           f"({fb.weight_bytes / cm.bundle.weight_bytes:.1f}x less); arena: binarized {cm.bundle.arena_bytes:,} B, "
           f"float {fb.arena_bytes:,} B")
     print(f"  binary MACs per inference: {cm.report.binary_macs:,}")
+    for a in args.target:
+        macs, ins = lone_conv(a)
+        print(f"  {a}: a lone binary 3x3 256->256 conv at 28x28: {macs:,} binary MACs in {int(ins):,} instructions, "
+              f"{macs / ins:.1f} binary MACs per instruction")
 
     print("\n  where the instructions go (sum of the counted kernel calls; % of that build's total):")
     print(f"  {'':24s}" + "".join(f"{a + ' binarized':>24s}{a + ' float':>24s}" for a in args.target))

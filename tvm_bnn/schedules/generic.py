@@ -6,8 +6,12 @@ NEON register budget), elsewhere the x86 ones of ``float_x86`` (conv2d NCHW, mat
 a PrimFunc none of them recognises, or one whose schedule raises, gets the fallback: the outermost data-parallel
 loops of each block run in parallel over the cores (primitives that are illegal for a block raise and are skipped,
 so this is safe on any PrimFunc).
+
+``TVM_BNN_NEON_FLOAT=0`` gives ARM targets the x86 schedules with the NEON register budget instead (vectorised
+along the output width: what they had before ``float_arm``), for comparisons (``bench/arm.py``).
 """
 import logging
+import os
 
 from tvm import s_tir, tirx
 
@@ -20,7 +24,8 @@ def schedule_generic(func, num_cores: int, target=None) -> tirx.PrimFunc:
     """Our default schedule of a float PrimFunc; ``target`` (optional) sets the vector width (None: AVX-512)."""
     from . import float_arm, float_x86
 
-    structured = float_arm if float_arm.neon_isa(target) is not None else float_x86
+    neon = float_arm.neon_isa(target) is not None and os.environ.get("TVM_BNN_NEON_FLOAT", "1") != "0"
+    structured = float_arm if neon else float_x86
     try:
         scheduled = structured.schedule_float(func, num_cores, target)
     except Exception as err:  # noqa: BLE001 - a schedule that does not apply must never break the build
