@@ -99,9 +99,13 @@ def load(path: str) -> LoadedModel:
             meta = json.load(f)
         inputs = [(str(n), tuple(int(d) for d in s), str(d_)) for n, s, d_ in meta["inputs"]]
         target, num_outputs, report = str(meta["target"]), int(meta["num_outputs"]), list(meta["report"])
+        levels = meta.get("levels") or []
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise TvmBnnError(f"{meta_path!r}: the metadata written by CompiledModel.export is damaged "
                           f"({exc.__class__.__name__}: {exc}); export the model again") from exc
+    if levels:  # choosing among ISA levels needs the host's CPU features: tvm_bnn.load does that
+        raise TvmBnnError(f"{path!r} is a portable x86 library (one build per ISA level): load it with tvm_bnn.load, "
+                          "or export it with portable=False for this loader")
     import tvm
 
     try:
