@@ -261,7 +261,8 @@ def _mutation_spec(act):
                 seed=2)], input_seed=3)])
 
 
-@pytest.mark.parametrize("act", ["where_ge", "sign", "ste_add", "brevitas", "ge01", "sign_sub_t"])
+@pytest.mark.parametrize("act", ["where_ge", "sign", "ste_add", "brevitas", "ge01", "where_m1_3", "neg_sign",
+                                 "sign_sub_t"])
 def test_harness_detects_a_wrong_weight_sign(act):
     built = build(_mutation_spec(act))
     cm = tvm_bnn.compile(built.net, "x86", example_inputs=tuple(built.inputs), progress=False)
