@@ -10,13 +10,16 @@ and the seeds, and a failing spec rebuilds the same model.
 
 * ``"torch"``: float32, every binarization in its literal form (``torch.sign``, STE forms, ``tvm_bnn.nn`` ...).
   This is what gets exported and compiled, and what "PyTorch's output" means.
-* ``"ref"``: float64, every binarization is the compiled code's rule ``x >= 0 -> +1 else -1`` with exact +-1
-  (README "Tie rule" / "STE forms"). Records the value each binarization sees.
+* ``"ref"``: float64, every binarization computes what the compiled code computes (REF_FORMS): its two exact
+  values (+-1, +-s, {0, 1}, {-1, 3}) on the exact test of its form (``x >= t``, strict ``x > t``, decreasing
+  ``x < 0``, per-channel ``t``), with ``torch.sign`` taken by the tie rule ``sign(0) -> +1`` in a bit-packed layer
+  (README "Tie rule" / "STE forms"). Records the value each binarization compares with its threshold (``x - t``).
 * ``"abs"``: float64 magnitude bounds: each tensor is replaced by a bound on the magnitudes its computation adds up
-  (conv/linear with |W|, BatchNorm with |gamma / std| (x + |mean|) + |beta|, binarizations -> 1, ...). A binarized
-  value ``x`` with ``0 < |x| < TIE_RTOL * bound`` is within float rounding of the tie: float32 PyTorch, float32
-  TVM and the float64 threshold fold may legitimately binarize it differently (README: "within a rounding of 0"),
-  so such an example is rejected. Exact zeros are kept: their result is defined by the tie rule.
+  (conv/linear with |W|, BatchNorm with |gamma / std| (x + |mean|) + |beta|, binarizations -> their largest |value|,
+  a threshold t adds |t|, ...). A compared value ``x - t`` with ``0 < |x - t| < TIE_RTOL * bound`` is within float
+  rounding of the threshold: float32 PyTorch, float32 TVM and the float64 threshold fold may legitimately binarize
+  it differently (README: "within a rounding of 0"), so such an example is rejected. Exact ties are kept: their
+  result is defined by the form (the tie rule for ``torch.sign``, the comparison otherwise).
 """
 from __future__ import annotations
 
@@ -53,9 +56,19 @@ def _ste_add(x):
     return x + (torch.sign(x) - x).detach()
 
 
+def _brevitas(x, b):
+    """Brevitas' 1-bit activation (SignedBinaryActPerTensorConst at eval): clamp to [-s, s] written as two wheres,
+    sign by a compare, then the scale: values +-s."""
+    s = b.s
+    c = torch.where(x > s, s, x)
+    c = torch.where(c < -s, -s, c)
+    return ((c >= 0).float() * 2 - 1) * s
+
+
 ACT_FORMS = {
     "sign": torch.sign,
     "where_ge": ge_sign,
+    "where_ones": lambda x: torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x)),
     "ste_add": _ste_add,
     "ste_add_where": lambda x: x + (ge_sign(x) - x).detach(),
     "bireal_ste": lambda x: torch.sign(x).detach() - _bireal_poly(x).detach() + _bireal_poly(x),
@@ -67,11 +80,52 @@ ACT_FORMS = {
     "binary_sign": bnn.binary_sign,
     "BinarySign": bnn.BinarySign,  # module classes: a fresh instance per use
     "StochasticSign": bnn.StochasticSign,
+    # threshold at 0 but strict: x > 0 (exact at 0 in the compiled model too: another threshold, not the tie rule)
+    "where_gt": lambda x: torch.where(x > 0, 1.0, -1.0),
+    # decreasing in x
+    "neg_sign": lambda x: -torch.sign(x),
+    "where_lt": lambda x: torch.where(x < 0, 1.0, -1.0),
+    # two values other than +-1: {0, 1} (mid 0.5 +- 0.5), {-1, 3} (mid 1 +- 2: zero padding is neither value)
+    "ge01": lambda x: (x >= 0).float(),
+    "where_m1_3": lambda x: torch.where(x >= 0, 3.0, -1.0),
+    # forms with per-layer parameters (PARAM_FORMS: called as fn(x, binarize_module))
+    "brevitas": _brevitas,  # s = 0.75: every output of a +-1-weight layer is an exact multiple of 0.75
+    "brevitas_rand": _brevitas,  # s random per layer: outputs are float multiples of s (rounded)
+    "sign_sub_t": lambda x, b: torch.sign(x - b.threshold(x)),  # per-channel threshold t (some 0, some integers)
+    "where_ge_t": lambda x, b: torch.where(x >= b.threshold(x), 1.0, -1.0),
+    "gt01_t": lambda x, b: (x > b.threshold(x)).float(),
 }
+PARAM_FORMS = {"brevitas", "brevitas_rand", "sign_sub_t", "where_ge_t", "gt01_t"}
+THRESHOLD_FORMS = {"sign_sub_t", "where_ge_t", "gt01_t"}  # compare x - t with 0
+SCALE_FORMS = {"brevitas": 0.75, "brevitas_rand": None}  # None: random per layer
 # forms built on torch.sign: PyTorch gives 0 at an input of exactly 0, the compiled model +1 (documented)
-TIE_DIFFERS = {"sign", "ste_add", "bireal_ste", "reactnet_ste", "detach_ste", "hardtanh_sign", "hardtanh_ste"}
+TIE_DIFFERS = {"sign", "ste_add", "bireal_ste", "reactnet_ste", "detach_ste", "hardtanh_sign", "hardtanh_ste",
+               "neg_sign", "sign_sub_t"}
 # straight-through forms: PyTorch's result is +-1 only to a rounding (documented), the compiled model's exactly
 STE_FORMS = {"ste_add", "ste_add_where", "bireal_ste", "reactnet_ste", "detach_ste", "hardtanh_ste"}
+# forms whose result is not decided by the sign of a value that is >= 0 by construction (after a ReLU): strict
+# x > 0 (0 vs a tiny positive), and thresholds t != 0. Near ties are checked there whatever the input.
+NONNEG_UNSAFE = {"where_gt", "gt01_t"} | THRESHOLD_FORMS
+# the compiled semantics in float64: ``sign`` is the tie rule (x >= 0 -> +1) in a bit-packed layer, torch.sign in
+# a layer that stays float (README "Tie rule"); every other form is exact at its threshold. Default: sign(x).
+REF_FORMS = {
+    "where_gt": lambda x, b, sign: torch.where(x > 0, 1.0, -1.0).to(x.dtype),
+    "neg_sign": lambda x, b, sign: -sign(x),
+    "where_lt": lambda x, b, sign: torch.where(x < 0, 1.0, -1.0).to(x.dtype),
+    "ge01": lambda x, b, sign: (x >= 0).to(x.dtype),
+    "where_m1_3": lambda x, b, sign: torch.where(x >= 0, 3.0, -1.0).to(x.dtype),
+    "brevitas": lambda x, b, sign: ge_sign(x) * b.s,
+    "brevitas_rand": lambda x, b, sign: ge_sign(x) * b.s,
+    "sign_sub_t": lambda x, b, sign: sign(x - b.threshold(x)),
+    "where_ge_t": lambda x, b, sign: ge_sign(x - b.threshold(x)),
+    "gt01_t": lambda x, b, sign: (x > b.threshold(x)).to(x.dtype),
+}
+# the two values (low, high) of a form; default +-1
+VALUES = {"ge01": lambda b: (0.0, 1.0), "gt01_t": lambda b: (0.0, 1.0), "where_m1_3": lambda b: (-1.0, 3.0),
+          "brevitas": lambda b: (-float(b.s), float(b.s)), "brevitas_rand": lambda b: (-float(b.s), float(b.s))}
+# the output domain of a binary layer with +-1 weights and no bias/BN on this form: "int" (exact: integers, or
+# exact multiples of 0.75 / halves), "scaled" (float multiples of a random s, rounded); default "int"
+ACT_DOMAIN = {"brevitas_rand": "scaled"}
 # the tvm_bnn.nn layers binarize internally with binary_sign
 MODULE_FORM = "tvm_bnn.nn"
 
@@ -103,14 +157,21 @@ def weight_of(form, w, alpha):
 
 @dataclass
 class BinConv:
-    """[F.pad pre] -> binarize -> [max-pool] -> [F.pad post] -> conv2d(binary W) -> [BN]."""
+    """[F.pad pre] -> binarize -> [max-pool] -> [F.pad post] -> conv2d(binary W) -> [BN].
+
+    The padding rule (README "Padding", passes/binarize.py::conv_padding, binarizers.py::_padded): F.pad after the
+    binarization may pad with 0 or one of the two values; any other value leaves the layer float ("neither 0 nor one
+    of its two values"). F.pad with one of the two values plus the conv's own zero padding are two padding values in
+    one conv: refused too, unless the F.pad value is 0 or 0 is that value (the low value of {0, 1})."""
     cout: int
     kernel: tuple
     stride: tuple
     dilation: tuple
     padding: tuple  # symmetric conv padding (ph, pw)
-    fpad: tuple = (0, 0, 0, 0)  # F.pad widths (left, right, top, bottom), zeros
+    fpad: tuple = (0, 0, 0, 0)  # F.pad widths (left, right, top, bottom)
     fpad_pre: bool = False  # F.pad before the binarization (pads float 0 -> tie -> +1) instead of after (0 in +-1)
+    fpad_fill: int = 0  # F.pad after the binarization pads with 0 (0), its high value (1), its low value (-1), or
+    # (2) a value that is neither 0 nor one of the two (halfway between the mid-point and the high value): refused
     act: str = "where_ge"  # an ACT_FORMS key, or MODULE_FORM (tvm_bnn.nn.BinaryConv2d)
     wform: str = "sign"  # WEIGHT_FORMS key, or "xnor" / None scale for the module; "zeros" -> refused
     pool: tuple | None = None  # max-pool (kernel, stride, padding) of the binarized tensor
@@ -232,32 +293,65 @@ class Ctx:
 
     def __init__(self):
         self.mode = "torch"
-        self.seen = []  # ref mode: (form, value float64, nonneg)
+        self.seen = []  # ref mode: (form, value compared with the threshold (float64), nonneg, packed)
         self.bounds = []  # abs mode: magnitude bound of the same value
+        self.relu_near = 0  # abs mode: ReLU inputs within rounding of 0 (a hidden near tie for NONNEG_UNSAFE forms)
 
 
 class Binarize(torch.nn.Module):
     """``packed``: the consumer is meant to be binarized (bit-packed: x >= 0 -> +1). A consumer that stays float
-    (refused: grouped, zeros in the weights; float weights) computes the binarization in float, as PyTorch does:
-    torch.sign(0) = 0 there; the STE forms are still exact (canonicalized to the sign)."""
+    (refused: zeros in the weights, two padding values; float weights) computes the binarization in float, as
+    PyTorch does: torch.sign(0) = 0 there; the STE forms are still exact (canonicalized to the sign).
 
-    def __init__(self, ctx, form, nonneg=False, packed=True):
+    ``channels``/``seed``: the per-channel thresholds ``t`` (axis 1 of the input) and the scale ``s`` of the forms
+    that have them (PARAM_FORMS), drawn from the seed."""
+
+    def __init__(self, ctx, form, nonneg=False, packed=True, channels=1, seed=0):
         super().__init__()
         self.ctx, self.form, self.nonneg, self.packed = ctx, form, nonneg, packed
         fn = ACT_FORMS.get(form)
         self.fn = fn().eval() if isinstance(fn, type) else fn
+        rng = _rng(seed + 3)
+        if form in SCALE_FORMS:
+            s = SCALE_FORMS[form] or rng.uniform(0.1, 2.0)
+            self.register_buffer("s", torch.tensor(float(np.float32(s)), dtype=torch.float32))
+        if form in THRESHOLD_FORMS:
+            self.register_buffer("t", _tensor(_random_thresholds(rng, channels)))
+
+    def threshold(self, x):
+        return self.t.view((-1,) + (1,) * (x.dim() - 2))
+
+    def values(self):
+        """(low, high): the two values of the binarized tensor (float32-exact Python floats)."""
+        return VALUES[self.form](self) if self.form in VALUES else (-1.0, 1.0)
+
+    def ref(self, x, sign):
+        """The binarized tensor in float64 (compiled semantics, ``sign`` for the forms that use torch.sign)."""
+        return REF_FORMS[self.form](x, self, sign) if self.form in REF_FORMS else sign(x)
 
     def forward(self, x):
-        mode = self.ctx.mode
+        mode, form = self.ctx.mode, self.form
         if mode == "torch":
-            return self.fn(x)
-        if mode == "ref":
-            self.ctx.seen.append((self.form, x.detach(), self.nonneg, self.packed))
-            if not self.packed and self.form in TIE_DIFFERS:
-                return torch.sign(x)
-            return ge_sign(x)
-        self.ctx.bounds.append(x.detach())
-        return torch.ones_like(x)
+            return self.fn(x, self) if form in PARAM_FORMS else self.fn(x)
+        t = self.threshold(x) if form in THRESHOLD_FORMS else None
+        if mode == "ref":  # record the value compared with the threshold
+            self.ctx.seen.append((form, x.detach() - t if t is not None else x.detach(), self.nonneg, self.packed))
+            self._ref_in = x.detach()
+            sign = torch.sign if not self.packed and form in TIE_DIFFERS else ge_sign
+            return self.ref(x, sign)
+        self.ctx.bounds.append(x.detach() + t.abs() if t is not None else x.detach())
+        return torch.ones_like(x) * max(abs(v) for v in self.values())
+
+
+def _random_thresholds(rng, n):
+    """Per-channel thresholds: some exactly 0, some integers (exact ties on integer-valued inputs; not +-1, where a
+    hardtanh clamps), the rest generic."""
+    t = rng.uniform(-1.5, 1.5, n)
+    u = rng.random(n)
+    t[u < 0.3] = 0.0
+    ints = (u >= 0.3) & (u < 0.5)
+    t[ints] = rng.choice([-3.0, -2.0, 2.0, 3.0], int(ints.sum()))
+    return t
 
 
 def _rng(seed):
@@ -316,6 +410,8 @@ class BinConvMod(torch.nn.Module):
     def __init__(self, ctx, s: BinConv, cin, nonneg):
         super().__init__()
         self.ctx, self.s = ctx, s
+        # F.pad's value after the binarization; why the padding leaves the layer float (None: it does not)
+        self.pad_value, self.refused_pad = 0.0, None
         rng = _rng(s.seed)
         shape = (s.cout, cin // s.groups) + tuple(s.kernel)
         if s.act == MODULE_FORM:
@@ -328,7 +424,21 @@ class BinConvMod(torch.nn.Module):
                     self.conv.bias.copy_(_tensor(rng.uniform(-2, 2, s.cout)))
             self.binarize = Binarize(ctx, MODULE_FORM, nonneg)  # records only; the module binarizes
         else:
-            self.binarize = Binarize(ctx, s.act, nonneg, packed=s.wform != "zeros")
+            self.binarize = Binarize(ctx, s.act, nonneg, channels=cin, seed=s.seed)
+            low, high = self.binarize.values()
+            if s.fpad_fill and not s.fpad_pre and any(s.fpad):
+                if s.fpad_fill == 2:  # neither 0 nor low/high: +-1 -> 0.5, {0, 1} -> 0.75, {-1, 3} -> 2, +-s -> s/2
+                    self.pad_value = float(np.float32(0.5 * high + 0.25 * (low + high)))
+                    self.refused_pad = "bad_pad"
+                else:
+                    self.pad_value = high if s.fpad_fill > 0 else low
+
+                    def kind(v):
+                        return 1 if v == high else -1 if v == low else 0
+
+                    if any(s.padding) and kind(0.0) != kind(self.pad_value):
+                        self.refused_pad = "two_pads"
+            self.binarize.packed = s.wform != "zeros" and self.refused_pad is None
             w = _binary_param(shape, s.wform, rng, refuse_zeros=s.wform == "zeros")
             if s.wform in ("stored_pm1", "stored_alpha", "zeros"):
                 self.register_buffer("w", _tensor(w))
@@ -360,7 +470,7 @@ class BinConvMod(torch.nn.Module):
             if s.pool is not None:
                 b = F.max_pool2d(b, s.pool[0], s.pool[1], s.pool[2])
             if not s.fpad_pre:
-                b = F.pad(b, s.fpad)
+                b = F.pad(b, s.fpad, value=abs(self.pad_value) if mode == "abs" else self.pad_value)
             w = weight_of(s.wform, self.w, self.alpha)
             bias = self.b
             if mode == "abs":
@@ -370,7 +480,7 @@ class BinConvMod(torch.nn.Module):
 
 
 class BinDenseMod(torch.nn.Module):
-    def __init__(self, ctx, s: BinDense, fin, nonneg):
+    def __init__(self, ctx, s: BinDense, fin, nonneg, cin=None):
         super().__init__()
         self.ctx, self.s = ctx, s
         rng = _rng(s.seed)
@@ -382,7 +492,8 @@ class BinDenseMod(torch.nn.Module):
                     self.fc.bias.copy_(_tensor(rng.uniform(-2, 2, s.out)))
             self.binarize = Binarize(ctx, MODULE_FORM, nonneg)
         else:
-            self.binarize = Binarize(ctx, s.act, nonneg, packed=s.wform != "zeros")
+            self.binarize = Binarize(ctx, s.act, nonneg, packed=s.wform != "zeros",
+                                     channels=fin if s.flatten_first or cin is None else cin, seed=s.seed)
             w = _binary_param((s.out, fin), s.wform, rng, refuse_zeros=s.wform == "zeros")
             if s.wform in ("stored_pm1", "stored_alpha", "zeros"):
                 self.register_buffer("w", _tensor(w))
@@ -437,11 +548,15 @@ class FloatConvMod(torch.nn.Module):
         self.register_buffer("alpha", _tensor(np.linspace(0.5, 1.5, s.cout)))
         self.b = torch.nn.Parameter(_tensor(rng.uniform(-1, 1, s.cout))) if s.bias else None
         # one weight per output channel is +-alpha: binary weights, so the layer binarizes
-        self.binarize = Binarize(ctx, s.act, nonneg, packed=fan_in_one(cin, s)) if s.act else None
+        self.fan_in_one = fan_in_one(cin, s)
+        self.binarize = Binarize(ctx, s.act, nonneg, packed=self.fan_in_one, channels=cin,
+                                 seed=s.seed) if s.act else None
         self.bn = _random_bn(ctx, s.cout, s.seed + 1, 4) if s.bn else None
 
     def forward(self, x):
         s = self.s
+        if self.ctx.mode == "ref":
+            self._ref_in = x.detach()
         if self.binarize is not None:
             x = self.binarize(x)
         w, bias = weight_of(s.wform, self.w, self.alpha), self.b
@@ -458,11 +573,15 @@ class FloatDenseMod(torch.nn.Module):
         rng = _rng(s.seed)
         self.w = torch.nn.Parameter(_tensor(rng.standard_normal((s.out, fin)) / np.sqrt(fin)))
         self.b = torch.nn.Parameter(_tensor(rng.uniform(-1, 1, s.out))) if s.bias else None
-        self.binarize = Binarize(ctx, s.act, nonneg, packed=fan_in_one(fin, s)) if s.act else None
+        self.fan_in_one = fan_in_one(fin, s)
+        self.binarize = Binarize(ctx, s.act, nonneg, packed=self.fan_in_one, channels=fin,
+                                 seed=s.seed) if s.act else None
         self.bn = _random_bn(ctx, s.out, s.seed + 1, 2) if s.bn else None
 
     def forward(self, x):
         x = x.flatten(1)
+        if self.ctx.mode == "ref":
+            self._ref_in = x.detach()
         if self.binarize is not None:
             x = self.binarize(x)
         w, bias = self.w, self.b
@@ -490,6 +609,9 @@ class ElementwiseMod(torch.nn.Module):
         if self.ctx.mode == "ref":
             self._ref_in = x.detach()  # for the abs pass, which follows
         if self.ctx.mode == "abs":  # every op here is 1-Lipschitz with |f(x)| <= |x| (+1 for sigmoid)
+            if op == "relu":  # relu(tiny negative) = 0 exactly in the reference, tiny positive in float32 PyTorch
+                t = self._ref_in.numpy()
+                self.ctx.relu_near += int(((t != 0) & (np.abs(t) < np.maximum(TIE_RTOL * x.numpy(), 1e-30))).sum())
             if op == "sigmoid":
                 return x + 1
             if op == "silu":  # error ~ |silu'(x)| * error(x) + rounding of silu(x): tight on the flat negative tail
@@ -558,7 +680,7 @@ class ForkMod(torch.nn.Module):
         super().__init__()
         self.ctx, self.s = ctx, s
         rng = _rng(s.seed)
-        self.binarize = Binarize(ctx, s.act, nonneg)
+        self.binarize = Binarize(ctx, s.act, nonneg, channels=cin, seed=s.seed)
         self.w1 = torch.nn.Parameter(_tensor(_binary_param((s.cout, cin, s.kernel, s.kernel), s.wform, rng)))
         self.w2 = torch.nn.Parameter(_tensor(_binary_param((s.cout, cin, 1, 1), s.wform, rng)))
         self.register_buffer("alpha", _tensor(np.linspace(0.5, 1.5, s.cout)))
@@ -595,7 +717,10 @@ def pool_out(size, k, s, p, ceil_mode=False):
 class LayerInfo:
     """What the spec expects of one conv2d/dense layer in the report."""
     name: str
-    expect: str  # "binary", "float_input" (input not binarized), "float_weights", "grouped", "zeros"
+    expect: str  # "binary", "float_input" (input not binarized), "float_weights", "zeros", "two_pads", "bad_pad"
+    alt: str | None = None  # also accepted through ONNX (where the exporter may fold the BN that made it constant)
+    # also accepted in every frontend: the binarization may be constant to the analysis (see _maybe_constant)
+    maybe: tuple = ()
 
 
 @dataclass
@@ -613,6 +738,7 @@ class FuzzNet(torch.nn.Module):
         self.ctx = Ctx()
         self.branches = torch.nn.ModuleList()
         self.layer_infos, self.exact_outputs, self.forms = [], [], set()
+        self.const_checks = []  # (LayerInfo, module) of layers whose input is a constant function (see build)
         for bi, br in enumerate(spec.branches):
             mods = torch.nn.ModuleList()
             self._build_branch(bi, br, mods)
@@ -621,7 +747,10 @@ class FuzzNet(torch.nn.Module):
     def _build_branch(self, bi, br, mods):
         ctx = self.ctx
         shape, domain, nonneg = tuple(br.shape), "float", False
-        for li, s in enumerate(br.layers):
+        const = False  # the tensor is a constant function of the input (a BN with gamma == 0 everywhere), seen
+        after_nonneg = False  # only BN / elementwise ops since a ReLU / sigmoid (see _maybe_constant)
+        for li, s in enumerate(br.layers):  # through ops the analysis follows: it is binary itself (README)
+            n_infos = len(self.layer_infos)
             prefix = f"branches.{bi}.{li}"
             c = shape[0]
             if getattr(s, "act", None):
@@ -630,10 +759,10 @@ class FuzzNet(torch.nn.Module):
             name = prefix + (suffix if getattr(s, "act", None) == MODULE_FORM else ".body" * isinstance(s, Residual))
             if isinstance(s, BinConv):
                 mod = BinConvMod(ctx, s, c, nonneg)
-                expect = "zeros" if s.wform == "zeros" else "binary"
+                expect = "zeros" if s.wform == "zeros" else mod.refused_pad or "binary"
                 self.layer_infos.append(LayerInfo(name, expect))
             elif isinstance(s, BinDense):
-                mod = BinDenseMod(ctx, s, int(np.prod(shape)), nonneg)
+                mod = BinDenseMod(ctx, s, int(np.prod(shape)), nonneg, cin=c)
                 self.layer_infos.append(LayerInfo(name, "zeros" if s.wform == "zeros" else "binary"))
             elif isinstance(s, FloatConv):
                 mod = FloatConvMod(ctx, s, c, nonneg)
@@ -658,6 +787,23 @@ class FuzzNet(torch.nn.Module):
                 self.layer_infos += [LayerInfo(name, "binary"), LayerInfo(name, "binary")]
             else:
                 raise TypeError(s)
+            if after_nonneg and getattr(s, "act", None) in MAYBE_CONSTANT:
+                for info in self.layer_infos[n_infos:]:
+                    info.maybe = _maybe_constant(s, mod, info)
+            if isinstance(s, (BinConv, FloatConv)) and s.act and _all_zero_gamma(mod.bn):
+                info = self.layer_infos[-1]  # torch.onnx.export folds the BN into the conv: all-zero weights,
+                if info.expect in ("zeros", "float_weights"):  # binary with alpha = 0 (test_regressions.py)
+                    info.alt = "binary"
+            if const:
+                checks = [getattr(mod, "binarize", None) or getattr(getattr(mod, "body", None), "binarize", None)]
+                if isinstance(s, (FloatConv, FloatDense)) and not s.act:
+                    checks = [mod]
+                self.const_checks += [(info, checks[0]) for info in self.layer_infos[n_infos:]]
+            const = _still_constant(s, mod, const)
+            if isinstance(s, Elementwise) and s.op in ("relu", "sigmoid"):
+                after_nonneg = True
+            elif not isinstance(s, (Elementwise, BN)):
+                after_nonneg = isinstance(s, Residual) and s.post in ("relu", "sigmoid")
             if isinstance(s, Elementwise):
                 nonneg = s.op in ("relu", "sigmoid") or (nonneg and s.op in ("hardtanh", "leaky_relu", "tanh"))
             elif isinstance(s, Residual):
@@ -690,6 +836,70 @@ class FuzzNet(torch.nn.Module):
         return flags
 
 
+# {lo, hi} forms whose binarization of a ReLU / sigmoid output (through BN and elementwise ops, which the analysis
+# follows back to the ReLU's input) may be constant in every element: the analysis then sees one value v and takes
+# the values +-v (README: constant activations, binary_values.py), or refuses "the constant 0". The fuzzer does not
+# replicate the analysis to decide it, so it accepts both outcomes there; the outputs agree either way (no tie rule).
+MAYBE_CONSTANT = {"ge01", "gt01_t", "where_m1_3"}
+
+
+def _maybe_constant(s, mod, info):
+    """Categories also accepted for ``info`` when the binarization of layer ``s`` may be constant (MAYBE_CONSTANT):
+    {0, 1} constant 0 -> "input not binarized"; {-1, 3} constant 3 or -1 -> +-3 / +-1, where an F.pad with -1 / 3
+    pads with neither value."""
+    if s.act in ("ge01", "gt01_t"):  # the ONNX multiset names a refused input first, before weights not binary
+        return ("float_input",) if info.expect in ("binary", "two_pads", "float_weights") else ()
+    if info.expect not in ("binary", "two_pads"):
+        return ()
+    if isinstance(s, BinConv) and s.fpad_fill in (1, -1) and not s.fpad_pre and any(s.fpad):
+        return ("bad_pad",)
+    return ()
+
+
+def _all_zero_gamma(bn):
+    return bn is not None and bool((bn.bn.weight == 0).all())
+
+
+def _still_constant(s, mod, const):
+    """Is the output of layer ``s`` (module ``mod``) a constant function of the model input, through ops the
+    binarization analysis follows (elementwise chains, max-pool, flatten)?"""
+    if isinstance(s, BN):
+        return const or _all_zero_gamma(mod)
+    if isinstance(s, (BinConv, BinDense, FloatConv, FloatDense)):
+        return _all_zero_gamma(mod.bn)
+    if isinstance(s, Elementwise):
+        return const and s.op in ("relu", "hardtanh", "leaky_relu", "prelu", "scale_shift")
+    if isinstance(s, Pool):
+        return const and s.op == "max"
+    return False  # Residual, Fork: a sum of two tensors
+
+
+def _resolve_constant_inputs(net, inputs):
+    """Expectations of layers whose input is a constant function (a BatchNorm with gamma == 0 in every channel):
+    the analysis finds it takes one value (binary, one bit value used) or two (binary), unless that value is 0
+    ("it is the constant 0": a {0, 1} activation that is always 0 leaves the layer float). A float-weight layer
+    on a constant binary input binarizes when it has one weight per output channel, else reports its weights."""
+    ctx = net.ctx
+    with torch.no_grad():
+        try:
+            ctx.mode, ctx.seen = "ref", []
+            net.double()(*[x.double() for x in inputs])
+        finally:
+            net.float()
+            ctx.mode, ctx.seen = "torch", []
+    for info, mod in net.const_checks:
+        default = info.expect
+        if isinstance(mod, Binarize):  # what the analysis sees: torch.sign by the tie rule
+            if mod.form != MODULE_FORM and bool((mod.ref(mod._ref_in, ge_sign) == 0).all()):
+                info.expect, mod.packed = "float_input", False
+        else:
+            values = np.unique(mod._ref_in[0].numpy())
+            if (values.size == 1 and values[0] != 0) or values.size == 2:
+                info.expect = "binary" if mod.fan_in_one else "float_weights"
+        if info.expect != default:
+            info.alt = info.alt or default
+
+
 def make_inputs(spec: NetSpec):
     xs = []
     for br in spec.branches:
@@ -705,7 +915,62 @@ def build(spec: NetSpec) -> Built:
     net = FuzzNet(spec).eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    return Built(net, make_inputs(spec), net.layer_infos, net.output_exact(), net.forms)
+    inputs = make_inputs(spec)
+    if net.const_checks:
+        _resolve_constant_inputs(net, inputs)
+    return Built(net, inputs, net.layer_infos, net.output_exact(), net.forms)
+
+
+def coverage(spec: NetSpec, built: Built) -> list:
+    """Features of the recognition an example exercises (hypothesis events: --hypothesis-show-statistics)."""
+    tags = set()
+    for s in (layer for br in spec.branches for layer in br.layers):
+        if isinstance(s, BinConv) and s.groups > 1:
+            tags.add("grouped binary conv")
+        if isinstance(s, BinConv) and s.fpad_fill and not s.fpad_pre and any(s.fpad):
+            tags.add("F.pad with one of the two values")
+    if any(info.expect == "two_pads" for info in built.layers):
+        tags.add("two padding values (refused)")
+    if any(info.expect == "bad_pad" for info in built.layers):
+        tags.add("padded with neither value (refused)")
+    if any(info.alt is not None for info in built.layers):
+        tags.add("constant activation")
+    for form, tag in (({"ge01", "gt01_t", "where_m1_3"}, "values {lo, hi}"), (set(SCALE_FORMS), "values +-s"),
+                      (THRESHOLD_FORMS, "per-channel threshold"), ({"neg_sign", "where_lt"}, "decreasing"),
+                      ({"where_gt", "gt01_t"}, "strict x > t")):
+        if built.forms & form:
+            tags.add(tag)
+    return sorted(tags)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# open bugs: examples that hit one are rejected (test_differential.check_model) so that long runs look for new ones;
+# each has an xfail(strict=True) test in test_regressions.py. Remove the entry with the fix.
+
+def _pad_after_float_reduction(spec: NetSpec, built: Built) -> bool:
+    """test_regressions.py::test_float_reduction_followed_by_pad_writes_the_padding: F.pad (right or bottom) of the
+    output of a float pool / conv (through BN and elementwise ops, which fuse with it) before a binarization."""
+    mods = [m for branch in built.net.branches for m in branch]
+    layers = [s for br in spec.branches for s in br.layers]
+    starts = np.cumsum([0] + [len(br.layers) for br in spec.branches])
+    for i, s in enumerate(layers):
+        if not (isinstance(s, BinConv) and s.fpad_pre and (s.fpad[1] or s.fpad[3])):
+            continue
+        first = max(b for b in starts if b <= i)
+        j = i - 1
+        while j >= first and isinstance(layers[j], (BN, Elementwise)):
+            j -= 1
+        if j >= first and (isinstance(layers[j], (Pool, FloatConv)) or
+                           (isinstance(layers[j], BinConv) and not mods[j].binarize.packed)):
+            return True
+    return False
+
+
+OPEN_BUGS = {"float pad after a pool/conv": _pad_after_float_reduction}
+
+
+def open_bug(spec: NetSpec, built: Built) -> str | None:
+    return next((name for name, hits in OPEN_BUGS.items() if hits(spec, built)), None)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -733,7 +998,7 @@ def evaluate(built: Built) -> Reference:
         try:
             ctx.mode, ctx.seen = "ref", []
             ref_out = _as_list(ref_net(*[x.double() for x in built.inputs]))
-            ctx.mode, ctx.bounds = "abs", []
+            ctx.mode, ctx.bounds, ctx.relu_near = "abs", [], 0
             ref_net(*[x.double().abs() for x in built.inputs])
         finally:
             net.float()
@@ -746,7 +1011,12 @@ def evaluate(built: Built) -> Reference:
         zeros += int(is_zero.sum())
         if packed and form in TIE_DIFFERS:
             tie += int(is_zero.sum())
-        if not nonneg:  # a value >= 0 by construction binarizes to +1 however it rounds
+        # an exact 0 from a ReLU (tiny positive in float32) decides the result of a strict / threshold form, and of a
+        # torch.sign form computed in float (sign(0) = 0 vs sign(tiny) = 1)
+        if nonneg and (form in NONNEG_UNSAFE or (not packed and form in TIE_DIFFERS)):
+            nonneg = False
+            near += ctx.relu_near  # an exact 0 from a ReLU may be a tiny positive value in float32
+        if not nonneg:  # a value >= 0 by construction is on the same side of x >= 0 / x < 0 however it rounds
             # relative to the bound, or below float32's normal range (underflow rounds to 0 there)
             near += int(((np.abs(x) < np.maximum(TIE_RTOL * bound, 1e-30)) & ~is_zero).sum())
     return Reference(torch_out, ref_out, near, tie, zeros)
@@ -767,11 +1037,34 @@ def spatial(draw, lo=1, hi=13):
     return draw(st.integers(lo, hi).filter(lambda v: v % 8 != 0))
 
 
-ACT_CHOICES = sorted(ACT_FORMS) + [MODULE_FORM] * 3
+# the forms added with the {lo, hi} / threshold / padding work, by family; act_form() draws a family first, so that
+# each family gets a fair share of the examples whatever the number of classic +-1 forms
+NEW_FORM_FAMILIES = (
+    ("where_ones", "where_gt"),  # other spellings of the test at 0: ones_like fills, strict x > 0
+    ("neg_sign", "where_lt"),  # decreasing in x
+    ("ge01", "where_m1_3"),  # two values other than +-1: {0, 1}, {-1, 3}
+    ("brevitas", "brevitas_rand"),  # +-s: Brevitas' clamp, compare, scale
+    ("sign_sub_t", "where_ge_t", "gt01_t"),  # per-channel thresholds
+)
+NEW_FORMS = {f for family in NEW_FORM_FAMILIES for f in family}
+CLASSIC_FORMS = sorted(set(ACT_FORMS) - NEW_FORMS)
+ACT_CHOICES = sorted(ACT_FORMS) + [MODULE_FORM]  # every form act_form() can draw
+assert NEW_FORMS <= set(ACT_FORMS) and PARAM_FORMS <= NEW_FORMS
 
 
 @st.composite
-def conv_geometry(draw, h, w, fpad=(0, 0, 0, 0), max_kernel=7):
+def act_form(draw):
+    """A binarization form: the tvm_bnn.nn layers 1/8, a classic +-1 form 7/16, a new form 7/16 (family, then form)."""
+    u = draw(st.integers(0, 15))
+    if u < 2:
+        return MODULE_FORM
+    if u < 9:
+        return draw(st.sampled_from(CLASSIC_FORMS))
+    return draw(st.sampled_from(draw(st.sampled_from(NEW_FORM_FAMILIES))))
+
+
+@st.composite
+def conv_geometry(draw, h, w, fpad=(0, 0, 0, 0), max_kernel=7, max_pad=3):
     """(kernel, stride, dilation, padding) giving an output of at least 1x1 on an h x w input (+ F.pad)."""
     square = draw(st.booleans())
     d = draw(st.integers(1, 2))
@@ -783,7 +1076,7 @@ def conv_geometry(draw, h, w, fpad=(0, 0, 0, 0), max_kernel=7):
             kernel.append(kernel[0])
             padding.append(padding[0])
             continue
-        p = draw(st.integers(0, 3))
+        p = draw(st.integers(0, max_pad))
         k = draw(st.integers(1, max(1, min(max_kernel, (size + 2 * p - 1) // dil[i] + 1))))
         if p > k - 1 and fits(k, k - 1) and draw(st.booleans()):  # mostly padding < kernel, as real models have
             p = k - 1
@@ -813,31 +1106,38 @@ def layer(draw, shape, domain, allow_refused=True):
     if domain == "scaled":
         return BN(seed)  # give the next binarization a generic zero crossing
     kind = draw(st.sampled_from(kinds))
-    act = draw(st.sampled_from(ACT_CHOICES))
+    act = draw(act_form())
     module = act == MODULE_FORM
     tap = draw(st.integers(0, 9)) == 0
     if kind == "bin_conv":
         c, h, w = shape
-        fpad, fpad_pre, pool = (0, 0, 0, 0), False, None
-        if draw(st.integers(0, 3)) == 0:
+        fpad, fpad_pre, fill, pool, max_pad = (0, 0, 0, 0), False, 0, None, 3
+        if draw(st.integers(0, 1)) == 0:
             fpad = tuple(draw(st.lists(st.integers(0, 2), min_size=4, max_size=4)))
             fpad_pre = module or draw(st.integers(0, 3)) == 0
+            if not fpad_pre and any(fpad):
+                # zeros, one of the two values (a constant bit), now and then neither (refused)
+                fill = draw(st.sampled_from([0, 0, 1, -1, 1, -1, 2]))
+                if fill in (1, -1) and draw(st.integers(0, 2)):
+                    max_pad = 0  # mostly a valid combination: no zero padding of the conv's own
         elif not module and draw(st.integers(0, 5)) == 0 and min(h, w) >= 2:
             k = draw(st.integers(2, min(3, h, w)))
             pool = (k, draw(st.integers(1, 2)), draw(st.integers(0, k // 2)))
             h, w = pool_out(h, *pool), pool_out(w, *pool)
-        kernel, stride, dil, padding = draw(conv_geometry(h, w, fpad))
+        kernel, stride, dil, padding = draw(conv_geometry(h, w, fpad, max_pad=max_pad))
         cout = channels(draw)
         groups = 1
         wform = _weight_form(draw, module)
-        if draw(st.integers(0, 9)) == 0:
-            g = next((g for g in (2, 3) if c % g == 0 and cout % g == 0), None)
-            if g:
-                groups = g
+        if c > 1 and draw(st.integers(0, 4)) == 0:  # a grouped conv: binarized, one kernel per group
+            # a small divisor of cin, or depthwise (groups = cin, one input channel per group)
+            options = sorted({g for g in range(2, 5) if c % g == 0} | ({c} if c <= 64 else set()))
+            if options:
+                g = draw(st.sampled_from(options))
+                groups, cout = g, -(-cout // g) * g
         if allow_refused and not module and groups == 1 and c * kernel[0] * kernel[1] >= 2 \
                 and draw(st.integers(0, 39)) == 0:
             wform = "zeros"  # one zero among nonzero weights (an all-zero channel, alpha = 0, is binary)
-        return BinConv(cout, kernel, stride, dil, padding, fpad, fpad_pre, act, wform, pool, groups,
+        return BinConv(cout, kernel, stride, dil, padding, fpad, fpad_pre, fill, act, wform, pool, groups,
                        bias=draw(st.integers(0, 3)) == 0, bn=draw(st.integers(0, 9)) < 6, tap=tap, seed=seed)
     if kind == "bin_dense":
         wform = _weight_form(draw, module)
@@ -904,15 +1204,18 @@ def _next_state(s, shape, domain):
     if isinstance(s, Elementwise):
         return shape, domain if s.op == "relu" else "float"
     if isinstance(s, Fork):
-        return (s.cout,) + tuple(shape[1:]), "float" if s.bn else "int"
+        return (s.cout,) + tuple(shape[1:]), "float" if s.bn else ACT_DOMAIN.get(s.act, "int")
     return shape, "float"  # BN, Residual
 
 
 def _binary_domain(s):
+    """"int": exactly representable and computed exactly both ways (integers, halves with {0, 1}, multiples of 0.75
+    with Brevitas' s = 0.75); "scaled": a float multiple of a random scale (rounded: compared to float rounding,
+    and its 0 is not an exact tie); "float" after a bias or BN."""
     if s.bn or s.bias:
         return "float"
     if s.wform in PM1_WEIGHT_FORMS or s.wform is None or s.wform == "zeros":
-        return "int"
+        return ACT_DOMAIN.get(s.act, "int")
     return "scaled"
 
 

@@ -6,18 +6,24 @@ compiled, run, and every output compared:
 
 * with PyTorch's own output (float32, the literal forms) when the model has no documented difference from the
   compiled semantics -- exactly for integer outputs (binary layers with +-1 weights), to float rounding otherwise;
-* with the reference (float64, the tie rule x >= 0 -> +1 and exact +-1) when it has one: a ``torch.sign``-based form
-  that meets an exact 0 (PyTorch gives 0, README "Tie rule") or a straight-through form (PyTorch's +-1 is inexact,
-  README "STE forms");
+* with the reference (float64, the compiled semantics: the tie rule sign(0) -> +1, exact two values) when it has
+  one: a ``torch.sign``-based form that meets an exact 0 (PyTorch gives 0, README "Tie rule") or a straight-through
+  form (PyTorch's +-1 is inexact, README "STE forms");
 
 and the report is checked layer by layer: every layer meant to be binary is reported binarized, every other one is
-reported float with the reason (input not binarized / weights not binary / grouped / zeros in the weights).
-Examples where a binarized value is within float rounding of 0 (ambiguous by README's own terms) are rejected.
+reported float with the reason (input not binarized / weights not binary / zeros in the weights / an F.pad with one
+of the activation's two values plus the conv's own zero padding: two padding values in one conv / an F.pad with a
+value that is neither 0 nor one of the two).
+Examples where a binarized value is within float rounding of its threshold (ambiguous by README's own terms) are
+rejected. Forms: +-1, +-s (Brevitas), {0, 1}, {-1, 3}; x >= 0, x > 0, decreasing, per-channel thresholds; F.pad
+with 0 or one of the two values; grouped convs (strategies.ACT_FORMS).
 """
+import itertools
+
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, example, given, note, settings
+from hypothesis import assume, event, example, given, note, settings
 from hypothesis.control import currently_in_test_context
 
 import tvm_bnn
@@ -25,15 +31,19 @@ import tvm_bnn
 from ..conftest import assert_float_close, need
 from .conftest import fuzz_examples
 from .strategies import (BN, STE_FORMS, BinConv, BinDense, Branch, Elementwise, Fork, NetSpec, Pool, build,
-                         evaluate, nets)
+                         coverage, evaluate, nets, open_bug)
 
-REASON_KEYWORDS = {
+REASON_KEYWORDS = {  # in order: the first that matches is a reason's category (the ONNX multiset comparison)
+    # F.pad with a value that is neither 0 nor one of the activation's two values ("activation input is not
+    # binarized: it is padded with 0.5, which is neither 0 nor one of its two values -1, 1")
+    "bad_pad": ("neither 0 nor one of its two values",),
     # "activation input is (a float model input,) not binarized ..." / "where(...) is not of the form where(x >= 0,
     # 1, -1)" (a PReLU exports as a where)
     "float_input": ("not binarized", "is not of the form"),
     "float_weights": ("weights are not binary",),
-    "grouped": ("grouped",),
     "zeros": ("zeros",),
+    # F.pad with one of the activation's two values, then the conv's own zero padding
+    "two_pads": ("two padding values",),
 }
 
 
@@ -50,10 +60,13 @@ def check_report(report, layers, names=True):
         # ONNX: rows are in Relax program order, which need not be the module order; compare as multisets (the
         # names of ONNX rows are checked by test_regressions.py::test_onnx_report_names_match_their_layers)
         got = sorted(_category(r) for r in report)
-        assert got == sorted(info.expect for info in layers), f"expected {sorted(i.expect for i in layers)}\n{table}"
+        options = [(i.expect,) + ((i.alt,) if i.alt else ()) + i.maybe for i in layers]
+        assert any(got == sorted(c) for c in itertools.product(*options)), f"expected {sorted(options)}\n{table}"
         return
     assert [r.name for r in report] == [info.name for info in layers], table
     for rec, info in zip(report, layers):
+        if _category(rec) in info.maybe:  # may be constant to the analysis (strategies._maybe_constant)
+            continue
         if info.expect == "binary":
             assert rec.binarized, f"layer {rec.name} should be binarized, reported float: {rec.reason!r}\n{table}"
             assert rec.reason == "", table
@@ -100,8 +113,12 @@ def to_onnx(built):
 
 def check_model(spec, target, frontend="torch"):
     built = build(spec)
+    assume(open_bug(spec, built) is None)  # a known, open bug (test_regressions.py): look for others
     ref = evaluate(built)
     assume(ref.near_ties == 0)
+    if currently_in_test_context():
+        for tag in coverage(spec, built):
+            event(tag)
     _note(f"zeros at binarizations: {ref.zeros}, of them at torch.sign forms: {ref.tie_zeros}")
     model = to_onnx(built) if frontend == "onnx" else built.net
     cm = tvm_bnn.compile(model, target, example_inputs=tuple(built.inputs), progress=False)
@@ -137,7 +154,52 @@ def _epilogue_example(op, act="sign"):
         input_seed=14)])
 
 
+def _values_example():
+    """Brevitas +-0.75 padded with +0.75 (constant bits, no conv padding) -> a grouped conv binarized by sign(x - t)
+    with per-channel t in {0, +-2, +-3, generic} on exact multiples of 0.75 (exact ties: sign(0) -> +1) -> a
+    per-channel strict {0, 1} dense; and a {0, 1} conv after a max-pool, padded with 0 by F.pad and by the conv (its
+    low value both times), then x >= t padded with -1 and zero-padded by the conv (refused: two padding values)."""
+    return NetSpec([Branch(2, (6, 9, 7), [
+        BinConv(cout=12, kernel=(3, 3), stride=(1, 1), dilation=(1, 1), padding=(0, 0), fpad=(1, 1, 2, 0),
+                fpad_fill=1, act="brevitas", seed=31),
+        BinConv(cout=9, kernel=(3, 3), stride=(1, 2), dilation=(1, 1), padding=(1, 1), act="sign_sub_t", groups=3,
+                seed=32),
+        BinDense(out=7, act="gt01_t", flatten_first=False, bn=True, seed=33)], input_seed=34),
+        Branch(1, (4, 7, 10), [
+            BinConv(cout=9, kernel=(2, 3), stride=(1, 1), dilation=(1, 2), padding=(1, 2), act="ge01",
+                    pool=(2, 1, 1), fpad=(1, 0, 0, 1), fpad_fill=-1, tap=True, seed=35),
+            BinConv(cout=6, kernel=(3, 1), stride=(2, 1), dilation=(1, 1), padding=(1, 0), act="where_ge_t",
+                    fpad=(0, 2, 1, 0), fpad_fill=-1, groups=3, bn=True, seed=36)], input_seed=37, input_zeros=0.2)])
+
+
+def _pad_example():
+    """where(x >= 0, ones_like, -ones_like) padded with -1, then zero-padded by the conv: refused (two padding
+    values, stays float: exact integers); a decreasing -sign(x) of them (ties: -sign(0) -> -1) before a max-pool
+    (the test flips: packed after the pool); a grouped {-1, 3} conv with zero padding (mid *
+    the valid taps per pixel); where(x < 0, 1, -1) padded with +1; Brevitas with a random scale -> BN -> x > 0; {0, 1}
+    padded with 0.75 (neither value: refused, stays float) -> a grouped zero-padded {-1, 3} conv."""
+    return NetSpec([Branch(1, (5, 9, 9), [
+        BinConv(cout=6, kernel=(3, 3), stride=(1, 1), dilation=(1, 1), padding=(1, 1), fpad=(0, 1, 1, 0),
+                fpad_fill=-1, act="where_ones", seed=41),
+        BinConv(cout=10, kernel=(2, 3), stride=(1, 1), dilation=(1, 1), padding=(0, 1), act="neg_sign",
+                pool=(2, 2, 1), seed=42),
+        BinConv(cout=8, kernel=(3, 3), stride=(1, 1), dilation=(2, 1), padding=(1, 1), act="where_m1_3", groups=2,
+                bn=True, seed=43),
+        BinConv(cout=4, kernel=(1, 1), stride=(1, 1), dilation=(1, 1), padding=(0, 0), fpad=(1, 0, 0, 1),
+                fpad_fill=1, act="where_lt", wform="stored_alpha", seed=44)], input_seed=45),
+        Branch(2, (40,), [BinDense(out=33, act="brevitas_rand", seed=46), BN(47),
+                          BinDense(out=5, act="where_gt", seed=48)], input_seed=49),
+        Branch(2, (3, 5, 6), [
+            BinConv(cout=4, kernel=(3, 3), stride=(1, 1), dilation=(1, 1), padding=(0, 1), fpad=(1, 0, 2, 1),
+                    fpad_fill=2, act="ge01", seed=50),
+            BinConv(cout=6, kernel=(1, 3), stride=(1, 1), dilation=(1, 1), padding=(0, 1), act="where_m1_3",
+                    groups=2, seed=51)], input_seed=52, input_zeros=0.2)])
+
+
 # explicit examples run on top of the generated ones: forms the generator draws rarely
+@example(spec=_values_example())
+@example(spec=_pad_example())
+@example(spec=_epilogue_example("relu", act="gt01_t"))
 @example(spec=_epilogue_example("silu"))
 @example(spec=_epilogue_example("relu", act="where_ge"))
 @example(spec=_epilogue_example("sigmoid", act="ste_add"))
@@ -152,6 +214,8 @@ def test_differential_x86(spec):
     check_model(spec, "x86")
 
 
+@example(spec=_values_example())
+@example(spec=_pad_example())
 @given(spec=nets(max_layers=3))
 @settings(max_examples=fuzz_examples("onnx"))
 def test_differential_onnx_x86(spec):
@@ -160,6 +224,8 @@ def test_differential_onnx_x86(spec):
     check_model(spec, "x86", frontend="onnx")
 
 
+@example(spec=_values_example())
+@example(spec=_pad_example())
 @given(spec=nets(max_branches=1, max_layers=3, max_batch=2))
 @settings(max_examples=fuzz_examples("c"))
 def test_differential_c(spec):
@@ -174,6 +240,8 @@ def test_differential_aarch64():
     _aarch64()
 
 
+@example(spec=_values_example())
+@example(spec=_pad_example())
 @given(spec=nets(max_branches=1, max_layers=3, max_batch=2))
 @settings(max_examples=fuzz_examples("aarch64"))
 def _aarch64(spec):
@@ -193,7 +261,8 @@ def _mutation_spec(act):
                 seed=2)], input_seed=3)])
 
 
-@pytest.mark.parametrize("act", ["where_ge", "sign", "ste_add"])
+@pytest.mark.parametrize("act", ["where_ge", "sign", "ste_add", "brevitas", "ge01", "where_m1_3", "neg_sign",
+                                 "sign_sub_t"])
 def test_harness_detects_a_wrong_weight_sign(act):
     built = build(_mutation_spec(act))
     cm = tvm_bnn.compile(built.net, "x86", example_inputs=tuple(built.inputs), progress=False)
@@ -211,6 +280,6 @@ def test_harness_detects_a_wrong_report():
     cm.report[1].binarized, cm.report[1].reason = False, "some reason"  # silently float
     with pytest.raises(AssertionError, match="should be binarized"):
         check_report(cm.report, built.layers)
-    built.layers[1].expect = "grouped"  # float, but for another reason than the one expected
+    built.layers[1].expect = "two_pads"  # float, but for another reason than the one expected
     with pytest.raises(AssertionError, match="reason should say"):
         check_report(cm.report, built.layers)
