@@ -19,10 +19,8 @@ per-byte bit counts, accumulated in narrow lanes, and the widening happens once 
   counters (known at compile time), else one kernel row, else a divisor of it (``_groups``).
 
 The ops that are not plain TIR (pairwise and 4-byte sums, lane-wise u16/u32 adds, the per-lane byte / u16 / u32 sums)
-are our own pure, vectorizable TIR ops (``tvm_bnn.simd.<what>.<arch>``) with an LLVM lowering rule
-(``tirx.op.register_intrin_lowering``): ``LowerIntrin`` runs after ``VectorizeLoop``, so the rule sees the vector
-width and emits the target intrinsic where it fits (``llvm.x86.avx2.psad.bw``, ``llvm.aarch64.neon.uaddlp``,
-``llvm.aarch64.neon.udot``, ``llvm.arm.neon.vpadalu``), else the same value from generic shifts and masks.
+are our own pure, vectorizable TIR ops with an LLVM lowering rule per architecture (``schedules/simd_ops.py``). A
+kernel built without its parameters (a bare TE in a benchmark or test) gets them from ``schedules/simd_params.py``.
 
 Schedule: as the conv in schedules/x86.py, vectorised over output channels (weights transposed to [.., O], dense
 too), a register block of ``tile_p`` pixels (rows) x ``tile_o`` channels, each input word broadcast against the
@@ -31,19 +29,16 @@ per tile straight from them. ``design_space`` samples the same knobs for MetaSch
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
-import tvm
-import tvm_ffi
 from tvm import s_tir, te, tirx
-from tvm.ir import register_op_attr
 
 from ..ops import WORD_BITS, epilogue, num_words
-from ..ops import binary_conv2d, binary_dense
 from ..ops.binary_conv2d import Conv2dGeometry, ConvFrame
 from .loops import parallelize_outer
+from .simd_ops import call_op, nibble_plane, popcount_bytes
+from .simd_params import kernel_params, signature
 
 CONV_OPS = ("binary_conv2d", "binary_conv2d_bits")
 DENSE_OPS = ("binary_dense", "binary_dense_bits")
@@ -102,185 +97,26 @@ class Knobs:
     unroll: bool = True
 
 
-# ------------------------------------------------------------------------------------------- our TIR ops, lowered
-
-_ARCHES = ("x86", "aarch64", "armv7")
-_KINDS = ("nibcount", "padal", "pairs", "quads", "add16", "add32", "sum8", "sum16", "sum32")
-
-
-def _lanes(expr) -> int:
-    return tvm.DataType(str(expr.ty)).lanes
-
-
-def _vt(bits: int, lanes: int) -> str:
-    return f"uint{bits}" if lanes == 1 else f"uint{bits}x{lanes}"
-
-
-def _const(value: int, lanes: int):
-    c = tirx.const(value, "uint64")
-    return c if lanes == 1 else tirx.Broadcast(c, lanes)
-
-
-def _view(expr, bits: int, lanes: int):
-    """The u64 (x lanes) ``expr`` as ``64 // bits * lanes`` lanes of ``bits``."""
-    return tirx.reinterpret(_vt(bits, 64 // bits * lanes), expr)
-
-
-def _u64(expr, lanes: int):
-    return tirx.reinterpret(_vt(64, lanes), expr)
-
-
-def _fold(v, shift: int, lanes: int):
-    """Adjacent ``shift``-bit fields of each u64 lane summed into ``2*shift``-bit fields (generic shifts and masks)."""
-    mask = {8: 0x00FF00FF00FF00FF, 16: 0x0000FFFF0000FFFF, 32: 0x00000000FFFFFFFF}[shift]
-    m = _const(mask, lanes)
-    return (v & m) + ((v >> _const(shift, lanes)) & m)
-
-
-def _pairwise(arch: str, v, src_bits: int, lanes: int):
-    """u64 lanes of ``src_bits`` fields -> fields of twice the width, adjacent pairs summed (NEON: one uaddlp)."""
-    if lanes in (1, 2) and arch in ("aarch64", "armv7") and 32 // src_bits * lanes >= 2:  # no <1 x i64> in TIR
-        name = "llvm.aarch64.neon.uaddlp" if arch == "aarch64" else "llvm.arm.neon.vpaddlu"
-        return _u64(tirx.call_llvm_pure_intrin(_vt(2 * src_bits, 32 // src_bits * lanes), name,
-                                               _view(v, src_bits, lanes)), lanes)
-    return _fold(v, src_bits, lanes)
-
-
-def _bits(expr) -> int:
-    return tvm.DataType(str(expr.ty)).bits
-
-
-def _narrow(v, call):
-    """A u64 (x lanes) count as the call's type (u64 or u32)."""
-    return v if _bits(call) == 64 else v.astype(_vt(_bits(call), _lanes(call)))
-
-
-def _half(v, which: int):
-    """Lanes [0, 2) or [2, 4) of a 4-lane vector."""
-    return tirx.Shuffle([v], [tirx.const(2 * which, "int32"), tirx.const(2 * which + 1, "int32")])
-
-
-def _sum_to_u32(arch: str, v, src_bits: int, lanes: int):
-    """NEON: the u32 count of each u64 lane from its ``src_bits`` counters: u16 -> u32 by one uaddlp (vpaddl),
-    then the two u32 halves of every lane added pairwise (addp), two accumulators' lanes into one q register."""
-    def u32_pairs(half):  # one q register (2 u64 lanes) -> u32x4: 2 partial sums per lane
-        if src_bits == 32:
-            return _view(half, 32, 2)
-        name = "llvm.aarch64.neon.uaddlp" if arch == "aarch64" else "llvm.arm.neon.vpaddlu"
-        return tirx.call_llvm_pure_intrin("uint32x4", name, _view(half, 16, 2))
-
-    if lanes == 2:
-        a = u32_pairs(v)
-        b = a
-    else:
-        a, b = u32_pairs(_half(v, 0)), u32_pairs(_half(v, 1))
-    if arch == "aarch64":
-        r = tirx.call_llvm_pure_intrin("uint32x4", "llvm.aarch64.neon.addp", a, b)
-    else:  # armv7 has no 128-bit vpadd: even + odd lanes (vuzp + vadd)
-        idx = (lambda start: [tirx.const(k, "int32") for k in range(start, 8, 2)])
-        r = tirx.Shuffle([a, b], idx(0)) + tirx.Shuffle([a, b], idx(1))
-    return r if lanes == 4 else _half(r, 0)
-
-
-def _lower(kind: str, arch: str):
-    def lower(call):
-        lanes = _lanes(call)
-        a = call.args[0]
-        if kind == "nibcount":  # bit counts of bytes that hold only a low nibble: one table lookup (vpshufb)
-            if arch == "x86" and lanes in (2, 4):
-                name = "llvm.x86.avx2.pshuf.b" if lanes == 4 else "llvm.x86.ssse3.pshuf.b.128"
-                ramp = tirx.Ramp(tirx.const(0, "uint8"), tirx.const(1, "uint8"), 8 * lanes)
-                table = tirx.popcount(ramp & tirx.Broadcast(tirx.const(15, "uint8"), 8 * lanes))  # LLVM folds it
-                return _u64(tirx.call_llvm_pure_intrin(_vt(8, 8 * lanes), name, table, _view(a, 8, lanes)), lanes)
-            return _u64(tirx.popcount(_view(a, 8, lanes)), lanes)
-        if kind == "padal":  # u16 counters + the pair sums of a word's byte counts (armv7: LLVM does not fuse them)
-            b = call.args[1]
-            if arch == "armv7" and lanes in (1, 2):
-                return _u64(tirx.call_llvm_pure_intrin(_vt(16, 4 * lanes), "llvm.arm.neon.vpadalu", _view(a, 16, lanes),
-                                                       _view(b, 8, lanes)), lanes)
-            return _u64(_view(a, 16, lanes) + _view(_pairwise(arch, b, 8, lanes), 16, lanes), lanes)
-        if kind == "pairs":
-            return _pairwise(arch, a, 8, lanes)
-        if kind == "quads":  # sum of 4 bytes per u32 field
-            if arch == "aarch64" and lanes in (1, 2):  # udot(0, v, ones): LLVM folds the accumulating add into it
-                ones = tirx.Broadcast(tirx.const(1, "uint8"), 8 * lanes)
-                zero = tirx.Broadcast(tirx.const(0, "uint32"), 2 * lanes)
-                return _u64(tirx.call_llvm_pure_intrin(_vt(32, 2 * lanes), "llvm.aarch64.neon.udot", zero,
-                                                       _view(a, 8, lanes), ones), lanes)
-            return _fold(_fold(a, 8, lanes), 16, lanes)
-        if kind in ("add16", "add32"):
-            bits = 16 if kind == "add16" else 32
-            return _u64(_view(a, bits, lanes) + _view(call.args[1], bits, lanes), lanes)
-        if kind == "sum8":
-            if arch == "x86" and lanes in (2, 4) and _bits(call) == 64:
-                name = "llvm.x86.avx2.psad.bw" if lanes == 4 else "llvm.x86.sse2.psad.bw"
-                zero = tirx.Broadcast(tirx.const(0, "uint8"), 8 * lanes)
-                return tirx.call_llvm_pure_intrin(_vt(64, lanes), name, _view(a, 8, lanes), zero)
-            return _narrow(_pairwise(arch, _pairwise(arch, _pairwise(arch, a, 8, lanes), 16, lanes), 32, lanes), call)
-        if kind in ("sum16", "sum32"):
-            src = 16 if kind == "sum16" else 32
-            if _bits(call) == 32 and arch in ("aarch64", "armv7") and lanes in (2, 4):
-                return _sum_to_u32(arch, a, src, lanes)
-            v = _pairwise(arch, _pairwise(arch, a, 16, lanes), 32, lanes) if src == 16 else _pairwise(arch, a, 32, lanes)
-            return _narrow(v, call)
-        raise ValueError(kind)
-
-    return lower
-
-
-def _op_name(kind: str, arch: str) -> str:
-    return f"tvm_bnn.simd.{kind}.{arch}"
-
-
-def _register_ops():
-    for arch in _ARCHES:
-        for kind in _KINDS:
-            name = _op_name(kind, arch)
-            register_op_attr(name, "TCallEffectKind", tirx.CallEffectKind.Pure.value)
-            register_op_attr(name, "TVectorizable", True)
-            tirx.op.register_intrin_lowering(name, target="llvm", f=_lower(kind, arch), level=10)
-
-
-_register_ops()
-
-
-def _call(kind: str, arch: str, *args, dtype: str = "uint64"):
-    return tirx.call_intrin(dtype, _op_name(kind, arch), *args)
-
-
-def popcount_bytes(word):
-    """uint64 -> uint64 whose 8 bytes are the bit counts of ``word``'s bytes (a byte view of the word)."""
-    return tirx.reinterpret("uint64", tirx.popcount(tirx.reinterpret("uint8x8", word)))
-
-
-NIBBLES = 0x0F0F0F0F0F0F0F0F
-
-
-def nibble_plane(word, plane):
-    """Plane 0 (low nibbles) or 1 (high nibbles) of a uint64 word, each in the low half of its byte."""
-    return (word >> (tirx.const(4, "uint64") * plane.astype("uint64"))) & tirx.const(NIBBLES, "uint64")
-
-
 def _accumulation(fl: Flavour):
     """(value of one word from ``word(plane)``, the counters' combiner, counters -> u64 count) for a flavour;
     ``plane`` is None (the whole XORed word) or 0 / 1 (its low / high nibble plane) for ``fl.nibbles``."""
     arch = fl.arch
     count = f"uint{fl.count_bits}"
     if fl.nibbles:  # the XOR of two nibble planes is a nibble plane: its byte counts are one table lookup each
-        return (lambda word: _call("nibcount", arch, word(0)) + _call("nibcount", arch, word(1))), None, \
-            lambda acc: _call("sum8", arch, acc, dtype=count)
+        return (lambda word: call_op("nibcount", arch, word(0)) + call_op("nibcount", arch, word(1))), None, \
+            lambda acc: call_op("sum8", arch, acc, dtype=count)
     if fl.lane_bits == 8:  # byte counters: a u64 add is a byte-wise add while no byte exceeds 255
-        return (lambda word: popcount_bytes(word(None))), None, lambda acc: _call("sum8", arch, acc, dtype=count)
+        return (lambda word: popcount_bytes(word(None))), None, lambda acc: call_op("sum8", arch, acc, dtype=count)
     if fl.lane_bits == 16 and arch == "armv7":
         # the combiner takes the counters and a word's byte counts (vpadal.u8): not a monoid, but the reduction is
         # only ever lowered as acc = combine(acc, value) (no rfactor); identity 0
-        padal = te.comm_reducer(lambda a, b: _call("padal", arch, a, b), lambda t: tirx.const(0, t), name="padal_u8")
-        return (lambda w: popcount_bytes(w(None))), padal, lambda acc: _call("sum16", arch, acc, dtype=count)
+        padal = te.comm_reducer(lambda a, b: call_op("padal", arch, a, b), lambda t: tirx.const(0, t), name="padal_u8")
+        return (lambda w: popcount_bytes(w(None))), padal, lambda acc: call_op("sum16", arch, acc, dtype=count)
     if fl.lane_bits == 16:
-        add = te.comm_reducer(lambda a, b: _call("add16", arch, a, b), lambda t: tirx.const(0, t), name="add_u16")
-        return (lambda w: _call("pairs", arch, popcount_bytes(w(None)))), add, lambda acc: _call("sum16", arch, acc, dtype=count)
-    add = te.comm_reducer(lambda a, b: _call("add32", arch, a, b), lambda t: tirx.const(0, t), name="add_u32")
-    return (lambda w: _call("quads", arch, popcount_bytes(w(None)))), add, lambda acc: _call("sum32", arch, acc, dtype=count)
+        add = te.comm_reducer(lambda a, b: call_op("add16", arch, a, b), lambda t: tirx.const(0, t), name="add_u16")
+        return (lambda w: call_op("pairs", arch, popcount_bytes(w(None)))), add, lambda acc: call_op("sum16", arch, acc, dtype=count)
+    add = te.comm_reducer(lambda a, b: call_op("add32", arch, a, b), lambda t: tirx.const(0, t), name="add_u32")
+    return (lambda w: call_op("quads", arch, popcount_bytes(w(None)))), add, lambda acc: call_op("sum32", arch, acc, dtype=count)
 
 
 # ------------------------------------------------------------------------------------------------------ the TE form
@@ -417,140 +253,6 @@ def kernel_compute(op: str, params: dict, args, fl: Flavour) -> te.Tensor:
     return epilogue.bits_output(dense_dot(xp, wp, params["k"], fl, padded), p2, p3, name="binary_dense_bits")
 
 
-# --------------------------------------------------------------------------- the kernel's parameters, when missing
-
-
-def _signature(func) -> list:
-    return [(str(p.name), tuple(int(d) for d in p.shape), str(p.dtype)) for p in func.params]
-
-
-def _bare(func) -> tirx.PrimFunc:
-    return tirx.PrimFunc(func.params, func.body)
-
-
-def _generic_func(op: str, params: dict, sig) -> tirx.PrimFunc:
-    from ..passes.kernels import TE_BUILDERS
-
-    phs = [te.placeholder(shape, dtype, name=name) for name, shape, dtype in sig[:-1]]
-    return te.create_prim_func(phs + [TE_BUILDERS[op](params)(*phs)])
-
-
-def _block_body(func, name):
-    sch = s_tir.Schedule(func)
-    return sch.get(sch.get_sblock(name))
-
-
-_LOAD = tvm.ir.expr.TensorLoad  # what tirx.BufferLoad builds in this TVM
-_CHILDREN = ("value", "indices", "args", "a", "b", "condition", "true_value", "false_value", "source")
-
-
-def _visit(node, fvisit):
-    """Post-order walk over the expressions of a block body (this TVM exposes no TIR post_order_visit to Python)."""
-    for attr in _CHILDREN:
-        child = getattr(node, attr, None)
-        if child is None or isinstance(child, (int, float, str)):
-            continue
-        if isinstance(child, (list, tuple, tvm.ir.Array)) or type(child).__name__ == "Array":
-            for c in child:
-                if isinstance(c, (tvm.ir.Expr, tirx.Stmt)):
-                    _visit(c, fvisit)
-        elif isinstance(child, (tvm.ir.Expr, tirx.Stmt)):
-            _visit(child, fvisit)
-    fvisit(node)
-
-
-def _ints(expr) -> list:
-    found = []
-    _visit(expr, lambda e: found.append(int(e.value)) if isinstance(e, tirx.IntImm) else None)
-    return found
-
-
-def _eval(expr, values: dict) -> int:
-    from tvm.sym.analyzer import Analyzer
-
-    ana = Analyzer()
-    for var, value in values.items():
-        ana.bind(var, value)
-    out = ana.simplify(expr)
-    if not isinstance(out, tirx.IntImm):
-        raise ValueError(f"{expr} is not constant under {values}: {out}")
-    return int(out)
-
-
-def recover_params(func, op: str) -> dict | None:
-    """The ``tvm_bnn.params`` of a kernel built from ops/ TE without them (a benchmark's or a test's bare
-    ``te.create_prim_func``): read off the generic TE's blocks, then verified by rebuilding the generic TE from
-    them and comparing structurally. None when that fails."""
-    sig = _signature(func)
-    try:
-        if op in DENSE_OPS:
-            kw_ = sig[0][1][1]
-            ints = [v for v in _ints(_block_body(func, "dot").body) if (kw_ - 1) * WORD_BITS < v <= kw_ * WORD_BITS]
-            candidates = [{"k": v} for v in dict.fromkeys(ints)]
-        else:
-            candidates = [_conv_params(func, sig, op)]
-    except Exception:  # noqa: BLE001 - not the generic TE we know
-        return None
-    for params in candidates:
-        try:
-            if tvm_ffi.structural_equal(_bare(_generic_func(op, params, sig)), _bare(func)):
-                return params
-        except Exception:  # noqa: BLE001
-            continue
-    return None
-
-
-def _conv_params(func, sig, op: str) -> dict:
-    """Geometry of a generic conv TE (ops/binary_conv2d.py, output channels vectorised): strides and dilation from
-    the input load of ``popcount``, the top/left padding and pad value from ``pad``, C from ``dot``'s constant."""
-    (_, (n_, h_, w_, cw_), _), (_, (o_, kh_, kw_, _), _) = sig[0], sig[1]
-    out_shape = sig[-1][1]
-    oh_, ow_ = (out_shape[2], out_shape[3]) if op == "binary_conv2d" else (out_shape[1], out_shape[2])
-    pop = _block_body(func, "popcount")
-    loads = []
-    _visit(pop.body, lambda e: loads.append(e) if isinstance(
-        e, _LOAD) and str(e.source.name) not in ("weights_t", "popcount") else None)
-    xload = loads[0]
-    iv = {v.var.name: v.var for v in pop.iter_vars}
-    p, rkh, rkw = iv["v_p"], iv["v_rkh"], iv["v_rkw"]
-
-    def at(expr, pv=0, khv=0, kwv=0):
-        return _eval(expr, {p: tirx.const(pv, "int32"), rkh: tirx.const(khv, "int32"),
-                            rkw: tirx.const(kwv, "int32")})
-
-    ih, iw = xload.indices[1], xload.indices[2]
-    sh = at(ih, pv=ow_) - at(ih) if oh_ > 1 else 1
-    dh = at(ih, khv=1) - at(ih) if kh_ > 1 else 1
-    sw = at(iw, pv=1) - at(iw) if ow_ > 1 else 1
-    dw = at(iw, kwv=1) - at(iw) if kw_ > 1 else 1
-    pt = pl = 0
-    pad_value = 0
-    pad = _try(_block_body, func, "pad")
-    if pad is not None:
-        zero = {v.var: tirx.const(0, "int32") for v in pad.iter_vars}
-        found = []
-        _visit(pad.body, lambda e: found.append(e) if isinstance(e, tvm.ir.expr.Call) and str(
-            e.op.name).endswith("if_then_else") else None)
-        xin = found[0].args[1]
-        pt, pl = -_eval(xin.indices[1], zero), -_eval(xin.indices[2], zero)
-        fill = _eval(found[0].args[2], zero)
-        has_adjust = _try(_block_body, func, "pad_adjust") is not None
-        pad_value = 1 if fill != 0 else (0 if has_adjust else -1)
-    base = [v for v in _ints(_block_body(func, "dot").body) if v > 0 and v % (kh_ * kw_) == 0
-            and (cw_ - 1) * WORD_BITS < v // (kh_ * kw_) <= cw_ * WORD_BITS]
-    c = base[0] // (kh_ * kw_)
-    pb = max(0, (oh_ - 1) * sh + dh * (kh_ - 1) + 1 - h_ - pt)
-    pr = max(0, (ow_ - 1) * sw + dw * (kw_ - 1) + 1 - w_ - pl)
-    return dict(in_channels=c, kernel=[kh_, kw_], strides=[sh, sw], padding=[pt, pl, pb, pr], dilation=[dh, dw],
-                pad_value=pad_value)
-
-
-def kernel_params(func, op: str) -> dict | None:
-    attrs = func.attrs
-    if attrs is not None and "tvm_bnn.params" in attrs:
-        return json.loads(str(attrs["tvm_bnn.params"]))
-    return recover_params(func, op)
-
 
 def build_form(func, op: str, fl: Flavour, params: dict | None = None) -> tirx.PrimFunc | None:
     """The unscheduled byte-lane PrimFunc of kernel ``func`` (same parameters in the same order, same attributes,
@@ -558,11 +260,11 @@ def build_form(func, op: str, fl: Flavour, params: dict | None = None) -> tirx.P
     params = params if params is not None else kernel_params(func, op)
     if params is None:
         return None
-    sig = _signature(func)
+    sig = signature(func)
     phs = [te.placeholder(shape, dtype, name=name) for name, shape, dtype in sig[:-1]]
     new = te.create_prim_func(phs + [kernel_compute(op, params, phs, fl)])
-    if [s[1:] for s in _signature(new)] != [s[1:] for s in sig]:
-        raise ValueError(f"{op}: byte-lane form has parameters {_signature(new)}, the kernel {sig}")
+    if [s[1:] for s in signature(new)] != [s[1:] for s in sig]:
+        raise ValueError(f"{op}: byte-lane form has parameters {signature(new)}, the kernel {sig}")
     for key, value in (func.attrs.items() if func.attrs is not None else []):
         if key != "global_symbol":
             new = new.with_attr(key, value)
