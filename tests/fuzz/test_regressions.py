@@ -1,6 +1,6 @@
 """Minimal models from the differential fuzzer (tests/fuzz/test_differential.py), as plain tests.
 
-The first is a bug the fuzzer found (fixed in 7aa7d37); the last (``xfail(strict=True)``) is an open one; the
+The first and the last are bugs the fuzzer found (fixed in 7aa7d37 and with the float pad fix); the
 others pin down behaviours it ran into whose semantics were not obvious from the README, so that a change to them is
 noticed.
 """
@@ -226,18 +226,14 @@ _PAD_AFTER = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="open bug: the x86 float schedules (schedules/float_x86.py _fuse_epilogue) "
-                   "compute a pad fused after a pool/conv/matmul/mean at the reduction's loop nest "
-                   "(reverse_compute_at), which covers only the reduction's output extent: the right/bottom padding "
-                   "is never written and the output holds stale memory there")
 @pytest.mark.parametrize("case", sorted(_PAD_AFTER))
 def test_float_reduction_followed_by_pad_writes_the_padding(case):
     """A float pool / conv / dense / mean followed by F.pad (right or bottom): FuseOps fuses the pad into the
-    reduction's PrimFunc as its epilogue, and float_x86 computes that epilogue at the reduction's tile loop, whose
-    extent is the unpadded width, so the padded columns/rows are skipped (left padding, or a pad after an
-    elementwise op, is fine). Seen on x86; aarch64 uses the same schedules (its zero-initialised static arena can
-    hide it); the C bundle's lean schedule is not affected. Each call uses new inputs: the padding then holds
-    whatever the buffer held before."""
+    reduction's PrimFunc as its epilogue. float_x86 used to compute that epilogue at the reduction's tile loop
+    (reverse_compute_at), which covers only the elements that read the tile: the padded columns/rows were never
+    written (left padding, or a pad after an elementwise op, was fine). The fuzzer found it; the epilogue is now
+    computed at the tile only when it writes as many elements as the reduction (float_arm shares that code). Each
+    call uses new inputs: the padding would hold whatever the buffer held before."""
     shape, fn = _PAD_AFTER[case]
 
     class Net(torch.nn.Module):

@@ -113,8 +113,18 @@ def _try(fn, *args) -> bool:
         return False
 
 
+def _written_elements(sch, block) -> int:
+    buf = sch.get(block).writes[0].source
+    n = 1
+    for d in buf.shape:
+        n *= _int(d)
+    return n
+
+
 def _inline_epilogue(sch, block):
-    """Inline the injective chain after ``block`` into its last consumer; return that consumer (or None)."""
+    """Inline the injective chain after ``block`` into its last consumer; return that consumer, or None when there
+    is none or it writes more elements than ``block`` (a pad: computed at ``block``'s tile by
+    ``reverse_compute_at``, it would cover only the elements that read the tile and leave the padding unwritten)."""
     consumers = sch.get_consumers(block)
     if len(consumers) != 1:
         return None
@@ -122,8 +132,11 @@ def _inline_epilogue(sch, block):
     while True:
         nxt = sch.get_consumers(consumer)
         if len(nxt) != 1 or not _try(sch.compute_inline, consumer):
-            return consumer
+            break
         consumer = nxt[0]
+    if _written_elements(sch, consumer) != _written_elements(sch, block):
+        return None
+    return consumer
 
 
 def _fuse_epilogue(sch, block, outer, lanes: int):
