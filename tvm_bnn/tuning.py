@@ -10,9 +10,11 @@ already in the database count against the budget.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
+import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -147,7 +149,35 @@ def _search_strategy():
     return ms.search_strategy.EvolutionarySearch(population_size=96, init_min_unmeasured=16, genetic_num_iters=2)
 
 
+def _import_tensor_intrin():
+    """Import ``tvm.s_tir.tensor_intrin`` (MetaSchedule's TuneContext does, on first use) in seconds, not minutes.
+
+    Its ~500 ``@T.prim_func`` decorators each call ``inspect.stack()``, which for every frame of the import machinery
+    (``<frozen importlib._bootstrap>``: no file) scans all of ``sys.modules`` in ``inspect.getmodule``; with torch
+    loaded that took 3 minutes (3.5 with other work on the machine: the aarch64 RPC tuning test timed out on it). The
+    parser only reads the decorator's nearest frames (its class-body check and the closure variables of the
+    functions around it), so during this import the stack stops at the first frame that is not in a source file."""
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    full_stack = inspect.stack
+
+    def near_stack(context=1):
+        frames, frame = [], sys._getframe(1)
+        while frame is not None and not frame.f_code.co_filename.startswith("<"):
+            info = inspect.getframeinfo(frame, context)
+            frames.append(inspect.FrameInfo(frame, *info, positions=info.positions))
+            frame = frame.f_back
+        return frames
+
+    inspect.stack = near_stack
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.stack = full_stack
+
+
 def _tune_contexts(tasks, work_dir, target, num_cores, seed):
+    _import_tensor_intrin()
     # MetaSchedule rebuilds its logging config from the handlers already on its logger and fails on an unnamed one
     # (left by an earlier tuning run or another library); it recreates the ones it needs.
     ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
