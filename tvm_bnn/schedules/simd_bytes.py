@@ -54,7 +54,6 @@ class Flavour:
     vector_words: int  # u64 lanes of one hardware vector
     default_tile: tuple  # (pixels or rows, output channels) of a register block
     bits_tile: tuple | None = None  # the register block of the bits outputs, if not default_tile
-    conv_tile: tuple | None = None  # the register block of a conv's float outputs, if not default_tile
     nibbles: bool = False  # x86: inputs and weights split into nibble planes, the count is one vpshufb per plane
     count_bits: int = 64  # the per-output count: u64 (x86: vpsadbw's lanes) or u32 (NEON: a full q of 4 channels)
     unroll_words: int = 4  # unroll the innermost reduction loops of the counters up to this many words
@@ -78,9 +77,7 @@ FLAVOURS = {
     # input broadcasts per word for 4 vectors (llvm-mca znver3: 139 bit/cycle in the hot loop; 2 x 8: 118; 4 x 8
     # spilled). The bits outputs take 2 x 8: their channel loop runs inside the row loop, so the filters of a whole
     # output word (64 channels) are reloaded per row tile, and 2 rows halve that (measured 1.26x vs 1.03x)
-    # conv: 2 pixels x 16 channels reuse each filter vector twice (1x16: 103 vs 125 bit-MAC/cycle on the 3x3
-    # 256->256 conv, one thread, same machine); dense keeps 1x16 (2x16: 112 -> 95)
-    "avx2": Flavour("avx2", "x86", 8, 4, (1, 16), nibbles=True, bits_tile=(2, 8), conv_tile=(2, 16)),
+    "avx2": Flavour("avx2", "x86", 8, 4, (1, 16), nibbles=True, bits_tile=(2, 8)),
     # 32 q registers: 4 pixels x 8 channels = 16 u16 accumulators, 4 filter vectors, 4 input broadcasts
     "aarch64": Flavour("aarch64", "aarch64", 16, 2, (4, 8), count_bits=32, unroll_words=12, replicate=2),
     "dotprod": Flavour("dotprod", "aarch64", 32, 2, (4, 8), count_bits=32, unroll_words=12, replicate=2),
@@ -329,12 +326,7 @@ def fit_knobs(sch, op: str, knobs: Knobs) -> Knobs:
 
 
 def default_knobs(fl: Flavour, op: str = "") -> Knobs:
-    if op.endswith("_bits") and fl.bits_tile is not None:
-        tile = fl.bits_tile
-    elif op == "binary_conv2d" and fl.conv_tile is not None:
-        tile = fl.conv_tile
-    else:
-        tile = fl.default_tile
+    tile = fl.bits_tile if op.endswith("_bits") and fl.bits_tile is not None else fl.default_tile
     return Knobs(tile[0], tile[1], fl.vector_words)
 
 
