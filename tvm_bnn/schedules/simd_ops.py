@@ -148,6 +148,8 @@ def _register_ops():
             name = _op_name(kind, arch)
             register_op_attr(name, "TCallEffectKind", tirx.CallEffectKind.Pure.value)
             register_op_attr(name, "TVectorizable", True)
+            # printed as T.<name> (e.g. in error messages or a schedule's script), not with a warning per call
+            register_op_attr(name, "TScriptPrinterName", name.replace(".", "_"))
             tirx.op.register_intrin_lowering(name, target="llvm", f=_lower(kind, arch), level=10)
 
 
