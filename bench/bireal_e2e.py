@@ -22,7 +22,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import THREADS, force_level, machine_line, median_seconds, ort_session, torch_threads  # noqa: E402
+from common import (THREADS, baselines_line, force_level, machine_line, median_seconds, ort_session,  # noqa: E402
+                    settle_threads, torch_threads)
 
 torch = torch_threads()
 import numpy as np  # noqa: E402
@@ -93,20 +94,25 @@ def main(argv=None):
         torch.onnx.export(model, (x,), path, dynamo=False, input_names=["x"])
         sess = ort_session(path)
         feed = {"x": x.numpy()}
+        settle_threads()  # the previous library's thread pool stops spinning first
         t_ort = median_seconds(lambda: sess.run(None, feed), args.repeat)
 
     with torch.no_grad():
+        settle_threads()
         t_torch = median_seconds(lambda: model(x), args.repeat)
     xn = x.numpy()
+    settle_threads()
     t_tvm = median_seconds(lambda: cm(xn), args.repeat)
     t_tuned = None
     if args.tuning_db:
         tuned = tvm_bnn.compile(model, args.target, example_inputs=(x,), tuning_db=args.tuning_db, progress=False)
         assert np.abs(tuned(x) - ref).max() / np.abs(ref).max() < 1e-5
+        settle_threads()
         t_tuned = median_seconds(lambda: tuned(xn), args.repeat)
     t_tvm_float = None if args.no_tvm_float else tvm_float_seconds(model, x, max(3, args.repeat // 4))
 
     print(machine_line())
+    print(baselines_line(args.level))
     print(variant_line(cm, args.level))
     print(f"Bi-Real-Net-18 style, {args.size}x{args.size}, batch 1, {THREADS} threads, median of {args.repeat}")
     print(f"  binarized layers: {cm.report.num_binarized}/{len(cm.report)}; weights "

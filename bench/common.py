@@ -19,6 +19,22 @@ def force_level(level: str | None) -> None:
         from tvm_bnn.targets import x86_host
 
         x86_host.forced_level()  # raises, naming what is missing, if the host does not have the level
+        # PyTorch measured as on such a machine too: its kernels (ATen's dispatch and oneDNN's JIT) read these on
+        # first use, i.e. after this call. onnxruntime has no such switch (MLAS reads CPUID): it keeps the host's.
+        aten = {"avx512": "avx512", "avx2": "avx2"}.get(level, "default")
+        onednn = {"avx512": "AVX512_CORE", "avx2": "AVX2", "popcnt": "SSE41", "sse2": "SSE41"}[level]
+        os.environ.setdefault("ATEN_CPU_CAPABILITY", aten)
+        os.environ.setdefault("ONEDNN_MAX_CPU_ISA", onednn)
+
+
+def baselines_line(level: str | None) -> str:
+    """Which ISA the baselines ran at (PyTorch's ATen capability; onnxruntime uses the host's, forced or not)."""
+    import torch
+
+    line = f"baselines: PyTorch ATen {torch.backends.cpu.get_cpu_capability()}"
+    if level:
+        line += f" (ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA')}); onnxruntime at the host's ISA (no switch)"
+    return line
 
 
 def machine_line() -> str:
