@@ -36,7 +36,7 @@ from tvm import s_tir, te, tirx
 
 from ..ops import WORD_BITS, epilogue, num_words
 from ..ops.binary_conv2d import Conv2dGeometry, ConvFrame
-from .loops import parallelize_outer
+from .loops import fuse_row_tasks, parallelize_outer
 from .simd_ops import call_op, nibble_plane, popcount_bytes
 from .simd_params import kernel_params, signature
 
@@ -394,8 +394,8 @@ def _tile(sch, op: str, how, num_cores: int, unroll: bool):
         wo, wi = sch.split(ow, how.p(sch, ow))
         # pixels outside, the channel vector inside, as the accumulators hold it (schedules/x86.py's reason)
         sch.reorder(n, oo, oh, wo, ob, wi, ov)
-        outer = sch.fuse(n, oo, oh, wo)
-        tile_loop, vec, unr = outer, ov, [wi]
+        outer, tile_loop = fuse_row_tasks(sch, [n, oo, oh], wo, num_cores)
+        vec, unr = ov, [wi]
     else:  # binary_conv2d_bits
         n, oh, ow, w, b = sch.get_loops(epi)
         wo, wi = sch.split(ow, how.p(sch, ow))

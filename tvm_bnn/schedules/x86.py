@@ -29,7 +29,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from . import simd_bytes
-from .loops import parallelize_outer
+from .loops import fuse_row_tasks, parallelize_outer
 
 L1_BYTES = 32 * 1024
 BINARY_OPS = ("binary_conv2d", "binary_conv2d_bits", "binary_dense", "binary_dense_bits")
@@ -373,8 +373,7 @@ def _apply(sch, op: str, how, num_cores: int, unroll: bool = True):
         # tile in registers for the NCHW stores (measured ~20% faster on the whole conv than a pixel-inner loop,
         # whose scalar gathers from the spilled accumulators cost as much as a quarter of the popcounts)
         sch.reorder(n, oo, oh, wo, ob, wi, ov)
-        outer = sch.fuse(n, oo, oh, wo)
-        tile_loop = outer
+        outer, tile_loop = fuse_row_tasks(sch, [n, oo, oh], wo, num_cores)
         epilogue_loops = (wi, ov)
     elif op == "binary_conv2d_bits" and channels:
         n, oh, ow, w, b = sch.get_loops(epi)
