@@ -268,3 +268,22 @@ def test_avx512_keeps_vpopcntq():
     assert x86.simd_flavour(resolve_target("aarch64").target).name == "aarch64"
     assert x86.simd_flavour(resolve_target("aarch64-dotprod").target).name == "dotprod"
     assert x86.simd_flavour(resolve_target("armv7").target).name == "armv7"
+
+
+def _parallel_extents(func) -> list:
+    return [int(n) for n in re.findall(r"T\.parallel\((\d+)\)", func.script())]
+
+
+@pytest.mark.parametrize("target_name, lanes", [("x86-avx2", 4), ("x86-avx512", 8)])
+@pytest.mark.parametrize("o, h, w, rows", [(64, 12, 10, True), (16, 3, 5, False)])
+def test_conv_tasks_are_output_rows_when_there_are_enough(target_name, lanes, o, h, w, rows):
+    """With at least 4 tasks per core the conv's parallel loop runs over (channel block, output row) and each task
+    walks its row's tiles serially (no div/mod of a fused tile index per tile); else the tiles are fused in too."""
+    geo = binary_conv2d.Conv2dGeometry(64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    inputs = [("xp", np.zeros((1, h, w, 1), np.uint64)), ("wp", np.zeros((o, 3, 3, 1), np.uint64)),
+              ("s", np.ones(o, np.float32)), ("b", np.zeros(o, np.float32))]
+    func = _func("binary_conv2d", inputs, lambda a, b, s, t: binary_conv2d.compute(a, b, s, t, geo))
+    with resolve_target(target_name).target:
+        scheduled = x86.schedule_kernel(func, "binary_conv2d", 2, knobs=x86.Knobs(1, 16, lanes))
+    tasks = (o // 16) * h * (1 if rows else w)  # 1-pixel tiles of 16 channels
+    assert tasks in _parallel_extents(scheduled), _parallel_extents(scheduled)
