@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import tempfile
 import threading
 import time
 
@@ -106,3 +108,40 @@ def ort_session(path: str):
     opts.intra_op_num_threads = THREADS
     opts.inter_op_num_threads = 1
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+_CLOCK_C = r"""
+#include <stdio.h>
+#include <time.h>
+int main(void) {
+  struct timespec a, b; long n = 300000000, x = 0;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  for (long i = 0; i < n; i++) __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  printf("%f\n", 4.0 * n / ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9));
+  return 0;
+}
+"""
+
+
+def clock_hz(copies: int = 1) -> tuple:
+    """(Hz, how it was obtained). ``copies`` chains run at once, one per thread the kernels use: with every core
+    busy a boost clock can be lower (1 % on the 2-core Zen 4 VM), and cycles are counted at the clock of the run."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            src, exe = os.path.join(tmp, "clk.c"), os.path.join(tmp, "clk")
+            with open(src, "w") as f:
+                f.write(_CLOCK_C)
+            subprocess.run(["gcc", "-O2", src, "-o", exe], check=True, capture_output=True)
+
+            def concurrent() -> float:  # the mean clock of ``copies`` chains running together
+                procs = [subprocess.Popen([exe], stdout=subprocess.PIPE, text=True) for _ in range(copies)]
+                return sum(float(p.communicate()[0]) for p in procs) / copies
+
+            hz = max(concurrent() for _ in range(3))
+            return hz, f"measured (dependent add chain on {copies} core{'s' if copies > 1 else ''} at once, best of 3)"
+    except (OSError, subprocess.CalledProcessError, ValueError):
+        pass
+    with open("/proc/cpuinfo") as f:
+        mhz = [float(line.split(":")[1]) for line in f if line.startswith("cpu MHz")]
+    return max(mhz) * 1e6, "/proc/cpuinfo cpu MHz"

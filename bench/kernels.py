@@ -12,8 +12,8 @@ parallel region, and timed right after the other library, a kernel would share a
 (/proc/stat procs_running): such rounds slow both sides, torch's conv far more than ours.
 
 bit-MAC/cycle/core = bit-MACs / (seconds * clock * threads), from the median round and from the best round (the one
-least disturbed by other tenants of a shared machine: what the kernel itself does), against the bound of the row's ISA level
-(``BOUND``: what the popcount instructions allow per core and cycle, counted from the instruction sequence of one
+least disturbed by other tenants of a shared machine: what the kernel itself does), against the bound of the row's
+ISA level (``BOUND``: what the popcount instructions allow per core and cycle, counted from the instruction sequence of one
 word; the lead's tables quote them): avx512 512 (one 512-bit vpopcntq per cycle); avx2 171 (the byte-lane kernel of
 schedules/simd_bytes.py keeps inputs and weights as nibble planes, one nibble per byte: 128 bit-MACs are a vpxor, a
 vpshufb table lookup and a vpaddq into byte counters, 6 vector uops per 256 bit-MACs on the 4 vector pipes of Zen
@@ -37,13 +37,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import (THREADS, baselines_line, force_level, machine_line, median_seconds, settle_threads,  # noqa: E402
-                    torch_threads)
+from common import (THREADS, baselines_line, clock_hz, force_level, machine_line, median_seconds,  # noqa: E402
+                    settle_threads, torch_threads)
 
 torch = torch_threads()
 import numpy as np  # noqa: E402
@@ -56,43 +54,6 @@ from tvm_bnn.targets import resolve_target, x86_host  # noqa: E402
 
 # bit-MACs per cycle per core that each level's popcount sequence allows (see the docstring)
 BOUND = {"avx512": 512, "avx2": 171, "popcnt": 85, "sse2": 18}
-
-_CLOCK_C = r"""
-#include <stdio.h>
-#include <time.h>
-int main(void) {
-  struct timespec a, b; long n = 300000000, x = 0;
-  clock_gettime(CLOCK_MONOTONIC, &a);
-  for (long i = 0; i < n; i++) __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
-  clock_gettime(CLOCK_MONOTONIC, &b);
-  printf("%f\n", 4.0 * n / ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9));
-  return 0;
-}
-"""
-
-
-def clock_hz(copies: int = 1) -> tuple:
-    """(Hz, how it was obtained). ``copies`` chains run at once, one per thread the kernels use: with every core
-    busy the boost clock is lower (~8 % on a 2-core Zen 4 VM), and cycles are counted at the clock of the run."""
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            src, exe = os.path.join(tmp, "clk.c"), os.path.join(tmp, "clk")
-            with open(src, "w") as f:
-                f.write(_CLOCK_C)
-            subprocess.run(["gcc", "-O2", src, "-o", exe], check=True, capture_output=True)
-
-            def concurrent() -> float:  # the mean clock of ``copies`` chains running together
-                procs = [subprocess.Popen([exe], stdout=subprocess.PIPE, text=True) for _ in range(copies)]
-                return sum(float(p.communicate()[0]) for p in procs) / copies
-
-            hz = max(concurrent() for _ in range(3))
-            return hz, f"measured (dependent add chain on {copies} core{'s' if copies > 1 else ''} at once, best of 3)"
-    except (OSError, subprocess.CalledProcessError, ValueError):
-        pass
-    with open("/proc/cpuinfo") as f:
-        mhz = [float(line.split(":")[1]) for line in f if line.startswith("cpu MHz")]
-    return max(mhz) * 1e6, "/proc/cpuinfo cpu MHz"
-
 
 def build(op: str, make_out, inputs, target_name: str, knobs=None):
     target = resolve_target(target_name).target

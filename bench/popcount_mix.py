@@ -5,7 +5,7 @@ each 64-bit input word as two nibble planes broadcast against the filters: vpxor
 4 channels, vpsadbw once per group of 18 words), built with gcc -O2 -mavx2 -mpopcnt, alone and with scalar channels
 (xor, popcnt, add per word and channel) interleaved in the same loop body: on AMD Zen the 4 scalar ALUs are idle in
 the vector loop, so the extra channels would be free if the core could issue both. Each mode runs in interleaved
-rounds; the figures are bit-MACs per cycle on one core (clock: bench/kernels.clock_hz), best round and median,
+rounds; the figures are bit-MACs per cycle on one core (clock: bench/common.clock_hz), best round and median,
 against the AVX2 bound of 171 (6 vector uops per 256 bit-MACs on 4 vector pipes). Data stays in L1: this measures
 the pipes. A row whose total rate beats the vector-only row would be a gain for mixing (none on Zen 4: see README).
 
@@ -21,8 +21,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import machine_line  # noqa: E402
-from kernels import clock_hz  # noqa: E402
+from common import clock_hz, machine_line  # noqa: E402
 
 MODES = [(16, 0), (16, 4), (12, 4), (16, 8)]  # (vector channels, scalar channels)
 BOUND_AVX2 = 171
