@@ -40,3 +40,43 @@ def fuse_row_tasks(sch: s_tir.Schedule, rows: list, tile, num_cores: int):
         return sch.fuse(*rows), tile
     outer = sch.fuse(*rows, tile)
     return outer, outer
+
+
+def loop_kinds(sch: s_tir.Schedule, block, below=None) -> list:
+    """[(loop, is_reduction, block iter index)] of the loops above ``block`` (only those inside ``below``); a loop
+    that no block iter reads has index -1."""
+    loops = sch.get_loops(block)
+    realize = sch.get(loops[-1]).body
+    if below is not None:
+        stop = sch.get(below)
+        loops = loops[[i for i, lp in enumerate(loops) if sch.get(lp).same_as(stop)][0] + 1:]
+    while not isinstance(realize, s_tir.SBlockRealize):  # the block sits under its innermost loop, maybe in a seq
+        realize = realize.seq[0] if hasattr(realize, "seq") else realize.body
+    kinds = {}
+    for i, (iv, value) in enumerate(zip(realize.block.iter_vars, realize.iter_values)):
+        for var in tirx.analysis.undefined_vars(value):
+            kinds[var.name] = (int(iv.iter_type) == 2, i)
+    return [(lp, *kinds.get(sch.get(lp).loop_var.name, (False, -1))) for lp in loops]
+
+
+def register_block(sch: s_tir.Schedule, block, anchor, channel_iter: int, lanes, unroll: bool) -> list:
+    """The register block of a bit-GEMM's accumulator ``block`` computed under ``anchor``: its reduction loops
+    outside, its spatial loops (pixels x channels) inside, unrolled, and the loop of block iter ``channel_iter`` split
+    into vectors of ``lanes`` (an int, or a sampled factor) innermost, vectorised: each input word is broadcast against
+    a vector of filters, so the accumulators need no horizontal sum. Returns the reduction loops, outermost first."""
+    kinds = loop_kinds(sch, block, anchor)
+    o_loop = [lp for lp, _, iv in kinds if iv == channel_iter][0]
+    lane = None
+    if not isinstance(lanes, int) or (lanes > 1 and (_extent(sch, o_loop) or 0) % lanes == 0):
+        _, lane = sch.split(o_loop, [None, lanes])
+    kinds = loop_kinds(sch, block, anchor)
+    is_lane = (lambda lp: lane is not None and sch.get(lp).same_as(sch.get(lane)))
+    spatial = [lp for lp, is_red, _ in kinds if not is_red and not is_lane(lp)]
+    reds = [lp for lp, is_red, _ in kinds if is_red]
+    sch.reorder(*reds, *spatial, *([lane] if lane is not None else []))
+    if lane is not None:
+        sch.vectorize(lane)
+    if unroll:
+        for lp in spatial:
+            sch.unroll(lp)
+    return reds

@@ -36,7 +36,7 @@ from tvm import s_tir, te, tirx
 
 from ..ops import WORD_BITS, epilogue, num_words
 from ..ops.binary_conv2d import Conv2dGeometry, ConvFrame
-from .loops import fuse_row_tasks, parallelize_outer
+from .loops import fuse_row_tasks, parallelize_outer, register_block
 from .simd_ops import call_op, nibble_plane, popcount_bytes
 from .simd_params import kernel_params, signature
 
@@ -284,22 +284,6 @@ def _extent(sch, loop) -> int:
     return int(sch.get(loop).extent)
 
 
-def _loop_kinds(sch, block, below=None):
-    """[(loop, is_reduction, block iter index)] of the loops above ``block`` (only those inside ``below``)."""
-    loops = sch.get_loops(block)
-    realize = sch.get(loops[-1]).body
-    if below is not None:
-        stop = sch.get(below)
-        loops = loops[[i for i, lp in enumerate(loops) if sch.get(lp).same_as(stop)][0] + 1:]
-    while not isinstance(realize, s_tir.SBlockRealize):
-        realize = realize.seq[0] if hasattr(realize, "seq") else realize.body
-    kinds = {}
-    for i, (iv, value) in enumerate(zip(realize.block.iter_vars, realize.iter_values)):
-        for var in tirx.analysis.undefined_vars(value):
-            kinds[var.name] = (int(iv.iter_type) == 2, i)
-    return [(lp, *kinds.get(sch.get(lp).loop_var.name, (False, -1))) for lp in loops]
-
-
 def _extents(sch, op: str) -> tuple:
     """(pixel/row extent, channel extent) of the output tiles."""
     out = sch.get(sch.get_sblock(op))
@@ -413,24 +397,10 @@ def _tile(sch, op: str, how, num_cores: int, unroll: bool):
 
 
 def _block_inner(sch, block, anchor, lanes, unroll: bool, unroll_words: int = 0):
-    """Under ``anchor``: the block's reductions outside, its spatial loops (the register block) inside, the output
-    channels split into vectors of ``lanes`` innermost. Returns (first reduction loop, last reduction loop)."""
-    kinds = _loop_kinds(sch, block, anchor)
-    o_index = _channel_iter(sch, block)
-    o_loop = [lp for lp, is_red, iv in kinds if iv == o_index][0]
-    lane = None
-    if lanes > 1 and _extent(sch, o_loop) % lanes == 0:
-        _, lane = sch.split(o_loop, [None, lanes])
-    kinds = _loop_kinds(sch, block, anchor)
-    is_lane = (lambda lp: lane is not None and sch.get(lp).same_as(sch.get(lane)))
-    spatial = [lp for lp, is_red, _ in kinds if not is_red and not is_lane(lp)]
-    reds = [lp for lp, is_red, _ in kinds if is_red]
-    sch.reorder(*reds, *spatial, *([lane] if lane is not None else []))
-    if lane is not None:
-        sch.vectorize(lane)
+    """Under ``anchor``: the register block of ``block`` (``loops.register_block``), and its innermost reductions
+    unrolled up to ``unroll_words`` words. Returns (first reduction loop, last reduction loop)."""
+    reds = register_block(sch, block, anchor, _channel_iter(sch, block), lanes, unroll)
     if unroll:
-        for lp in spatial:
-            sch.unroll(lp)
         words = 1
         for k in range(len(reds) - 1, -1, -1):  # the innermost reductions, up to unroll_words words: constant offsets
             ext = _extent(sch, reds[k])

@@ -26,10 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import tvm
-from tvm import s_tir, tirx
+from tvm import s_tir
 
 from . import simd_bytes
-from .loops import fuse_row_tasks, parallelize_outer
+from .loops import fuse_row_tasks, loop_kinds, parallelize_outer, register_block
 
 L1_BYTES = 32 * 1024
 BINARY_OPS = ("binary_conv2d", "binary_conv2d_bits", "binary_dense", "binary_dense_bits")
@@ -61,22 +61,6 @@ def _extent(sch, loop) -> int:
 def _divisor_le(n: int, limit: int) -> int:
     """The largest divisor of n that is <= limit."""
     return max(d for d in range(1, max(1, min(n, limit)) + 1) if n % d == 0)
-
-
-def _loop_kinds(sch, block, below=None):
-    """[(loop, is_reduction, block iter index)] of the loops above ``block`` (only those inside ``below``)."""
-    loops = sch.get_loops(block)
-    realize = sch.get(loops[-1]).body
-    if below is not None:
-        stop = sch.get(below)
-        loops = loops[[i for i, lp in enumerate(loops) if sch.get(lp).same_as(stop)][0] + 1:]
-    while not isinstance(realize, s_tir.SBlockRealize):  # the block sits directly under its innermost loop
-        realize = realize.seq[0] if hasattr(realize, "seq") else realize.body
-    kinds = {}
-    for i, (iv, value) in enumerate(zip(realize.block.iter_vars, realize.iter_values)):
-        for var in tirx.analysis.undefined_vars(value):
-            kinds[var.name] = (int(iv.iter_type) == 2, i)
-    return [(lp, *kinds.get(sch.get(lp).loop_var.name, (False, -1))) for lp in loops]
 
 
 def popcount_isa(target=None) -> str:
@@ -205,14 +189,14 @@ def _schedule_popcount(sch, tile_loop, vector, unroll: bool):
     ``vector``: lanes (an int, 1 = scalar), or a function(loop) -> split factors of the word loop (sampling)."""
     pop = sch.get_sblock("popcount")
     if callable(vector) or vector > 1:
-        red = [lp for lp, is_red, _ in _loop_kinds(sch, pop) if is_red]
+        red = [lp for lp, is_red, _ in loop_kinds(sch, pop) if is_red]
         ro, ri = sch.split(red[-1], vector(red[-1]) if callable(vector) else [None, vector])
         n_spatial = sum(1 for iv in sch.get(pop).iter_vars if int(iv.iter_type) == 0)
         rf = sch.rfactor(ri, n_spatial)
         sch.compute_at(pop, tile_loop, preserve_unit_loops=True)
         sch.compute_at(rf, tile_loop, preserve_unit_loops=True)
         # rf: reductions outside, the register block inside, the lanes innermost
-        kinds = _loop_kinds(sch, rf, tile_loop)
+        kinds = loop_kinds(sch, rf, tile_loop)
         lane = [lp for lp, _, iv in kinds if iv == 0][0]  # rfactor makes the lane axis the first block iter
         spatial = [lp for lp, is_red, iv in kinds if not is_red and iv != 0]
         reds = [lp for lp, is_red, _ in kinds if is_red]
@@ -222,7 +206,7 @@ def _schedule_popcount(sch, tile_loop, vector, unroll: bool):
             for lp in spatial:
                 sch.unroll(lp)
         # final lane sum: output loops outside, lanes inside, all unrolled
-        kinds = _loop_kinds(sch, pop, tile_loop)
+        kinds = loop_kinds(sch, pop, tile_loop)
         sp = [lp for lp, is_red, _ in kinds if not is_red]
         rd = [lp for lp, is_red, _ in kinds if is_red]
         sch.reorder(*sp, *rd)
@@ -233,7 +217,7 @@ def _schedule_popcount(sch, tile_loop, vector, unroll: bool):
             sch.decompose_reduction(rf, reds[0])
     else:
         sch.compute_at(pop, tile_loop, preserve_unit_loops=True)
-        kinds = _loop_kinds(sch, pop, tile_loop)
+        kinds = loop_kinds(sch, pop, tile_loop)
         spatial = [lp for lp, is_red, _ in kinds if not is_red]
         reds = [lp for lp, is_red, _ in kinds if is_red]
         sch.reorder(*reds, *spatial)
@@ -246,25 +230,10 @@ def _schedule_popcount(sch, tile_loop, vector, unroll: bool):
 
 def _schedule_popcount_channels(sch, tile_loop, lanes, unroll: bool):
     """Conv with weights transposed to [KH, KW, CW, O]: the register block is ``tile_p`` pixels x ``tile_o``
-    channels, the channels split into vectors of ``lanes``; each input word is broadcast against a vector of filters,
-    so the accumulators need no horizontal sum."""
+    channels, the channels split into vectors of ``lanes`` (``loops.register_block``)."""
     pop = sch.get_sblock("popcount")
     sch.compute_at(pop, tile_loop, preserve_unit_loops=True)
-    kinds = _loop_kinds(sch, pop, tile_loop)
-    o_loop = [lp for lp, is_red, iv in kinds if iv == 2][0]  # popcount iters: (n, p, o | rkh, rkw, rcw)
-    lane = None
-    if not (isinstance(lanes, int) and lanes == 1):
-        _, lane = sch.split(o_loop, [None, lanes])
-    kinds = _loop_kinds(sch, pop, tile_loop)
-    is_lane = (lambda lp: lane is not None and sch.get(lp).same_as(sch.get(lane)))
-    spatial = [lp for lp, is_red, _ in kinds if not is_red and not is_lane(lp)]
-    reds = [lp for lp, is_red, _ in kinds if is_red]
-    sch.reorder(*reds, *spatial, *([lane] if lane is not None else []))
-    if lane is not None:
-        sch.vectorize(lane)
-    if unroll:
-        for lp in spatial:
-            sch.unroll(lp)
+    reds = register_block(sch, pop, tile_loop, 2, lanes, unroll)  # popcount iters: (n, p, o | rkh, rkw, rcw)
     if reds:
         sch.decompose_reduction(pop, reds[0])
 
@@ -287,7 +256,7 @@ def _schedule_conv_prologue(sch, num_cores: int, isa: str):
 
 def _vectorize_channel_table(sch, name: str):
     block = sch.get_sblock(name)
-    kinds = _loop_kinds(sch, block)
+    kinds = loop_kinds(sch, block)
     spatial = [lp for lp, is_red, _ in kinds if not is_red]
     reds = [lp for lp, is_red, _ in kinds if is_red]
     sch.reorder(*spatial[:-1], *reds, spatial[-1])
@@ -481,7 +450,7 @@ def _schedule_bitpack_nchw(sch, num_cores: int, lanes: int = 16):
     wo, wi = sch.split(w, [None, _divisor_le(_extent(sch, w), lanes)])
     sch.reorder(n, h, wo, cw, wi)
     sch.compute_at(block, cw, preserve_unit_loops=True)
-    kinds = _loop_kinds(sch, block, cw)
+    kinds = loop_kinds(sch, block, cw)
     lane = [lp for lp, _, iv in kinds if iv == 2][0]  # the W axis of (n, h, w, cw | b)
     others = [lp for lp, is_red, iv in kinds if not is_red and iv != 2]
     reds = [lp for lp, is_red, _ in kinds if is_red]
