@@ -112,7 +112,8 @@ def test_explicit_knobs_exact(rng, knobs):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("n,c,h,w", [(1, 1, 5, 5), (2, 63, 7, 9), (3, 65, 4, 6), (1, 130, 3, 17), (1, 300, 2, 2)])
+@pytest.mark.parametrize("n,c,h,w", [(1, 1, 5, 5), (2, 63, 7, 9), (3, 65, 4, 6), (1, 130, 3, 17), (1, 300, 2, 2),
+                                     (1, 70, 3, 56), (2, 129, 2, 12)])
 def test_bitpack_kernels_exact(rng, target, n, c, h, w):
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     x[0, 0, 0, 0] = 0.0
@@ -120,6 +121,14 @@ def test_bitpack_kernels_exact(rng, target, n, c, h, w):
     rows = rng.standard_normal((n * 3, c)).astype(np.float32)
     np.testing.assert_array_equal(_run(target, "bitpack_rows", [rows], bitpack.compute_rows),
                                   bitpack.reference_rows(rows))
+
+
+def test_bitpack_vectors_are_whole_registers():
+    """Rows of 56 / 28 / 12 words: vectors of 8 / 4 / 4 uint64, not 14 or 7 (no whole number of registers)."""
+    assert [x86.bitpack_lanes(w, 16) for w in (224, 56, 28, 12, 14, 6)] == [16, 8, 4, 4, 2, 2]
+    assert [x86.bitpack_lanes(w, 16) for w in (7, 13, 9, 1)] == [7, 13, 9, 1]  # odd widths: the largest divisor
+    assert x86.bitpack_lanes(64, 8) == 8
+    assert all(w % x86.bitpack_lanes(w, 16) == 0 for w in range(1, 300))
 
 
 @pytest.mark.parametrize("target", TARGETS)

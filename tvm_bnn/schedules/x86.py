@@ -441,13 +441,23 @@ def design_space(sch: s_tir.Schedule, target=None, num_cores: int | None = None)
 # ------------------------------------------------------------------------------------------------ the other kernels
 
 
+def bitpack_lanes(width: int, limit: int) -> int:
+    """Words per vector of the NCHW bitpack along a row of ``width``: the largest power of two dividing it (at most
+    ``limit``; 56 -> 8), else its largest divisor. A vector of 14 or 7 uint64 is no whole number of registers: LLVM
+    kept such accumulators in general registers and rebuilt the vector every step (2x slower at 56x56x64)."""
+    pow2 = 1
+    while pow2 * 2 <= limit and width % (pow2 * 2) == 0:
+        pow2 *= 2
+    return pow2 if pow2 >= 2 else _divisor_le(width, limit)
+
+
 def _schedule_bitpack_nchw(sch, num_cores: int, lanes: int = 16):
     """float NCHW -> packed NHWC words: vectorised over W (contiguous in the input), one compare + select + or
     per input element into a register-resident row of words, then one strided store per word."""
     block = sch.get_sblock("bitpack")
     local = sch.cache_write(block, 0, "local")
     n, h, w, cw = sch.get_loops(local)
-    wo, wi = sch.split(w, [None, _divisor_le(_extent(sch, w), lanes)])
+    wo, wi = sch.split(w, [None, bitpack_lanes(_extent(sch, w), lanes)])
     sch.reorder(n, h, wo, cw, wi)
     sch.compute_at(block, cw, preserve_unit_loops=True)
     kinds = loop_kinds(sch, block, cw)
