@@ -50,7 +50,7 @@ from tvm import te  # noqa: E402
 
 from tvm_bnn.ops import binary_conv2d, binary_dense, binary_maxpool, bitpack  # noqa: E402
 from tvm_bnn.schedules import x86  # noqa: E402
-from tvm_bnn.targets import resolve_target, x86_host  # noqa: E402
+from tvm_bnn.targets import resolve_target, tir_pipeline, x86_host  # noqa: E402
 
 # bit-MACs per cycle per core that each level's popcount sequence allows (see the docstring)
 BOUND = {"avx512": 512, "avx2": 171, "popcnt": 85, "sse2": 18}
@@ -62,7 +62,7 @@ def build(op: str, make_out, inputs, target_name: str, knobs=None):
     func = te.create_prim_func(phs + [out]).with_attr("tvm_bnn.op", op)
     with target:
         func = x86.schedule_kernel(func, op, THREADS, knobs=knobs)
-    ex = tvm.compile(tvm.IRModule({"main": func}), target=target)
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=target, tir_pipeline=tir_pipeline.NAME)  # as in a model
     dev = tvm.cpu()
     args = [tvm.runtime.tensor(a, dev) for a in inputs]
     args.append(tvm.runtime.tensor(np.zeros([int(d) for d in out.shape], str(out.dtype)), dev))

@@ -15,6 +15,8 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
+from .targets import tir_pipeline
+
 
 @dataclass
 class KernelTime:
@@ -64,7 +66,8 @@ def time_primfunc(func: tirx.PrimFunc, target, number: int = 5, repeat: int = 3,
                   fcompile=None) -> float:
     """Median seconds of one scheduled PrimFunc, built alone for ``target``, on random data; on this machine, or
     on the device of ``remote`` (a TVM RPC session; ``fcompile``: the cross compiler that links the library)."""
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target,
+                      tir_pipeline=tir_pipeline.NAME)  # lowered as in the model
     if remote is None:
         dev, mod = tvm.cpu(), lib.mod
     else:

@@ -21,7 +21,7 @@ from ..core.inputs import input_arrays
 from ..core.pipeline import lower_pipeline, schedule_pipeline
 from ..errors import TvmBnnError
 from ..report import Report
-from ..targets import resolve_target, x86_host
+from ..targets import resolve_target, tir_pipeline, x86_host
 from .base import Backend, CompiledModel
 
 
@@ -213,8 +213,9 @@ def _flatten(result):
 
 def build_executable(scheduled, spec, suffix: str | None = None):
     """The scheduled module lowered to the Relax VM and compiled for ``spec``'s target (``suffix``: on every
-    function name, see ``core.pipeline.lower_pipeline``)."""
-    return relax.build(scheduled, spec.target, relax_pipeline=lower_pipeline(spec, suffix))
+    function name, see ``core.pipeline.lower_pipeline``); TIR lowered by ``targets.tir_pipeline``."""
+    return relax.build(scheduled, spec.target, relax_pipeline=lower_pipeline(spec, suffix),
+                       tir_pipeline=tir_pipeline.NAME)
 
 
 def build_one(spec, analysed, tuning_db, level: str | None = None) -> Variant:
