@@ -15,8 +15,6 @@ import numpy as np
 import tvm
 from tvm import relax, tirx
 
-from .targets import tir_pipeline
-
 
 @dataclass
 class KernelTime:
@@ -63,11 +61,12 @@ def _random_args(func: tirx.PrimFunc, dev, rng):
 
 
 def time_primfunc(func: tirx.PrimFunc, target, number: int = 5, repeat: int = 3, rng=None, remote=None,
-                  fcompile=None) -> float:
-    """Median seconds of one scheduled PrimFunc, built alone for ``target``, on random data; on this machine, or
-    on the device of ``remote`` (a TVM RPC session; ``fcompile``: the cross compiler that links the library)."""
+                  fcompile=None, tir_pipeline: str = "default") -> float:
+    """Median seconds of one scheduled PrimFunc, built alone for ``target`` (lowered by the named TIR pipeline: the
+    model's, ``targets.tir_pipeline.NAME``, to time it as built), on random data; on this machine, or on the device
+    of ``remote`` (a TVM RPC session; ``fcompile``: the cross compiler that links the library)."""
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target,
-                      tir_pipeline=tir_pipeline.NAME)  # lowered as in the model
+                      tir_pipeline=tir_pipeline)
     if remote is None:
         dev, mod = tvm.cpu(), lib.mod
     else:
@@ -80,15 +79,17 @@ def time_primfunc(func: tirx.PrimFunc, target, number: int = 5, repeat: int = 3,
     return float(np.median(timer(*_random_args(func, dev, rng or np.random.default_rng(0))).results))
 
 
-def profile_kernels(scheduled: tvm.IRModule, target, number: int = 5, repeat: int = 3) -> list[KernelTime]:
-    """Time every PrimFunc of ``scheduled`` (a module after scheduling, before VM lowering)."""
+def profile_kernels(scheduled: tvm.IRModule, target, number: int = 5, repeat: int = 3,
+                    tir_pipeline: str = "default") -> list[KernelTime]:
+    """Time every PrimFunc of ``scheduled`` (a module after scheduling, before VM lowering), each lowered by the
+    named TIR pipeline."""
     counts = _calls(scheduled)
     rng = np.random.default_rng(0)
     out = []
     for gvar, func in scheduled.functions_items():
         if not isinstance(func, tirx.PrimFunc) or gvar.name_hint not in counts:
             continue
-        seconds = time_primfunc(func, target, number, repeat, rng)
+        seconds = time_primfunc(func, target, number, repeat, rng, tir_pipeline=tir_pipeline)
         op = str(func.attrs["tvm_bnn.op"]) if func.attrs is not None and "tvm_bnn.op" in func.attrs else "float"
         out.append(KernelTime(gvar.name_hint, op, counts[gvar.name_hint], seconds))
     return sorted(out, key=lambda k: -k.total)

@@ -26,7 +26,7 @@ from tvm.s_tir import meta_schedule as ms
 from .core.pipeline import analyse, fuse_pipeline
 from .core.tuning_db import BASELINE_FILE, open_database, workload_key
 from .errors import TvmBnnError
-from .targets import resolve_target, x86_host
+from .targets import resolve_target, tir_pipeline, x86_host
 
 
 @dataclass
@@ -74,7 +74,8 @@ def _time_default(func, spec, rpc: str | None) -> float:
 
     remote = parse_rpc(rpc).connect_server() if rpc else None
     try:
-        return 1e6 * time_primfunc(func, spec.target, remote=remote, fcompile=cross_compiler(spec))
+        return 1e6 * time_primfunc(func, spec.target, remote=remote, fcompile=cross_compiler(spec),
+                                   tir_pipeline=tir_pipeline.NAME)  # lowered as in the model
     finally:
         del remote
 

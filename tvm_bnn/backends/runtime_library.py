@@ -155,7 +155,7 @@ class LibraryModel(CompiledModel):
         if variant.scheduled is None:
             raise TvmBnnError("profile() needs the model as compiled in this process, not a loaded library")
         x86_host.check_runnable(variant.required_features, self._what(variant), "profile")
-        return profile_kernels(variant.scheduled, variant.target, number, repeat)
+        return profile_kernels(variant.scheduled, variant.target, number, repeat, tir_pipeline.NAME)
 
     # ------------------------------------------------------------------------------------------------- exporting
 
