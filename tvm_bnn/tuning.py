@@ -66,6 +66,17 @@ def export_for_board(mod, cc: str) -> str:
     return path
 
 
+def build_candidate(mod, target, _params=None):
+    """MetaSchedule's build step (its ``default_build``) with our TIR pipeline, so that a candidate is lowered, and
+    timed, as the model will be (register tiles on the stack: ``targets.tir_pipeline``)."""
+    import tvm.s_tir.tensor_intrin  # noqa: F401 - registers the tensor intrinsics a candidate may use
+    from tvm.driver import build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return build(mod, target=target, pipeline=tir_pipeline.NAME)
+
+
 def _time_default(func, spec, rpc: str | None) -> float:
     """Microseconds of one scheduled PrimFunc, here or on the RPC device. One session per kernel (a session times
     out after 60 s, and LLVM builds in between can take that long), released on return: the tracker hands its one
@@ -250,7 +261,7 @@ def tune(model, target="x86", example_inputs=None, *, trials: int = 256, work_di
 
             f_export = functools.partial(export_for_board, cc=qemu.require_tool(qemu.linux_arch(spec.board).cc))
         builder = ms.builder.LocalBuilder(max_workers=min(num_cores, os.cpu_count() or 1), timeout_sec=timeout_sec,
-                                          f_export=f_export)
+                                          f_build=build_candidate, f_export=f_export)
         if rpc:
             runner = ms.runner.RPCRunner(rpc_config=parse_rpc(rpc), evaluator_config=evaluator)
         else:
