@@ -1,5 +1,5 @@
 """targets/tir_pipeline.py: a compiled model's small allocations (register tiles, a bitpack's row of words) are stack
-slots, so no parallel loop calls TVM's workspace pool per tile; and the NCHW bitpack's vectors are whole registers."""
+slots, so no parallel loop calls TVM's workspace pool per tile."""
 import re
 
 import torch
