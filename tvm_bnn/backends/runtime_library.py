@@ -6,9 +6,14 @@ needs (``Variant.required_features``) and checks them against the host (``target
 times or profiles anything; compiling for another CPU is fine. ``x86-portable`` builds the model once per ISA level
 (one ``Variant`` each) and runs the best one this host has; ``export`` links them into one library. A model built
 for ``x86`` (this host, no CPU pinned) exports that portable library by default: the other levels are built then.
+
+A model may be called from several threads at once (a threaded server): each call runs on a VirtualMachine of its
+own, taken from a pool over the variant's executable (``deploy.runtime_loader.MachinePool``), so calls run in
+parallel and none sees another's registers.
 """
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple
 
 import numpy as np
@@ -19,6 +24,7 @@ from tvm import relax
 from ..core.exported_library import LibraryVariant, check_writable, combine_levels, target_dict, write_library
 from ..core.inputs import input_arrays
 from ..core.pipeline import lower_pipeline, schedule_pipeline
+from ..deploy.runtime_loader import MachinePool
 from ..errors import TvmBnnError
 from ..report import Report
 from ..targets import resolve_target, tir_pipeline, x86_host
@@ -41,7 +47,11 @@ class LibraryModel(CompiledModel):
 
     ``variants``: the builds it holds, best first (one per ISA level for ``x86-portable``); ``variant`` is the one
     this host runs (chosen at the first call: the best whose features the host has, or ``select_level``). A model
-    from ``tvm_bnn.load`` has the variant chosen at load (``loaded``: its index) and only that one's executable."""
+    from ``tvm_bnn.load`` has the variant chosen at load (``loaded``: its index) and only that one's executable.
+
+    Thread-safe: calls, ``time``, ``profile``, ``select_level`` and ``export`` may come from any threads at once.
+    A call runs on a VM of its own (``MachinePool``, one pool per variant); ``self._lock`` guards the choice of
+    variant, the pools, and the creation of VMs (which reads the executable that ``executable`` may extend)."""
 
     def __init__(self, spec_name: str, inputs: list, num_outputs: int, report: Report, variants: list, *,
                  source=None, loaded: int | None = None):
@@ -50,8 +60,9 @@ class LibraryModel(CompiledModel):
         self._source = source  # (analysed model, tuning_db): to build the portable library on export
         self._loaded = loaded is not None
         self._active = self.variants[loaded] if self._loaded else None
-        self._vm = None
+        self._pools = {}  # variant index -> MachinePool
         self._combined = None
+        self._lock = threading.RLock()
 
     # ---------------------------------------------------------------------------------------- which build runs
 
@@ -63,12 +74,15 @@ class LibraryModel(CompiledModel):
     @property
     def variant(self) -> Variant:
         """The build this host runs; raises CPUFeatureError if it can run none."""
-        if self._active is None:
-            self.select_level(None)
-        return self._active
+        active = self._active  # read once: select_level may change it meanwhile
+        if active is None:
+            with self._lock:  # two threads' first calls: the first to take the lock chooses, the other sees it
+                active = self._active if self._active is not None else self.select_level(None)
+        return active
 
     def select_level(self, level: str | None) -> Variant:
-        """Run the given ISA level of a portable build (None: the best this host has); checked against the host."""
+        """Run the given ISA level of a portable build (None: the best this host has); checked against the host.
+        Calls already running finish on the level they started with."""
         if level is not None and not self.levels:
             raise TvmBnnError(f"level={level!r}: target {self.target_name!r} is a build for one CPU; compile with "
                               "target='x86-portable' for a model with levels")
@@ -77,9 +91,9 @@ class LibraryModel(CompiledModel):
         if self._loaded and self.variants[i] is not self._active:
             raise TvmBnnError(f"this model was loaded as level {self._active.level!r}; load level "
                               f"{self.variants[i].level!r} with tvm_bnn.load(path, level={self.variants[i].level!r})")
-        if self._active is not self.variants[i]:
-            self._active, self._vm = self.variants[i], None
-        return self._active
+        with self._lock:
+            self._active = self.variants[i]
+            return self._active
 
     @property
     def level(self) -> str | None:
@@ -113,18 +127,23 @@ class LibraryModel(CompiledModel):
         single = self._single()
         if single is not None:
             return single.executable
-        if self._combined is None:
-            self._combined = combine_levels([v.executable for v in self.variants])
-        return self._combined
+        with self._lock:  # combining adds imports to the baseline's executable: not while a VM is created on it
+            if self._combined is None:
+                self._combined = combine_levels([v.executable for v in self.variants])
+            return self._combined
 
     # --------------------------------------------------------------------------------------------------- running
 
-    def _machine(self):
-        variant = self.variant  # checks the host
+    def _machines(self):
+        """(variant, its MachinePool): the variant this host runs, checked against the host."""
+        variant = self.variant
         x86_host.check_runnable(variant.required_features, self._what(variant))
-        if self._vm is None:
-            self._vm = relax.VirtualMachine(variant.executable, tvm.cpu())
-        return self._vm
+        i = next(i for i, v in enumerate(self.variants) if v is variant)
+        pool = self._pools.get(i)
+        if pool is None:
+            with self._lock:
+                pool = self._pools.get(i) or self._pools.setdefault(i, MachinePool(variant.executable, self._lock))
+        return variant, pool
 
     def _what(self, variant) -> str:
         return f"level {variant.level!r} of target {self.target_name!r}" if variant.level else \
@@ -134,18 +153,23 @@ class LibraryModel(CompiledModel):
         return [tvm.runtime.tensor(arr, tvm.cpu()) for arr in input_arrays(args, self.inputs)]
 
     def __call__(self, *args):
-        vm = self._machine()
-        result = vm[self.variant.entry](*self._convert(args))
-        outs = _flatten(result)
+        variant, machines = self._machines()
+        inputs = self._convert(args)
+        with machines.checkout() as vm:
+            outs = _flatten(vm[variant.entry](*inputs))  # numpy copies, made before the VM serves another call
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def time(self, *args, number: int = 10, repeat: int = 5) -> float:
-        """Median seconds per call (TVM's time_evaluator; inputs prepared once)."""
-        vm = self._machine()
-        entry = self.variant.entry
-        vm.set_input(entry, *self._convert(args))
-        timer = vm.time_evaluator("invoke_stateful", tvm.cpu(), number=number, repeat=repeat)
-        return float(np.median(timer(entry).results))
+        """Median seconds per call (TVM's time_evaluator; inputs prepared once). Calls from other threads meanwhile
+        are safe (they share the cores, so the figure is then theirs too)."""
+        variant, machines = self._machines()
+        inputs = self._convert(args)
+        # set_input + invoke_stateful keep the inputs and outputs in the VM: a VM of its own, not put back after
+        with machines.checkout(keep=False) as vm:
+            vm.set_input(variant.entry, *inputs)
+            timer = vm.time_evaluator("invoke_stateful", tvm.cpu(), number=number, repeat=repeat)
+            results = timer(variant.entry).results
+        return float(np.median(results))
 
     def profile(self, number: int = 5, repeat: int = 3):
         """Per-kernel latency breakdown (see tvm_bnn.profiling); print it with format_breakdown."""

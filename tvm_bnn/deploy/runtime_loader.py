@@ -9,17 +9,23 @@ board's path as ``tvm_bnn/__init__.py``): there ``import tvm_bnn; tvm_bnn.load("
 ``tvm_bnn.load`` does on the host. It reads the same metadata (``<library>.tvm_bnn.json``: target, inputs, outputs,
 the per-layer report) and checks inputs the same way (count, shape, a dtype that casts safely). The tests check it
 against ``tvm_bnn.load`` on the host.
+
+It also holds ``MachinePool``, which ``tvm_bnn.load`` and every x86 model use too: a Relax ``VirtualMachine`` runs
+one call at a time (its registers and frames are per object; TVM's VM crashes when two threads call one), so each
+call takes a VM of its own from a pool over the one executable.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 
 import numpy as np
 
 META_SUFFIX = ".tvm_bnn.json"  # = tvm_bnn.core.exported_library.META_SUFFIX
 
-__all__ = ["InputError", "LoadedModel", "TvmBnnError", "load"]
+__all__ = ["InputError", "LoadedModel", "MachinePool", "TvmBnnError", "load"]
 
 
 class TvmBnnError(Exception):
@@ -30,8 +36,54 @@ class InputError(TvmBnnError, ValueError):
     """Inputs given to the model do not match what it was compiled for."""
 
 
+class MachinePool:
+    """Relax VirtualMachines over one executable, lent one per call: safe from any number of threads at once, and
+    calls from different threads run in parallel (TVM releases the GIL while a VM runs).
+
+    A VirtualMachine keeps the registers, frames and (``set_input``/``invoke_stateful``) the inputs and outputs of
+    the call it runs, so it must serve one call at a time. ``checkout()`` lends an idle VM, or creates one: the pool
+    grows to the number of calls that were ever in flight together, never more. The VMs share what the executable
+    holds (the code, and the weights, which are its constants: a VM on the CPU refers to them, it copies nothing) and
+    TVM's per-device memory allocator (which locks); each has only its own registers and function table.
+
+    ``executable``: a runtime module with ``vm_load_executable`` (what ``tvm.runtime.load_module`` gives) or a
+    ``relax.build`` executable. ``lock``: guards the pool's list and the creation of VMs, which reads the
+    executable's imports (the owner passes its own lock when it may add imports, see LibraryModel.executable)."""
+
+    def __init__(self, executable, lock=None):
+        self._executable = executable
+        self._module = None  # the runtime module VMs are created from (a relax.build executable, jitted once)
+        self._idle = []  # VMs no call holds; last in, first out (the one whose memory is warm)
+        self._lock = lock if lock is not None else threading.RLock()
+        self.created = 0  # VMs created so far (for calls alone: the most ever in flight at once)
+
+    def _new(self):
+        import tvm
+        from tvm.runtime.vm import VirtualMachine
+
+        if self._module is None:
+            ex = self._executable
+            self._module = ex if isinstance(ex, tvm.runtime.Module) else ex.jit()
+        vm = VirtualMachine(self._module, tvm.cpu())
+        self.created += 1
+        return vm
+
+    @contextlib.contextmanager
+    def checkout(self, keep: bool = True):
+        """A VM for this caller alone until the block ends; it goes back to the pool then, unless the block raised
+        (a VM interrupted mid-call may hold half a frame) or ``keep`` is False (it holds state, e.g. set_input).
+        Copy what a call returned (``.numpy()``) inside the block: its tensors are the VM's until then."""
+        with self._lock:
+            vm = self._idle.pop() if self._idle else self._new()
+        yield vm
+        if keep:  # not reached when the block raised: that VM is dropped
+            with self._lock:
+                self._idle.append(vm)
+
+
 class LoadedModel:
-    """A model exported as a TVM runtime library, run by the Relax VM of TVM's runtime."""
+    """A model exported as a TVM runtime library, run by the Relax VM of TVM's runtime (one VM per concurrent call:
+    ``MachinePool``)."""
 
     def __init__(self, lib, target_name: str, inputs: list, num_outputs: int, report: list):
         self.lib = lib
@@ -39,15 +91,7 @@ class LoadedModel:
         self.inputs = inputs  # [(name, shape, dtype)]
         self.num_outputs = num_outputs
         self.report = report  # the per-layer records, as dicts
-        self._vm = None
-
-    def _machine(self):
-        if self._vm is None:
-            import tvm
-            from tvm.runtime.vm import VirtualMachine
-
-            self._vm = VirtualMachine(self.lib, tvm.cpu())
-        return self._vm
+        self.machines = MachinePool(lib)
 
     def _arrays(self, args) -> list:
         if len(args) != len(self.inputs):
@@ -71,8 +115,9 @@ class LoadedModel:
     def __call__(self, *args):
         import tvm
 
-        result = self._machine()["main"](*[tvm.runtime.tensor(a, tvm.cpu()) for a in self._arrays(args)])
-        outs = _flatten(result)
+        args = [tvm.runtime.tensor(a, tvm.cpu()) for a in self._arrays(args)]
+        with self.machines.checkout() as vm:
+            outs = _flatten(vm["main"](*args))  # numpy copies, made before the VM serves another call
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
