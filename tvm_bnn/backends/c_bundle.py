@@ -50,15 +50,19 @@ class BundleModel(CompiledModel):
         self._stats = None
 
     def __call__(self, *args):
+        """Safe from several threads at once: each call builds and runs its program in a directory of its own."""
         x = input_arrays(args, self.inputs)
         if self.board is None:
             return self.bundle.run_host(x)
-        y, instructions = self.bundle.run_board(x, self.board)
-        self._record(instructions)
+        workdir = tempfile.mkdtemp(prefix="tvm_bnn_bundle_fw_")
+        try:
+            y, instructions, run = self.bundle.board_run(x, self.board, workdir=workdir)
+            self._record(run, instructions)  # this call's run, whatever other threads ran meanwhile
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
         return y
 
-    def _record(self, instructions):
-        run = self.bundle.last_board_run
+    def _record(self, run, instructions):
         sizes = getattr(run, "sizes", {}) or {}
         usage = qemu.stack_usage(run.elf.parent) if getattr(run, "elf", None) is not None else {}
         kernels = [usage[k] for k in self.bundle.kernels if k in usage]

@@ -173,12 +173,19 @@ class Bundle:
         """Firmware of the bundle + a main holding ``x`` on an emulated board: (output, instructions of one
         ``tvm_bnn_model_run``; with ``per_call``, a list of (kernel, instructions) per call in order). The BoardRun
         (sizes of .text/.data/.bss) is kept in ``last_board_run``."""
+        output, counts, run = self.board_run(x, board, workdir, opt, per_call)
+        self.last_board_run = run
+        return output, counts
+
+    def board_run(self, x, board: str = "cortex-m4", workdir=None, opt: str = "-O2", per_call: bool = False) -> tuple:
+        """``run_board`` returning its BoardRun too, (output, instructions, run), and keeping nothing: for callers
+        in several threads at once (``last_board_run`` is whichever run ended last). Each run builds in a directory
+        of its own (``workdir``, else a new temporary one, left for the caller: ``run.elf`` is in it)."""
         srcs = dict(self.sources, **{"test_main.c": self._main(x, bracket=not per_call)})
         hooks = ("-DTVM_BNN_PROFILE_STEPS",) if per_call else ()
         run = qemu.run_on_board(srcs, board, workdir=workdir or tempfile.mkdtemp(prefix="tvm_bnn_bundle_fw_"),
                                 opt=opt, extra_cflags=(*CFLAGS_EXTRA, *hooks), objects=self.objects)
-        self.last_board_run = run
-        return self._result(run.output), self._counts(run, per_call)
+        return self._result(run.output), self._counts(run, per_call), run
 
     def _counts(self, run, per_call: bool):
         if not per_call:
