@@ -230,7 +230,8 @@ def test_binary_weights_with_unrecognised_activation_warn_or_raise():
     torch.manual_seed(0)
     model, x = _BinaryWeightsFloatInput().eval(), torch.randn(1, 3, 6, 6)
     with pytest.warns(UserWarning, match=r"layer 'conv' \(conv2d, weights 6x8x3x3\) has binary weights but stays float: "
-                                         r"activation input is not binarized: it is a float tensor computed by an add of a conv2d: it takes many values \(any float\)"):
+                                         r"activation input is not binarized: it is a float tensor computed by an Add of x with a constant, x = a "
+                                         r"Conv: it takes many values \(any float\)"):
         cm = tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False)
     assert [r.binary_weights for r in cm.report] == [False, True] and not cm.report[1].binarized
     with pytest.raises(tvm_bnn.NotBinarizedError, match=r"1 layer\(s\)[\s\S]*'conv'"):

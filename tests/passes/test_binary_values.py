@@ -160,10 +160,16 @@ def test_values_and_direction():
 @pytest.mark.parametrize("build,reason", [
     (lambda bb, x: bb.emit(relax.op.clip(bb.emit(relax.op.round(x)), -1.0, 1.0)), "takes 3 values (-1, 0, 1)"),
     (lambda bb, x: bb.emit(relax.op.where(bb.emit(relax.op.greater(x, _c(0.0))), x, bb.emit(relax.op.negative(x)))),
-     "not monotone"),
+     "it is a float tensor computed by a Where of greater(x, 0), x and neg(x)"),
+    (lambda bb, x: bb.emit(relax.op.add(bb.emit(relax.op.multiply(x, x)), x)),  # x^2 + x: falls, then rises
+     "an Add of mul(x, x) with x is not monotone in x"),
+    (lambda bb, x: bb.emit(relax.op.astype(bb.emit(relax.op.logical_and(bb.emit(relax.op.greater(x, _c(-1.0))),
+                                                                        bb.emit(relax.op.less(x, _c(1.0))))),
+                                           "float32")), "it switches twice: at -1 and at 1"),
+    (lambda bb, x: bb.emit(relax.op.sign(bb.emit(relax.op.nn.relu(x)))), None),  # {0, 1}: binarized
     (lambda bb, x: bb.emit(relax.op.multiply(bb.emit(relax.op.sign(x)), _c(PER_CHANNEL + 1))),
      "scale must be one per tensor"),
-    (lambda bb, x: bb.emit(relax.op.nn.relu(x)), "it is a float tensor computed by a relu of the model input 'x': it takes many values (from 0 to"),
+    (lambda bb, x: bb.emit(relax.op.nn.relu(x)), "it is a float tensor computed by a Relu of x, x = the model input 'x': it takes many values (from 0 to"),
     (lambda bb, x: x, "model input 'x'"),
 ])
 def test_refusals_say_why(build, reason):
@@ -173,6 +179,9 @@ def test_refusals_say_why(build, reason):
     finally:
         del FORMS["_case"]
     src = binary_source(Graph(mod["main"]), a)
+    if reason is None:
+        assert isinstance(src, BinaryTensor) and (src.low, src.high) == (0.0, 1.0), src
+        return
     assert isinstance(src, str) and reason in src, src
 
 

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import relax
 
-from .binary_values import BinaryTensor, Refused, _Roots, analyse_chain, describe, negate_test
+from .atoms import AtomAnalysis
+from .binary_values import BinaryTensor, Chain, Refused, _Roots, analyse_chain, describe, negate_test
 from .graph import Graph, op_name, static_shape
 from .kernels import call_kernel
+from .weights import binary_weight_scale
 
 _LAYOUT_OPS = ("relax.reshape", "relax.permute_dims", "relax.flatten", "relax.squeeze", "relax.expand_dims",
                "relax.nn.max_pool2d", "relax.strided_slice", "relax.nn.batch_flatten")
@@ -34,9 +36,38 @@ class Slice:
 def binary_source(graph: Graph, expr) -> BinaryTensor | str:
     """The bits of ``expr``, or the reason (for the report) it is not a binarized tensor."""
     try:
-        return _analyse(graph, expr)
+        return _analysed(graph, expr)
     except Refused as why:
         return f"activation input is not binarized: {why}"
+
+
+def _analysed(graph: Graph, expr) -> BinaryTensor:
+    """_analyse, memoised per graph (a layer's analysis needs the previous layers': the exact values of a binary
+    layer's output, atoms.py)."""
+    memo = graph.__dict__.setdefault("_binary_sources", {})
+    key = graph.value(expr)
+    if key not in memo:
+        try:
+            memo[key] = _analyse(graph, expr)
+        except Refused as why:
+            memo[key] = why
+    if isinstance(memo[key], Refused):
+        raise memo[key]
+    return memo[key]
+
+
+def atoms_of(graph: Graph) -> AtomAnalysis:
+    """The exact values of the graph's tensors (atoms.py), memoised with the graph."""
+    analysis = graph.__dict__.get("_atoms")
+    if analysis is None:
+        def binary_of(expr):
+            try:
+                return _analysed(graph, expr)
+            except Refused:
+                return None
+
+        analysis = graph.__dict__["_atoms"] = AtomAnalysis(graph, binary_of, binary_weight_scale)
+    return analysis
 
 
 def is_binarizer(graph: Graph, expr) -> bool:
@@ -47,26 +78,26 @@ def _analyse(graph: Graph, expr) -> BinaryTensor:
     value = graph.value(expr)
     name = op_name(value)
     if name in _LAYOUT_OPS:
-        return _then(_analyse(graph, value.args[0]), value)
+        return _then(_analysed(graph, value.args[0]), value)
     if isinstance(value, relax.TupleGetItem) and op_name(graph.value(value.tuple_value)) == "relax.split":
         split = graph.value(value.tuple_value)
-        return _then(_analyse(graph, split.args[0]), _split_slice(split, int(value.index)))
+        return _then(_analysed(graph, split.args[0]), _split_slice(split, int(value.index)))
     if name == "relax.nn.pad":
-        return _padded(_analyse(graph, value.args[0]), value)
+        return _padded(_analysed(graph, value.args[0]), value)
     if isinstance(value, relax.Var):
         raise Refused(f"it is {describe(value)}, a float tensor")
     root = _Roots(graph)(expr)
     if root is not None and not root.same_as(expr):
         try:
-            inner = _analyse(graph, root)
+            inner = _analysed(graph, root)
         except Refused:
             inner = None
         if inner is not None:  # a function of a tensor that is already two-valued: new values, maybe flipped
             return _remapped(graph, expr, root, inner)
-        chain = analyse_chain(graph, expr)
+        chain = analyse_chain(graph, expr, atoms_of(graph))
         if chain is not None:
             return chain
-    raise Refused(f"it is a float tensor computed by {describe(value)}")
+    raise Refused(f"it is a float tensor computed by {describe(value, graph)}")
 
 
 def _split_slice(split, index: int) -> Slice:
@@ -108,9 +139,8 @@ def _padded(inner: BinaryTensor, pad) -> BinaryTensor:
 
 
 def _remapped(graph: Graph, expr, root, inner: BinaryTensor) -> BinaryTensor:
-    """``f(inner)`` for an elementwise ``f``: evaluate ``f`` on both values; they must stay uniform and distinct."""
-    from .binary_values import Chain
-
+    """``f(inner)`` for an elementwise ``f``: evaluate ``f`` on both values (the model's own: exactly, sign(0) = 0);
+    they must stay uniform and distinct."""
     shape = static_shape(root)
     chain = Chain(graph, expr, root, tuple(shape))
 

@@ -35,6 +35,12 @@ class Graph:
                         self.users.setdefault(v, []).append((binding.var, binding.value))
         counter.visit_expr(func.body.body)
 
+    def var_of(self, value):
+        """The binding variable of a bound value (a Call), or None."""
+        if not hasattr(self, "_var_of"):
+            self._var_of = {val: var for var, val in self.order}
+        return self._var_of.get(value)
+
     def only_user(self, var):
         """(var, value) of the single binding reading ``var`` if it has exactly one use, else None."""
         if not self.single_use(var) or len(self.users.get(var, [])) != 1:
