@@ -24,7 +24,21 @@ ACTIVATIONS = {
     "hardtanh_sign": (lambda x: torch.sign(F.hardtanh(x)), True),
     "binary_sign": (bnn.binary_sign, True),
     "detach_ste": (lambda x: torch.sign(x).detach() + x - x.detach(), False),
+    # a PyTorch BNN library's two-valued sign (sign(0) -> +1 written out by the model itself)
+    "where_sign_eq0": (lambda x: torch.where(torch.sign(x) == 0, 1.0, torch.sign(x)), True),
+    # {0, 1}: sign(0) = 0 is the model's own value after a ReLU (binarized exactly through the affine fold)
+    "sign_relu": (lambda x: torch.sign(F.relu(x)), True),
+    # QKeras' binary as PyTorch would write it: x + stop(-x + k), k = sign(x) + (1 - |sign(x)|)
+    "qkeras_binary": (lambda x: x + (-x + (torch.sign(x) + (1 - torch.sign(x).abs()))).detach(), False),
+    # QKeras' binary_tanh: 2 * (h + stop(round(h) - h)) - 1, h = clip(0.5 x + 0.5, 0, 1) (0 -> -1)
+    "qkeras_binary_tanh": (lambda x: 2 * (_h(x) + (torch.round(_h(x)) - _h(x)).detach()) - 1, False),
+    # |x| > 1: switches twice in x, once in |x| (TVM computes |x| in float, the threshold above it is binarized)
+    "abs_gt_1": (lambda x: torch.where(x.abs() > 1, 1.0, -1.0), True),
 }
+
+
+def _h(x):
+    return torch.clamp(0.5 * x + 0.5, 0, 1)
 
 
 def _bireal_poly(x):

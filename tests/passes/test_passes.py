@@ -1,11 +1,12 @@
 """Each pass on its own: what it matches, what it emits, what it leaves alone."""
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 import tvm_bnn
 from tvm_bnn.frontends import import_model
-from tvm_bnn.passes import CanonicalizeBinarization, FoldZeroPadIntoConv, cleanup
+from tvm_bnn.passes import FoldZeroPadIntoConv, SimplifyStraightThrough, cleanup
 from tvm_bnn.passes.binarize import binary_weight_scale
 from tvm_bnn.passes.fuse_threshold import step_thresholds
 from tvm_bnn.passes.graph import Graph, op_name
@@ -50,16 +51,55 @@ def test_binary_weight_scale_reasons():
     assert "NaN" in binary_weight_scale(w4, 0)
 
 
-def test_canonicalize_replaces_ste_forms_by_sign():
+def test_straight_through_sums_simplify_to_the_binarizer():
     mod = _imported(lambda x: (x + (torch.sign(x) - x).detach()) * 3, 2, 5)
     assert "relax.subtract" in _ops(mod)
-    out = cleanup()(CanonicalizeBinarization(mod))
+    out = cleanup()(SimplifyStraightThrough(mod))
     assert _ops(out) == ["relax.sign", "relax.multiply", None]  # last: the output tuple
 
 
-def test_canonicalize_leaves_non_ste_arithmetic_alone():
-    mod = _imported(lambda x: x + (torch.tanh(x) - x), 2, 5)  # tanh is not a binarizer
-    out = cleanup()(CanonicalizeBinarization(mod))
+@pytest.mark.parametrize("form", [
+    lambda x, s: x + (s - x).detach(),  # a + stop(b - a)
+    lambda x, s: x - (x - s).detach(),  # a - stop(a - b)
+    lambda x, s: x + (-x + s).detach(),  # a + stop(-a + b)
+    lambda x, s: (s - x).detach() + x,  # stop(b - a) + a
+    lambda x, s: s.detach() + x - x.detach(),  # stop(b) + a - stop(a)
+    lambda x, s: x + 1.0 * (s - x).detach(),  # a scaled by 1
+    lambda x, s: x.transpose(1, 3) + (s - x).detach().transpose(1, 3),  # one tensor through two layout paths
+    lambda x, s: (x.transpose(1, 3) + (s.transpose(1, 3) - x.transpose(1, 3)).detach()).transpose(1, 3),
+])
+def test_straight_through_algebra(form):
+    """Every arrangement of the straight-through sum is its binarizer (transposes between the pieces too)."""
+    mod = _imported(lambda x: form(x, torch.where(x >= 0, 1.0, -1.0)), 2, 3, 4, 5)
+    out = SimplifyStraightThrough(mod)
+    assert not {"relax.add", "relax.subtract"} & set(_ops(cleanup()(out))), _ops(out)
+
+
+def test_straight_through_of_a_weight_is_exact():
+    """A weight quantizer's sum is simplified before folding: the folded weights are exactly +-alpha."""
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(4, 3, 3, 3) * 7)
+
+        def quantized(self):
+            alpha = self.w.abs().mean(dim=(1, 2, 3), keepdim=True)
+            return self.w + (torch.sign(self.w) * alpha - self.w).detach()
+
+        def forward(self, x):
+            return F.conv2d(torch.where(x >= 0, 1.0, -1.0), self.quantized())
+
+    net = Net()
+    assert len(torch.unique(net.quantized().abs())) > 4  # PyTorch's sum rounds: not +-alpha exactly
+    _, _, report = tvm_bnn.analyse(net, (torch.randn(1, 3, 6, 6),))
+    assert report[0].binarized, str(report)
+
+
+def test_straight_through_leaves_non_binary_sums_alone():
+    mod = _imported(lambda x: x + (torch.tanh(x) - x), 2, 5)  # tanh is not a binarizer: the float sum stays
+    out = cleanup()(SimplifyStraightThrough(mod))
     assert "relax.tanh" in _ops(out) and "relax.add" in _ops(out)
 
 

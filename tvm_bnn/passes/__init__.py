@@ -6,17 +6,17 @@ from tvm import relax
 
 from .binarize import BinarizeLayers
 from .binary_maxpool import PackBeforeMaxPool
-from .canonicalize import CanonicalizeBinarization
 from .cleanup import cleanup
 from .fold_pad import FoldZeroPadIntoConv
 from .fuse_output import FuseOutputTransform
 from .fuse_threshold import FuseThreshold
+from .straight_through import SimplifyStraightThrough
 
 
 def binarize_module(mod: tvm.IRModule, layer_names=None):
     """Run every tvm_bnn pass on a module already through :func:`cleanup`; returns (module, per-layer records)."""
     mod = FoldZeroPadIntoConv(mod)
-    mod = CanonicalizeBinarization(mod)
+    mod = SimplifyStraightThrough(mod)
     binarize = BinarizeLayers(layer_names)
     mod = binarize(mod)
     for p in (PackBeforeMaxPool, FuseOutputTransform, FuseThreshold):
@@ -25,5 +25,5 @@ def binarize_module(mod: tvm.IRModule, layer_names=None):
     return mod, binarize.records
 
 
-__all__ = ["BinarizeLayers", "CanonicalizeBinarization", "FoldZeroPadIntoConv", "FuseOutputTransform", "FuseThreshold",
-           "PackBeforeMaxPool", "binarize_module", "cleanup"]
+__all__ = ["BinarizeLayers", "FoldZeroPadIntoConv", "FuseOutputTransform", "FuseThreshold", "PackBeforeMaxPool",
+           "SimplifyStraightThrough", "binarize_module", "cleanup"]

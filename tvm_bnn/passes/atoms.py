@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tvm import relax
 
-from .graph import Graph, op_name, static_shape
+from .graph import Graph, op_name, static_shape, tensor_args
 
 _LAYOUT = ("relax.reshape", "relax.permute_dims", "relax.flatten", "relax.squeeze", "relax.expand_dims",
            "relax.nn.batch_flatten")
@@ -127,7 +127,7 @@ class AtomAnalysis:
         name = op_name(value)
         if name is None:
             return TOP_OF("an op tvm_bnn does not know")
-        args = [a for a in value.args if isinstance(a, relax.Expr)]
+        args = tensor_args(value)
         inputs = [self(a) for a in args]
         if name in _LAYOUT or name == "relax.strided_slice":
             return self._layout(value, inputs[0])

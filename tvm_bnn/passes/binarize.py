@@ -25,7 +25,7 @@ from .binarizers import Slice, binary_source, emit_packed
 from .graph import Graph, is_op, static_shape
 from .kernels import call_kernel
 from .rewrite import apply_recipes, relax_functions
-from .weights import binary_weight_scale
+from .weights import binary_weight_scale, snapped
 
 
 class BinarizeLayers:
@@ -92,6 +92,7 @@ class BinarizeLayers:
         source = binary_source(graph, data)
         if isinstance(alpha, str) or isinstance(source, str):
             return refuse("; ".join(r for r in (source, alpha) if isinstance(r, str)))
+        w = snapped(w, alpha, 0)
         padding = conv_padding(source, [int(p) for p in attrs.padding])
         if isinstance(padding, str):
             return refuse(padding)
@@ -165,6 +166,7 @@ class BinarizeLayers:
         source = binary_source(graph, data)
         if isinstance(alpha, str) or isinstance(source, str):
             return refuse("; ".join(r for r in (source, alpha) if isinstance(r, str)))
+        w = snapped(w, alpha, 1)
         if source.pad is not None:
             return refuse("the activation of a dense layer is padded")
         k = int(w.shape[0])

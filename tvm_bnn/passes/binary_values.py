@@ -54,7 +54,7 @@ from tvm import relax
 from .atoms import NONE, TOP_OF, Atoms
 from .describe import describe, render
 from .float_order import MAX_KEY, first_true, from_key, negate_test, next_up, to_key
-from .graph import Graph, op_name, static_shape
+from .graph import Graph, op_name, static_shape, tensor_args
 
 __all__ = ["BinaryTensor", "Chain", "Refused", "analyse_chain", "describe", "first_true", "from_key", "negate_test",
            "next_up", "to_key", "MAX_KEY"]
@@ -852,9 +852,8 @@ def _cut_atoms(graph: Graph, cut, root, atoms: Atoms, chain: Chain) -> Atoms:
             return
         if op_name(value) in _FLAT_OPS:
             flat.append(value)
-        for a in value.args:
-            if isinstance(a, relax.Expr):
-                walk(a)
+        for a in tensor_args(value):
+            walk(a)
 
     walk(cut)
     if flat or not atoms.none:
@@ -875,7 +874,7 @@ def _only_through(graph: Graph, top, cut) -> bool:
         if value in seen:
             return seen[value]
         ok = _is_chain_op(graph, value) and all(
-            walk(a) for a in value.args if isinstance(a, relax.Expr))
+            walk(a) for a in tensor_args(value))
         seen[value] = ok
         return ok
 
@@ -941,7 +940,8 @@ def _through_pad(chain: Chain, result: BinaryTensor, pad) -> BinaryTensor:
     """F(pad(y, v)) = pad(F(y), F(v)): the padding value is the model's own (sign(0) = 0 there), so F(v) is
     evaluated exactly; it must be the same for every element."""
     v = float(pad.attrs.pad_value)
-    fv = np.asarray(chain.evaluate(np.full(chain.space, v, np.float32)), np.float64)
+    exact = Chain(chain.graph, chain.top, chain.root, chain.space)  # no tie rule: the padding is no chance 0
+    fv = np.asarray(exact.evaluate(np.full(chain.space, v, np.float32)), np.float64)
     fv = fv[~np.isnan(fv)] if fv.size else fv
     if fv.size == 0 or np.ptp(fv):
         raise Refused(f"after its padding with {v:g} the binarizer maps the padding to different values per element")

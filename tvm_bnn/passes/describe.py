@@ -11,7 +11,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .graph import Graph, op_name
+from .graph import Graph, op_name, tensor_args
 
 OP_NAMES = {
     "equal": "Equal", "not_equal": "NotEqual", "greater": "Greater", "greater_equal": "GreaterOrEqual",
@@ -68,6 +68,8 @@ def render(graph: Graph | None, expr, root=None, depth: int = 2) -> str:
         return _number(value.value.numpy())
     if isinstance(value, relax.Var):
         return value.name
+    if isinstance(value, (tvm.tirx.IntImm, tvm.tirx.FloatImm)):
+        return _number(np.asarray(value.value))
     if isinstance(value, relax.TupleGetItem):
         return f"{render(graph, value.tuple_value, root, depth)}[{value.index}]"
     name = op_name(value)
@@ -92,7 +94,7 @@ def describe(value, graph: Graph | None = None, root=None) -> str:
     text = f"{_article(title)} {title}"
     if graph is None or op_name(value) in (None, "relax.call_tir"):
         return text
-    args = [render(graph, a, root, 1) for a in value.args if isinstance(a, relax.Expr)]
+    args = [render(graph, a, root, 1) for a in tensor_args(value)]
     if not args:
         return text
     text += f" of {args[0]}"

@@ -15,7 +15,7 @@ from .rewrite import apply_recipes, relax_functions
 _MAX_BYTES = 1 << 30  # never materialise a folded tensor larger than this
 
 
-def _input_independent(graph: Graph):
+def input_independent(graph: Graph) -> set:
     """Binding vars whose values depend on no function parameter and have no side effect."""
     free = set()
     for var, value in graph.order:
@@ -31,7 +31,7 @@ def FoldConstantSubgraphs(mod, _ctx):  # noqa: N802
         if not func.body.blocks:
             continue
         graph = Graph(func)
-        foldable = _input_independent(graph)
+        foldable = input_independent(graph)
         # frontier: foldable vars read by a binding that is not foldable, or by the function's result
         frontier = []
         for var, value in graph.order:

@@ -66,6 +66,11 @@ class Graph:
         return None
 
 
+def tensor_args(value) -> list:
+    """The tensor operands of a call (not its PrimExpr arguments, such as clip's bounds)."""
+    return [a for a in value.args if isinstance(getattr(a, "ty", None), relax.TensorType)]
+
+
 def op_name(expr) -> str | None:
     if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
         return expr.op.name
