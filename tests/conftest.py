@@ -110,6 +110,45 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until(what: str, ready, procs=(), timeout: float = 600) -> float:
+    """Poll ``ready()`` until it is true; returns the seconds waited. Fails at once if one of ``procs`` ([(name,
+    Popen)]) exits; ``timeout`` only catches a hang (a busy machine makes startup slow, never failing)."""
+    import time
+
+    t0 = time.monotonic()
+    while not ready():
+        for name, p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited ({p.returncode}) while waiting for {what}")
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"{what}: not ready after {timeout} s")
+        time.sleep(0.25)
+    return time.monotonic() - t0
+
+
+def tracker_up(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port`` (the RPC tracker, once it listens)."""
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def server_registered(port: int, key: str) -> bool:
+    """Whether an RPC server with ``key`` has registered with the tracker on 127.0.0.1:``port``."""
+    import json
+
+    from tvm import rpc
+
+    try:
+        return key in json.dumps(rpc.connect_tracker("127.0.0.1", port).summary().get("queue_info", {}))
+    except Exception:  # noqa: BLE001 - the tracker is still starting
+        return False
+
+
 def stop_process_group(p) -> None:
     """End a process started with start_new_session=True and everything it started (TVM's RPC server and tracker
     run their work in popen workers, their children: terminating the leader alone would orphan them)."""

@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import tvm_bnn
 from tvm_bnn import nn as bnn
 from tvm_bnn.tuning import BASELINE_FILE, extract_tasks, parse_rpc
 
-from .conftest import free_port, stop_process_group
+from .conftest import free_port, server_registered, stop_process_group, tracker_up, wait_until
 
 
 def small_model():
@@ -80,18 +79,21 @@ def test_parse_rpc():
 def rpc_tracker_and_server():
     port = free_port()
     env = {**os.environ, "TVM_NUM_THREADS": "1"}
-    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
-                                str(port), "--port-end", str(port + 1)], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(2)
-    server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--tracker",
-                               f"127.0.0.1:{port}", "--key", "testboard"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(3)
-    try:
+    procs = []
+    try:  # each waits for the one before to be ready, however long a busy machine makes it take
+        tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
+                                    str(port), "--port-end", str(port + 1)], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, start_new_session=True)
+        procs.append(("the RPC tracker", tracker))
+        wait_until("the RPC tracker", lambda: tracker_up(port), procs)
+        server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--tracker",
+                                   f"127.0.0.1:{port}", "--key", "testboard"], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        procs.append(("the RPC server", server))
+        wait_until("the RPC server to register", lambda: server_registered(port, "testboard"), procs)
         yield f"127.0.0.1:{port}:testboard"
     finally:
-        for p in (server, tracker):
+        for _, p in reversed(procs):
             stop_process_group(p)
 
 
@@ -100,3 +102,81 @@ def test_tune_over_rpc_tracker(tmp_path, rpc_tracker_and_server):
     results = tvm_bnn.tune(model, "x86", (x,), trials=3, work_dir=str(tmp_path / "rpc"), rpc=rpc_tracker_and_server,
                            cost_model="random", trials_per_iter=3, progress=False)
     assert any(r.best_us for r in results), results
+
+
+def test_a_measurement_whose_session_timed_out_is_made_again():
+    """RetryingRunner measures again what failed for a lost or timed-out session, not a candidate whose code
+    failed."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvm_bnn.tuning import RetryingRunner
+
+    @derived_object
+    class Ready(ms.runner.PyRunnerFuture):
+        def __init__(self, result):
+            super().__init__()
+            self.value = result
+
+        def done(self):
+            return True
+
+        def result(self):
+            return self.value
+
+    batches = []
+
+    @derived_object
+    class Flaky(ms.runner.PyRunner):
+        def run(self, runner_inputs):
+            batches.append([str(i.artifact_path) for i in runner_inputs])
+            if len(batches) == 1:
+                return [Ready(ms.runner.RunnerResult(None, "RPCRunner: Timeout, killed after 120 seconds")),
+                        Ready(ms.runner.RunnerResult(None, "RPCRunner: An exception occurred\nTraceback:\n  "
+                                                           "session = f_create_session(rpc_config)\n"
+                                                           "ValueError: the kernel failed"))]
+            return [Ready(ms.runner.RunnerResult([2e-5], None)) for _ in runner_inputs]
+
+    inputs = [ms.runner.RunnerInput(name, "cpu", []) for name in ("timed_out.so", "broken.so")]
+    results = [f.result() for f in RetryingRunner(Flaky(), attempts=3).run(inputs)]
+    assert [float(s) for s in results[0].run_secs] == [2e-5] and results[0].error_msg is None
+    assert "the kernel failed" in results[1].error_msg  # not measured again
+    assert batches == [["timed_out.so", "broken.so"], ["timed_out.so"]]
+
+
+def test_a_kernel_timing_opens_its_session_after_the_build_and_again_when_lost():
+    """profiling.time_primfunc with a function for ``remote``: called once the kernel is built, and again after a
+    session that timed out; an error of the code itself is not retried."""
+    import tvm
+    from tvm import rpc
+    from tvm.script import tirx as T
+
+    from tvm_bnn.profiling import time_primfunc
+
+    @T.prim_func
+    def add_one(a: T.Buffer((64,), "float32"), b: T.Buffer((64,), "float32")):
+        for i in range(64):
+            b[i] = a[i] + T.float32(1)
+
+    class LostSession:
+        def upload(self, path):
+            raise TimeoutError("the session timed out")
+
+    opened = []
+
+    def remote():
+        opened.append(len(opened))
+        return LostSession() if len(opened) == 1 else rpc.LocalSession()
+
+    assert time_primfunc(add_one, tvm.target.Target({"kind": "llvm"}), remote=remote) > 0
+    assert opened == [0, 1]
+
+    class BrokenCode:
+        def upload(self, path):
+            raise ValueError("the kernel failed")
+
+    broken = []
+    with pytest.raises(ValueError, match="the kernel failed"):
+        time_primfunc(add_one, tvm.target.Target({"kind": "llvm"}), remote=lambda: broken.append(1) or BrokenCode(),
+                      attempts=3)
+    assert broken == [1]  # one session: not measured again

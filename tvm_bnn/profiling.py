@@ -61,22 +61,54 @@ def _random_args(func: tirx.PrimFunc, dev, rng):
 
 
 def time_primfunc(func: tirx.PrimFunc, target, number: int = 5, repeat: int = 3, rng=None, remote=None,
-                  fcompile=None, tir_pipeline: str = "default") -> float:
+                  fcompile=None, tir_pipeline: str = "default", attempts: int = 3) -> float:
     """Median seconds of one scheduled PrimFunc, built alone for ``target`` (lowered by the named TIR pipeline: the
     model's, ``targets.tir_pipeline.NAME``, to time it as built), on random data; on this machine, or on the device
-    of ``remote`` (a TVM RPC session; ``fcompile``: the cross compiler that links the library)."""
+    of ``remote`` (``fcompile``: the cross compiler that links the library).
+
+    ``remote``: a TVM RPC session, or a function that opens one. A function is called only once the library is
+    built and linked (a session's time limit then covers the upload and the measurement, not a build slowed by other
+    work on this machine), and again, up to ``attempts`` sessions in all, when a session times out or is lost."""
+    rng = rng or np.random.default_rng(0)
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target,
                       tir_pipeline=tir_pipeline)
     if remote is None:
-        dev, mod = tvm.cpu(), lib.mod
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = os.path.join(tmp, "tvm_bnn_kernel.so")
-            lib.export_library(path, **({"fcompile": fcompile} if fcompile is not None else {}))
-            remote.upload(path)
-        dev, mod = remote.cpu(), remote.load_module("tvm_bnn_kernel.so")
+        return _median_run(lib.mod, tvm.cpu(), func, number, repeat, rng)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "tvm_bnn_kernel.so")
+        lib.export_library(path, **({"fcompile": fcompile} if fcompile is not None else {}))
+        for attempt in range(1, (attempts if callable(remote) else 1) + 1):
+            session = remote() if callable(remote) else remote
+            try:
+                session.upload(path)
+                return _median_run(session.load_module("tvm_bnn_kernel.so"), session.cpu(), func, number, repeat,
+                                   rng)
+            except Exception as exc:  # noqa: BLE001 - TVM's RPC errors come as several kinds; sorted below
+                if attempt == attempts or not callable(remote) or not remote_failure_is_transient(exc):
+                    raise
+            finally:
+                del session  # the board is handed to the next request only when this session is gone
+    raise AssertionError("unreachable")
+
+
+def _median_run(mod, dev, func, number, repeat, rng) -> float:
     timer = mod.time_evaluator("main", dev, number=number, repeat=repeat)
-    return float(np.median(timer(*_random_args(func, dev, rng or np.random.default_rng(0))).results))
+    return float(np.median(timer(*_random_args(func, dev, rng)).results))
+
+
+TRANSIENT = ("timeout", "timed out", "connection", "socket", "broken pipe", "cannot request")
+
+
+def remote_failure_is_transient(error) -> bool:
+    """Whether a failed remote measurement (an exception, or MetaSchedule's error message, which ends with the
+    exception's type and message) says the session timed out or was lost, rather than that the code failed: worth
+    measuring again on a new session. Only the first and last lines are read (a traceback's code lines between
+    mention sessions and timeouts whatever failed)."""
+    if isinstance(error, (TimeoutError, ConnectionError)):
+        return True
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+    lines = [line for line in text.strip().splitlines() if line.strip()] or [""]
+    return any(word in line.lower() for line in (lines[0], lines[-1]) for word in TRANSIENT)
 
 
 def profile_kernels(scheduled: tvm.IRModule, target, number: int = 5, repeat: int = 3,

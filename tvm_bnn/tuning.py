@@ -6,6 +6,11 @@ are built here and measured on this machine or, with ``rpc="host:port:key"``, on
 RPC tracker. Records go to a JSON database in ``work_dir``; ``compile(..., tuning_db=work_dir)`` applies them and
 falls back to the default schedules for anything not tuned. Tuning again with the same ``work_dir`` resumes: trials
 already in the database count against the budget.
+
+Tuning takes as long as the work does on a busy machine: the time limits (``timeout_sec``) only catch a build or a
+measurement that hangs. MetaSchedule's builder workers import TVM's tensor intrinsics before they are timed (a
+fresh worker per batch: the import took up to minutes, and counted against a candidate's build time); a session on
+a board opens only after the code is built; and a measurement whose session timed out or was lost is made again.
 """
 from __future__ import annotations
 
@@ -37,13 +42,18 @@ class TaskResult:
     best_us: float | None
 
 
-def parse_rpc(rpc: str):
-    """'host:port:key' -> RPCConfig."""
+SESSION_TIMEOUT_SEC = 120.0
+MEASURE_ATTEMPTS = 3  # sessions per remote measurement, the first included
+
+
+def parse_rpc(rpc: str, session_timeout_sec: float = SESSION_TIMEOUT_SEC):
+    """'host:port:key' -> RPCConfig. ``session_timeout_sec``: how long the board keeps one session (the upload, the
+    load and the measurement of one candidate) before it ends it as hung."""
     parts = rpc.rsplit(":", 2)
     if len(parts) != 3 or not parts[1].isdigit() or not parts[0] or not parts[2]:
         raise TvmBnnError(f"rpc={rpc!r}: expected 'tracker_host:tracker_port:device_key', e.g. '127.0.0.1:9190:rpi4'")
     return ms.runner.RPCConfig(tracker_host=parts[0], tracker_port=int(parts[1]), tracker_key=parts[2],
-                               session_timeout_sec=60)
+                               session_timeout_sec=int(session_timeout_sec))
 
 
 def cross_compiler(spec):
@@ -77,21 +87,20 @@ def build_candidate(mod, target, _params=None):
     return build(mod, target=target, pipeline=tir_pipeline.NAME)
 
 
-def _time_default(func, spec, rpc: str | None) -> float:
-    """Microseconds of one scheduled PrimFunc, here or on the RPC device. One session per kernel (a session times
-    out after 60 s, and LLVM builds in between can take that long), released on return: the tracker hands its one
-    board to the next request only when the previous session is gone."""
+def _time_default(func, spec, rpc: str | None, session_timeout_sec: float = SESSION_TIMEOUT_SEC) -> float:
+    """Microseconds of one scheduled PrimFunc, here or on the RPC device. A session per kernel, opened once the
+    kernel is built (LLVM builds on a busy machine can outlast a session) and again if it times out or is lost;
+    released on return: the tracker hands its one board to the next request only when the previous session is
+    gone."""
     from .profiling import time_primfunc
 
-    remote = parse_rpc(rpc).connect_server() if rpc else None
-    try:
-        return 1e6 * time_primfunc(func, spec.target, remote=remote, fcompile=cross_compiler(spec),
-                                   tir_pipeline=tir_pipeline.NAME)  # lowered as in the model
-    finally:
-        del remote
+    remote = (lambda: parse_rpc(rpc, session_timeout_sec).connect_server()) if rpc else None
+    return 1e6 * time_primfunc(func, spec.target, remote=remote, fcompile=cross_compiler(spec),
+                               tir_pipeline=tir_pipeline.NAME, attempts=MEASURE_ATTEMPTS)  # lowered as in the model
 
 
-def measure_defaults(tasks, spec, work_dir: str, rpc: str | None = None) -> dict:
+def measure_defaults(tasks, spec, work_dir: str, rpc: str | None = None,
+                     session_timeout_sec: float = SESSION_TIMEOUT_SEC) -> dict:
     """Latency (us) of our default schedule for each task, merged into ``work_dir``/BASELINE_FILE; measured where the
     tuning trials were (``rpc``: on the RPC device), so the two are comparable."""
     from .schedules.apply import default_schedule
@@ -103,10 +112,53 @@ def measure_defaults(tasks, spec, work_dir: str, rpc: str | None = None) -> dict
         key = workload_key(func)
         if key not in baseline:
             with spec.target:
-                baseline[key] = _time_default(default_schedule(func, spec), spec, rpc)
+                baseline[key] = _time_default(default_schedule(func, spec), spec, rpc, session_timeout_sec)
     with open(path, "w") as f:
         json.dump(baseline, f, indent=1)
     return baseline
+
+
+@derived_object
+class _RetryingFuture(ms.runner.PyRunnerFuture):
+    def __init__(self, runner, runner_input, future, attempts: int):
+        super().__init__()
+        self.runner, self.runner_input, self.future, self.attempts = runner, runner_input, future, attempts
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self):
+        from .profiling import remote_failure_is_transient
+
+        result = self.future.result()
+        for attempt in range(2, self.attempts + 1):
+            if result.error_msg is None or not remote_failure_is_transient(result.error_msg):
+                break
+            logging.getLogger(__name__).warning("measurement %d of %d failed (%s); measuring again", attempt - 1,
+                                                self.attempts, str(result.error_msg).strip().splitlines()[-1])
+            result = self.runner.run([self.runner_input])[0].result()
+        return result
+
+
+@derived_object
+class RetryingRunner(ms.runner.PyRunner):
+    """A MetaSchedule runner (``RPCRunner``) whose measurements that failed for a session that timed out or was
+    lost (``profiling.remote_failure_is_transient``) are made again, up to ``attempts`` in all; a candidate whose
+    code fails is not."""
+
+    def __init__(self, runner, attempts: int = MEASURE_ATTEMPTS):
+        super().__init__()
+        self.runner, self.attempts = runner, attempts
+
+    def run(self, runner_inputs):
+        return [_RetryingFuture(self.runner, inp, fut, self.attempts)
+                for inp, fut in zip(runner_inputs, self.runner.run(runner_inputs))]
+
+
+def builder_worker_init():
+    """Run by each of MetaSchedule's builder workers when it starts, which is not timed: the import every candidate
+    build needs (TVM's tensor intrinsics, our fast import), so that a candidate's time limit is its build's alone."""
+    _import_tensor_intrin()
 
 
 def _progress_callback(bar, names, best):
@@ -229,7 +281,10 @@ def extract_tasks(model, target="x86", example_inputs=None):
 def tune(model, target="x86", example_inputs=None, *, trials: int = 256, work_dir: str = "tuning",
          rpc: str | None = None, cost_model: str = "xgb", trials_per_iter: int = 16, progress: bool | None = None,
          seed: int | None = 0, timeout_sec: float = 120.0) -> list[TaskResult]:
-    """Tune the model's kernels; returns one TaskResult per task and leaves the database in ``work_dir``."""
+    """Tune the model's kernels; returns one TaskResult per task and leaves the database in ``work_dir``.
+
+    ``timeout_sec``: how long one candidate's build, or one measurement session on an RPC device, may take before
+    it is given up as hung (a measurement whose session timed out or was lost is made again, up to 3 times)."""
     if trials < 1:
         raise TvmBnnError(f"trials={trials}: the tuning budget must be at least 1")
     spec = resolve_target(target)
@@ -254,16 +309,17 @@ def tune(model, target="x86", example_inputs=None, *, trials: int = 256, work_di
         num_cores = int(spec.target.attrs["num-cores"])
         contexts, weights = _tune_contexts(tasks, work_dir, spec.target, num_cores, seed)
         evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False)
-        # generous timeouts: LLVM builds of big candidates on a loaded 2-core machine take tens of seconds
+        # the time limits only catch hangs: LLVM builds of big candidates on a busy 2-core machine take tens of seconds
         f_export = None
         if spec.family == "arm":
             from .targets import qemu
 
             f_export = functools.partial(export_for_board, cc=qemu.require_tool(qemu.linux_arch(spec.board).cc))
         builder = ms.builder.LocalBuilder(max_workers=min(num_cores, os.cpu_count() or 1), timeout_sec=timeout_sec,
-                                          f_build=build_candidate, f_export=f_export)
+                                          f_build=build_candidate, f_export=f_export, initializer=builder_worker_init)
         if rpc:
-            runner = ms.runner.RPCRunner(rpc_config=parse_rpc(rpc), evaluator_config=evaluator)
+            runner = RetryingRunner(ms.runner.RPCRunner(rpc_config=parse_rpc(rpc, timeout_sec),
+                                                        evaluator_config=evaluator))
         else:
             runner = ms.runner.LocalRunner(timeout_sec=timeout_sec, evaluator_config=evaluator)
         if progress is not False:  # the bar replaces MetaSchedule's per-trial console tables (still in work_dir/logs)
@@ -278,7 +334,7 @@ def tune(model, target="x86", example_inputs=None, *, trials: int = 256, work_di
                                + [_progress_callback(bar, names, best)])
         finally:
             bar.close()
-    measure_defaults(tasks, spec, work_dir, rpc)
+    measure_defaults(tasks, spec, work_dir, rpc, timeout_sec)
     results = []
     for i, t in enumerate(tasks):
         top = database.get_top_k(database.commit_workload(t.dispatched[0]), 1 << 30)

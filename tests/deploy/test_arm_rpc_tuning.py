@@ -9,7 +9,6 @@ where they fail.
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,8 @@ import tvm_bnn
 from tvm_bnn import nn as bnn
 from tvm_bnn.tuning import BASELINE_FILE, open_database
 
-from ..conftest import free_port, need, randomize_batchnorm, stop_process_group
+from ..conftest import (free_port, need, randomize_batchnorm, server_registered, stop_process_group, tracker_up,
+                        wait_until)
 
 ROOT = Path(__file__).resolve().parents[2]
 BOARD_SCRIPT = ROOT / "scripts" / "aarch64_rpc_board.sh"
@@ -41,35 +41,6 @@ def require_board():
         pytest.skip(msg)
 
 
-def _wait(what, ready, timeout, procs):
-    t0 = time.monotonic()
-    while not ready():
-        for name, p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"{name} exited ({p.returncode}) while waiting for {what}")
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(f"{what}: not ready after {timeout} s")
-        time.sleep(0.25)
-    return time.monotonic() - t0
-
-
-def _tracker_up(port):
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-def _board_registered(port):
-    from tvm import rpc
-
-    try:
-        return KEY in json.dumps(rpc.connect_tracker("127.0.0.1", port).summary().get("queue_info", {}))
-    except Exception:  # the tracker is still starting
-        return False
-
-
 @pytest.fixture(scope="module")
 def emulated_board(tmp_path_factory):
     """'127.0.0.1:PORT:KEY' of a tracker with the qemu-aarch64 RPC server registered."""
@@ -82,13 +53,13 @@ def emulated_board(tmp_path_factory):
                                     str(port), "--port-end", str(port + 1)], stdout=open(logs / "tracker.log", "w"),
                                    stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(("tracker", tracker))
-        _wait("the RPC tracker", lambda: _tracker_up(port), 60, procs)
+        wait_until("the RPC tracker", lambda: tracker_up(port), procs)
         server = subprocess.Popen(["bash", str(BOARD_SCRIPT), "serve", "--tracker", f"127.0.0.1:{port}", "--key", KEY],
                                   stdout=open(logs / "server.log", "w"), stderr=subprocess.STDOUT,
                                   start_new_session=True, env={**os.environ, "TVM_NUM_THREADS": "1"})
         procs.append(("the qemu-aarch64 RPC server", server))
         try:
-            secs = _wait("the qemu-aarch64 RPC server to register", lambda: _board_registered(port), 180, procs)
+            secs = wait_until("the qemu-aarch64 RPC server to register", lambda: server_registered(port, KEY), procs)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{exc}; server log:\n{(logs / 'server.log').read_text()[-3000:]}") from exc
         print(f"emulated aarch64 RPC server registered in {secs:.1f} s")
@@ -104,6 +75,14 @@ def model_and_input():
     return randomize_batchnorm(model).eval(), torch.randn(1, 16, 8, 8)
 
 
+def failures(work: str) -> list:
+    """The builder's and runner's error lines in MetaSchedule's logs (what a run with no measurement went through)."""
+    lines = []
+    for path in sorted(Path(work, "logs").glob("*.log")):
+        lines += [ln.strip() for ln in path.read_text().splitlines() if "Timeout" in ln or "rror" in ln]
+    return lines[-20:]
+
+
 def test_tune_aarch64_on_emulated_board_over_rpc(emulated_board, tmp_path):
     model, x = model_and_input()
     work = str(tmp_path / "tuning")
@@ -112,7 +91,7 @@ def test_tune_aarch64_on_emulated_board_over_rpc(emulated_board, tmp_path):
                            trials_per_iter=4, progress=False)
     print(f"tuned {sum(r.trials for r in results)} aarch64 candidates over RPC in {time.monotonic() - t0:.1f} s")
     assert [r.name for r in results] == ["tvm_bnn_binary_conv2d"], results
-    assert results[0].trials >= 1 and results[0].best_us, results
+    assert results[0].trials >= 1 and results[0].best_us, (results, failures(work))
 
     # measured on the board: the database's records carry run times
     records = open_database(work, create=False).get_all_tuning_records()
