@@ -11,6 +11,9 @@ The first lines name the machine (CPU model, LLVM CPU, x86 ISA level) and the lo
 machine busy with other work the 2-thread figure is bounded by the cores left.
 
     python bench/concurrency.py [--size 224] [--seconds 3] [--rounds 3]
+
+``BENCH_THREADS=2`` gives each call TVM's 2 threads instead (TVM's thread pool is per calling thread: 2 callers
+then run 4 threads on 2 cores).
 """
 from __future__ import annotations
 
