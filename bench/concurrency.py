@@ -7,8 +7,9 @@ on a VM of its own from the model's pool: ``deploy.runtime_loader.MachinePool``)
 interleaved in each round; every thread calls for ``--seconds`` on its own input, all released at once. The outputs
 of the threaded calls are checked against single-threaded ones.
 
-The first lines name the machine (CPU model, LLVM CPU, x86 ISA level) and the load average before and after: on a
-machine busy with other work the 2-thread figure is bounded by the cores left.
+The first lines name the machine (CPU model, LLVM CPU, x86 ISA level) and the load average before and after, and
+each figure says how many cores other processes kept busy while it was measured (from /proc/stat): on a machine
+busy with other work the 2-thread figure is bounded by the cores left.
 
     python bench/concurrency.py [--size 224] [--seconds 3] [--rounds 3]
 
@@ -48,9 +49,21 @@ def load_line() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} ({os.cpu_count()} cores)"
 
 
+def cpu_seconds() -> tuple:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process) so far; (0, 0) without procfs."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+    t = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system
+
+
 def throughput(call, xs, threads: int, seconds: float) -> tuple:
-    """(calls per second over all threads, outputs by thread): ``threads`` threads, each calling ``call`` on its
-    own input for ``seconds``, released together."""
+    """(calls per second over all threads, outputs by thread, cores other processes kept busy meanwhile):
+    ``threads`` threads, each calling ``call`` on its own input for ``seconds``, released together."""
     barrier = threading.Barrier(threads + 1)
     counts, outputs, errors = [0] * threads, [None] * threads, []
 
@@ -71,13 +84,14 @@ def throughput(call, xs, threads: int, seconds: float) -> tuple:
         th.start()
     settle_threads()
     barrier.wait()
-    t0 = time.perf_counter()
+    t0, (busy0, own0) = time.perf_counter(), cpu_seconds()
     for th in pool:
         th.join()
     elapsed = time.perf_counter() - t0
+    busy1, own1 = cpu_seconds()
     if errors:
         raise errors[0]
-    return sum(counts) / elapsed, outputs
+    return sum(counts) / elapsed, outputs, max(0.0, (busy1 - busy0) - (own1 - own0)) / elapsed
 
 
 def main():
@@ -105,12 +119,14 @@ def main():
 
     modes = [("1 thread", cm, 1), ("2 threads, a VM each", cm, 2), ("2 threads, one lock", locked, 2)]
     figures = {name: [] for name, _, _ in modes}
+    others = {name: [] for name, _, _ in modes}
     for _ in range(args.rounds):
         for name, call, threads in modes:
-            rate, outputs = throughput(call, xs, threads, args.seconds)
+            rate, outputs, busy = throughput(call, xs, threads, args.seconds)
             for t, out in enumerate(outputs):
                 np.testing.assert_array_equal(out, expected[t])  # the threads' outputs are the sequential ones
             figures[name].append(rate)
+            others[name].append(busy)
 
     base = statistics.median(figures["1 thread"])
     print(f"calls per second (median of {args.rounds} rounds of {args.seconds:g} s; per call {THREADS} TVM thread):")
@@ -118,7 +134,8 @@ def main():
         rates = figures[name]
         med = statistics.median(rates)
         print(f"  {name:22s} {med:8.1f} calls/s  {med / base:5.2f}x  "
-              f"(rounds: {', '.join(f'{r:.1f}' for r in rates)}; {1e3 / med:.2f} ms per call of throughput)")
+              f"(rounds: {', '.join(f'{r:.1f}' for r in rates)}; {1e3 / med:.2f} ms per call of throughput; "
+              f"other processes busy {max(others[name]):.2f} cores at most)")
     _, machines = cm._machines()
     print(f"VMs in the pool: {machines.created}; after: {load_line()}")
 
