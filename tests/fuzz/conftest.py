@@ -36,11 +36,11 @@ PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 settings.load_profile(PROFILE)
 
 FUZZ_EXAMPLES = {
-    "ci": {"x86": 50, "onnx": 16, "c": 14, "aarch64": 10},
-    "timing": {"x86": 50, "onnx": 16, "c": 14, "aarch64": 10},
-    "long": {"x86": 2000, "onnx": 300, "c": 300, "aarch64": 200},
-    "dev": {"x86": 5, "onnx": 2, "c": 2, "aarch64": 2},
-    "seeded": {"x86": 50, "onnx": 16, "c": 14, "aarch64": 10},
+    "ci": {"chains": 40, "x86": 50, "onnx": 16, "c": 14, "aarch64": 10},
+    "timing": {"chains": 40, "x86": 50, "onnx": 16, "c": 14, "aarch64": 10},
+    "long": {"chains": 2000, "x86": 2000, "onnx": 300, "c": 300, "aarch64": 200},
+    "dev": {"chains": 4, "x86": 5, "onnx": 2, "c": 2, "aarch64": 2},
+    "seeded": {"chains": 40, "x86": 50, "onnx": 16, "c": 14, "aarch64": 10},
 }
 
 

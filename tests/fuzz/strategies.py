@@ -308,6 +308,11 @@ class Binarize(torch.nn.Module):
     def __init__(self, ctx, form, nonneg=False, packed=True, channels=1, seed=0):
         super().__init__()
         self.ctx, self.form, self.nonneg, self.packed = ctx, form, nonneg, packed
+        # the binarized tensor is the model input itself (first layer of a branch): its exact zeros are 0 by chance,
+        # and a packed torch.sign takes them as +1 (README "Tie rule"); everywhere else a zero is the model's own
+        # (a ReLU, a BatchNorm with gamma == beta == 0, an integer-valued binary layer), and sign(0) = 0 is kept
+        self.chance = False
+        self.pad_region = None  # ref mode: where an F.pad before the binarization put its (model-made) zeros
         fn = ACT_FORMS.get(form)
         self.fn = fn().eval() if isinstance(fn, type) else fn
         rng = _rng(seed + 3)
@@ -316,6 +321,13 @@ class Binarize(torch.nn.Module):
             self.register_buffer("s", torch.tensor(float(np.float32(s)), dtype=torch.float32))
         if form in THRESHOLD_FORMS:
             self.register_buffer("t", _tensor(_random_thresholds(rng, channels)))
+
+    def _tie_sign(self, x):
+        """torch.sign with sign(0) -> +1, except on the zeros an F.pad put there (the model's own)."""
+        tie = x == 0
+        if self.pad_region is not None:
+            tie = tie & ~self.pad_region
+        return torch.where(tie, torch.ones_like(x), torch.sign(x))
 
     def threshold(self, x):
         return self.t.view((-1,) + (1,) * (x.dim() - 2))
@@ -334,10 +346,11 @@ class Binarize(torch.nn.Module):
             return self.fn(x, self) if form in PARAM_FORMS else self.fn(x)
         t = self.threshold(x) if form in THRESHOLD_FORMS else None
         if mode == "ref":  # record the value compared with the threshold
-            self.ctx.seen.append((form, x.detach() - t if t is not None else x.detach(), self.nonneg, self.packed))
+            tied = self.packed and self.chance and form in TIE_DIFFERS
+            self.ctx.seen.append((form, x.detach() - t if t is not None else x.detach(), self.nonneg, tied))
             self._ref_in = x.detach()
-            sign = torch.sign if not self.packed and form in TIE_DIFFERS else ge_sign
-            return self.ref(x, sign)
+            # the forms without torch.sign (where(x >= 0, 1, -1), the default of REF_FORMS) are exact at 0 anyway
+            return self.ref(x, self._tie_sign if tied else torch.sign if form in TIE_DIFFERS else ge_sign)
         self.ctx.bounds.append(x.detach() + t.abs() if t is not None else x.detach())
         return torch.ones_like(x) * max(abs(v) for v in self.values())
 
@@ -450,6 +463,8 @@ class BinConvMod(torch.nn.Module):
     def forward(self, x):
         s, mode = self.s, self.ctx.mode
         if s.fpad_pre:
+            if mode == "ref":
+                self.binarize.pad_region = F.pad(torch.zeros_like(x, dtype=torch.bool), s.fpad, value=True)
             x = F.pad(x, s.fpad)
         if s.act == MODULE_FORM:
             if mode == "abs":
@@ -748,6 +763,8 @@ class FuzzNet(torch.nn.Module):
         shape, domain, nonneg = tuple(br.shape), "float", False
         const = False  # the tensor is a constant function of the input (a BN with gamma == 0 everywhere), seen
         after_nonneg = False  # only BN / elementwise ops since a ReLU / sigmoid (see _maybe_constant)
+        zero_risk = False  # the tensor may have exact zeros the model makes (see Binarize.chance)
+        input_only = True  # only elementwise ops, BatchNorms and pooling since the model input
         for li, s in enumerate(br.layers):  # through ops the analysis follows: it is binary itself (README)
             n_infos = len(self.layer_infos)
             prefix = f"branches.{bi}.{li}"
@@ -789,6 +806,17 @@ class FuzzNet(torch.nn.Module):
             if after_nonneg and getattr(s, "act", None) in MAYBE_CONSTANT:
                 for info in self.layer_infos[n_infos:]:
                     info.maybe = _maybe_constant(s, mod, info)
+            site = getattr(mod, "binarize", None) or getattr(getattr(mod, "body", None), "binarize", None)
+            if site is not None and input_only and not nonneg:  # the model input's own zeros, through its chain
+                site.chance = True
+            input_only = input_only and isinstance(s, (Elementwise, BN, Pool))
+            if zero_risk and getattr(s, "act", None) in TIE_DIFFERS:
+                # the model may make exact zeros here (dot = 0 of an integer-valued layer, a ReLU's or a constant
+                # channel's): sign(0) = 0 is a third value, and the analysis keeps the layer float when it cannot rule
+                # them out; whichever it decides, the outputs are compared exactly with PyTorch's
+                for info in self.layer_infos[n_infos:]:
+                    if info.expect == "binary":
+                        info.maybe = tuple(info.maybe) + ("float_input",)
             if isinstance(s, (BinConv, FloatConv)) and s.act and _all_zero_gamma(mod.bn):
                 info = self.layer_infos[-1]  # torch.onnx.export folds the BN into the conv: all-zero weights,
                 if info.expect in ("zeros", "float_weights"):  # binary with alpha = 0 (test_regressions.py)
@@ -810,6 +838,7 @@ class FuzzNet(torch.nn.Module):
             elif not isinstance(s, Pool):
                 nonneg = False
             shape, domain = _next_state(s, shape, domain)
+            zero_risk = domain == "int" or nonneg or _zero_channel(mod, zero_risk and isinstance(s, (Pool, Elementwise)))
             mod.tap = getattr(s, "tap", False)
             mod.exact = domain == "int"  # integer-valued output: compared exactly
             mods.append(mod)
@@ -853,6 +882,14 @@ def _maybe_constant(s, mod, info):
     if isinstance(s, BinConv) and s.fpad_fill in (1, -1) and not s.fpad_pre and any(s.fpad):
         return ("bad_pad",)
     return ()
+
+
+def _zero_channel(mod, kept: bool) -> bool:
+    """Does ``mod`` end in a BatchNorm with a channel of gamma == beta == 0 (a constant 0), or keep such zeros?"""
+    bns = [m for m in mod.modules() if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d)]
+    if bns:
+        return any(bool(((bn.weight == 0) & (bn.bias == 0)).any()) for bn in bns)
+    return kept
 
 
 def _all_zero_gamma(bn):
@@ -986,11 +1023,12 @@ def evaluate(built: Built) -> Reference:
             ctx.mode = "torch"
     assert len(ctx.seen) == len(ctx.bounds)
     near = tie = zeros = 0
-    for (form, x, nonneg, packed), bound in zip(ctx.seen, ctx.bounds):
+    for (form, x, nonneg, tied), bound in zip(ctx.seen, ctx.bounds):
         x, bound = x.numpy(), bound.numpy()
         is_zero = x == 0
         zeros += int(is_zero.sum())
-        if packed and form in TIE_DIFFERS:
+        packed = tied or form not in TIE_DIFFERS  # (the near-tie rule below, as before)
+        if tied:
             tie += int(is_zero.sum())
         # an exact 0 from a ReLU (tiny positive in float32) decides the result of a strict / threshold form, and of a
         # torch.sign form computed in float (sign(0) = 0 vs sign(tiny) = 1)

@@ -33,17 +33,21 @@ GRID_TOL = 2.0 ** -20  # relative slack of an inexact grid (a BatchNorm scale ap
 @dataclass
 class Atoms:
     points: list = field(default_factory=list)  # arrays of exact values (NaN: none at that element)
-    grids: list = field(default_factory=list)  # (unit, offset, tol) arrays: offset + unit * m, m integer
+    grids: list = field(default_factory=list)  # Grid: offset + unit * m, m an integer, |m| <= bound
+    sets: list = field(default_factory=list)  # arrays [M, ...]: M exact values per element
     top: bool = False
     why: str = ""  # what makes them, for the report ("a Relu", "an integer-valued Conv")
 
     @property
     def none(self) -> bool:
-        return not (self.points or self.grids or self.top)
+        return not (self.points or self.grids or self.sets or self.top)
 
     def arrays(self) -> list:
         """Every per-element array (for the shape of the analysis' x-space)."""
-        return [np.asarray(a) for a in self.points] + [np.asarray(x) for u, o, t in self.grids for x in (u, o)]
+        if self.top:
+            return []
+        return [np.asarray(a) for a in self.points] + [np.asarray(x) for g in self.grids for x in (g.unit, g.offset)] \
+            + [np.asarray(a)[0] for a in self.sets]
 
     def contains(self, lo, hi) -> np.ndarray:
         """Per element: may an atom lie in the closed interval [lo, hi]?"""
@@ -54,8 +58,12 @@ class Atoms:
         for p in self.points:
             p = np.asarray(p, np.float64)
             out = out | ((p >= lo) & (p <= hi))
-        for unit, offset, tol in self.grids:
-            unit, offset = np.abs(np.asarray(unit, np.float64)), np.asarray(offset, np.float64)
+        for a in self.sets:
+            a = np.asarray(a, np.float64).reshape(np.shape(a)[:1] + (1,) * (out.ndim - np.ndim(a) + 1) +
+                                                  np.shape(a)[1:])
+            out = out | np.any((a >= lo) & (a <= hi), axis=0)
+        for g in self.grids:
+            unit, offset, tol = np.abs(np.asarray(g.unit, np.float64)), np.asarray(g.offset, np.float64), g.tol
             slack = tol * np.maximum(np.maximum(np.abs(lo), np.abs(hi)), unit)
             with np.errstate(all="ignore"):
                 m_lo = np.ceil((lo - slack - offset) / unit)
@@ -65,13 +73,41 @@ class Atoms:
         return out
 
     def union(self, other: "Atoms") -> "Atoms":
-        return Atoms(self.points + other.points, self.grids + other.grids, self.top or other.top,
-                     self.why or other.why)
+        return Atoms(self.points + other.points, self.grids + other.grids, self.sets + other.sets,
+                     self.top or other.top, self.why or other.why)
 
     def mapped(self, fn_point, fn_grid=None) -> "Atoms":
         if self.top or (self.grids and fn_grid is None):
             return TOP_OF(self.why)
-        return Atoms([fn_point(p) for p in self.points], [fn_grid(*g) for g in self.grids], False, self.why)
+        return Atoms([fn_point(p) for p in self.points], [fn_grid(g) for g in self.grids],
+                     [fn_point(a) for a in self.sets], False, self.why)
+
+    def enumerate(self, limit: int = 1 << 20):
+        """Every atom as an array [M, ...] (grids expanded up to their bound), or None if they are not finite."""
+        if self.top or any(not np.isfinite(g.bound) for g in self.grids):
+            return None
+        parts = [np.asarray(p, np.float64)[None] for p in self.points] + [np.asarray(a, np.float64) for a in self.sets]
+        for g in self.grids:
+            m = np.arange(-int(g.bound), int(g.bound) + 1, dtype=np.float64)
+            m = m.reshape((-1,) + (1,) * max(np.ndim(g.unit), np.ndim(g.offset)))
+            parts.append(np.asarray(g.offset, np.float64) + np.asarray(g.unit, np.float64) * m)
+        if not parts or sum(np.size(p) for p in parts) > limit:
+            return None
+        ndim = max(np.ndim(p) for p in parts)
+        parts = [p.reshape(p.shape[:1] + (1,) * (ndim - p.ndim) + p.shape[1:]) for p in parts]
+        shape = np.broadcast_shapes(*[p.shape[1:] for p in parts])
+        return np.concatenate([np.broadcast_to(p, p.shape[:1] + shape) for p in parts])
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The values offset + unit * m (m an integer, |m| <= bound), up to a relative ``tol``: a binary layer's
+    outputs."""
+
+    unit: object
+    offset: object
+    tol: float
+    bound: float = np.inf
 
 
 NONE = Atoms()
@@ -87,6 +123,19 @@ def point(value, why: str) -> Atoms:
 
 def _scalar(arg) -> float:
     return float(arg.value)
+
+
+def _exact_sums(units: np.ndarray, bound: float) -> bool:
+    """Are sums of up to ``bound`` multiples of each unit exact in float32 (every partial sum representable: the
+    unit is a small integer times a power of two, 0.75 = 3/4; not 0.7)?"""
+    for u in np.abs(np.asarray(units, np.float64)).reshape(-1):
+        if u == 0:
+            continue
+        m, _ = np.frexp(u)
+        k = next((k for k in range(25) if float(m * 2.0 ** k).is_integer()), None)
+        if k is None or m * 2.0 ** k * bound >= 2.0 ** 24:
+            return False
+    return True
 
 
 def _is_power_of_two(v: np.ndarray) -> bool:
@@ -156,7 +205,7 @@ class AtomAnalysis:
             out = NONE
             for a in inputs[-2:]:
                 out = out.union(a)
-            return out if out.why or out.none else Atoms(out.points, out.grids, out.top, "a " + name[6:])
+            return out if out.why or out.none else Atoms(out.points, out.grids, out.sets, out.top, "a " + name[6:])
         if name in _LINEAR:
             return self._linear(value, name, inputs[0])
         if name in _AVERAGES:
@@ -166,7 +215,7 @@ class AtomAnalysis:
         if name in ("relax.add", "relax.subtract", "relax.multiply", "relax.divide"):
             return self._arith(value, name, args, inputs)
         if name == "relax.negative":
-            return inputs[0].mapped(lambda p: -p, lambda u, o, t: (u, -o, t))
+            return inputs[0].mapped(lambda p: -p, lambda g: Grid(g.unit, -np.asarray(g.offset), g.tol, g.bound))
         if name == "relax.astype" and str(value.attrs.dtype).startswith("float"):
             return inputs[0]
         if name in _FLAT_MAKERS:
@@ -189,7 +238,8 @@ class AtomAnalysis:
                 return True
             return all(d == 1 for i, d in enumerate(s) if i >= 2 or not per_channel)
 
-        if all(ok(p) for p in a.points) and all(ok(u) and ok(o) for u, o, t in a.grids):
+        if all(ok(p) for p in a.points) and all(ok(g.unit) and ok(g.offset) for g in a.grids) and \
+                all(ok(x[0]) for x in a.sets):
             return a
         return TOP_OF(a.why)
 
@@ -200,8 +250,11 @@ class AtomAnalysis:
         in_shape, out_shape = static_shape(value.args[0]), static_shape(value)
         if in_shape is None or out_shape is None:
             return TOP_OF(a.why)
-        if all(np.size(arr) == 1 for arr in a.points + [x for g in a.grids for x in g[:2]]):
-            return a
+        if all(np.size(arr) == 1 for arr in a.points + [x for g in a.grids for x in (g.unit, g.offset)]) and \
+                all(np.size(x[0]) == 1 for x in a.sets):  # the same everywhere: scalars, whatever the new rank
+            return Atoms([np.asarray(p).reshape(()) for p in a.points],
+                         [Grid(np.asarray(g.unit).reshape(()), np.asarray(g.offset).reshape(()), g.tol, g.bound)
+                          for g in a.grids], [np.asarray(x).reshape(-1) for x in a.sets], False, a.why)
 
         def move(arr):
             full = np.broadcast_to(np.asarray(arr), (1,) + tuple(in_shape[1:])).copy()
@@ -218,7 +271,9 @@ class AtomAnalysis:
             return full.reshape((1,) + tuple(out_shape[1:]))
 
         try:
-            return Atoms([move(p) for p in a.points], [(move(u), move(o), t) for u, o, t in a.grids], False, a.why)
+            return Atoms([move(p) for p in a.points], [Grid(move(g.unit), move(g.offset), g.tol, g.bound)
+                                                       for g in a.grids],
+                         [np.stack([move(x) for x in arr]) for arr in a.sets], False, a.why)
         except (ValueError, TypeError, AttributeError):
             return TOP_OF(a.why)
 
@@ -237,9 +292,12 @@ class AtomAnalysis:
             unit = _common_unit(source.low, source.high)
             if not isinstance(alpha, str) and unit is not None:
                 units = alpha.astype(np.float64) * unit
-                exact = _is_power_of_two(units[units != 0]) if np.any(units) else True
+                taps = int(np.prod(w.shape)) // int(w.shape[axis])
+                bound = np.ceil(taps * max(abs(source.low), abs(source.high)) / unit)
+                if not _exact_sums(units, bound):  # sums of +-0.7: PyTorch's 0 is a rounding, 0 only by chance
+                    return NONE
                 shape = (1, -1, 1, 1) if name == "relax.nn.conv2d" else (1, -1)
-                return Atoms(grids=[(units.reshape(shape), np.zeros(()), 0.0 if exact else GRID_TOL)],
+                return Atoms(grids=[Grid(units.reshape(shape), np.zeros(()), 0.0, bound)],
                              why=f"an integer-valued {'Conv' if axis == 0 else 'MatMul'} (a binary layer)")
             return TOP_OF("a layer of two-valued inputs")
         if a.none:
@@ -252,7 +310,8 @@ class AtomAnalysis:
     def _average(a: Atoms) -> Atoms:
         if a.none:
             return NONE
-        if not a.top and not a.grids and all(np.all((np.asarray(p) == 0) | np.isnan(p)) for p in a.points):
+        if not a.top and not a.grids and not a.sets and \
+                all(np.all((np.asarray(p) == 0) | np.isnan(p)) for p in a.points):
             return point(0.0, f"an average of exact zeros ({a.why})")
         return TOP_OF(a.why)
 
@@ -260,17 +319,28 @@ class AtomAnalysis:
         g = self.graph
         consts = [g.constant(x) for x in args]
         if consts[0] is None and consts[1] is None:
-            if inputs[0].none or inputs[1].none:
-                return NONE  # a float of no exact values in the sum/product: exact only by chance
+            a, b = inputs
             if name == "relax.multiply":  # 0 * anything is 0
-                zero = [a for a in inputs if not a.top and any(np.any(np.asarray(p) == 0) for p in a.points)]
-                if zero and not any(a.top for a in inputs):
-                    return point(0.0, zero[0].why)
-            return TOP_OF(inputs[0].why or inputs[1].why)
+                zeros = [_zeros_of(x) for x in (a, b) if not x.top]
+                zeros = [z for z in zeros if z is not None]
+                if zeros:
+                    return Atoms(points=zeros, why=next(x.why for x in (a, b) if not x.none))
+            if a.none or b.none:
+                return NONE  # a float of no exact values in the sum/product: exact only by chance
+            if name in ("relax.add", "relax.subtract") and not (a.top or b.top or a.grids or b.grids or a.sets or
+                                                                b.sets):
+                fn = np.add if name == "relax.add" else np.subtract
+                with np.errstate(all="ignore"):
+                    pts = [fn(p, q).astype(np.float32) for p in a.points for q in b.points]
+                return Atoms(points=pts, why=a.why or b.why)  # both at an exact value at once
+            return TOP_OF(a.why or b.why)
         var = 0 if consts[0] is None else 1
         a, c = inputs[var], np.asarray(consts[1 - var], np.float32)
+        extra = NONE
+        if name == "relax.multiply" and np.any(c == 0):  # a channel scaled by 0 (a BatchNorm with gamma == 0)
+            extra = point(np.where(c == 0, np.float32(0), np.float32(np.nan)), "a Mul by 0 (a BatchNorm with gamma = 0)")
         if a.none or a.top:
-            return a
+            return extra if a.none else a
         fn = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply,
               "relax.divide": np.divide}[name]
 
@@ -278,22 +348,32 @@ class AtomAnalysis:
             with np.errstate(all="ignore"):
                 return (fn(p, c) if var == 0 else fn(c, p)).astype(np.float32)
 
-        def on_grid(unit, offset, tol):
-            c64 = c.astype(np.float64)
+        def on_grid(g):
+            c64, unit, offset, tol = c.astype(np.float64), g.unit, g.offset, g.tol
             if name in ("relax.add", "relax.subtract"):
                 sign = -1.0 if (name == "relax.subtract" and var == 1) else 1.0
-                off = sign * offset + (c64 if name == "relax.add" or var == 1 else -c64)
-                return unit, off, max(tol, GRID_TOL)
+                off = sign * np.asarray(offset) + (c64 if name == "relax.add" or var == 1 else -c64)
+                return Grid(unit, off, max(tol, GRID_TOL), g.bound)
+            exact = tol if _is_power_of_two(c64) else max(tol, GRID_TOL)
             if name == "relax.multiply":
-                return unit * c64, offset * c64, tol if _is_power_of_two(c64) else max(tol, GRID_TOL)
+                return Grid(unit * c64, np.asarray(offset) * c64, exact, g.bound)
             if var == 0:  # unit / c
-                return unit / c64, offset / c64, tol if _is_power_of_two(c64) else max(tol, GRID_TOL)
+                return Grid(unit / c64, np.asarray(offset) / c64, exact, g.bound)
             raise ValueError("c / grid")
 
         try:
-            return a.mapped(on_point, on_grid)
+            return extra.union(a.mapped(on_point, on_grid))
         except ValueError:
             return TOP_OF(a.why)
+
+
+def _zeros_of(a: Atoms):
+    """Where ``a`` may be exactly 0 (a point array: 0 there, NaN elsewhere), or None."""
+    arrays = [np.where(np.asarray(p) == 0, np.float32(0), np.float32(np.nan)) for p in a.points]
+    arrays = [z for z in arrays if np.any(z == 0)]
+    if a.grids or a.sets:
+        return np.zeros((), np.float32)  # m = 0 of a grid
+    return arrays[0] if len(arrays) == 1 else (np.zeros((), np.float32) if arrays else None)
 
 
 def _common_unit(low: float, high: float) -> float | None:

@@ -74,6 +74,15 @@ def is_binarizer(graph: Graph, expr) -> bool:
     return isinstance(binary_source(graph, expr), BinaryTensor)
 
 
+def is_quantizer(graph: Graph, expr, max_values: int = 16) -> bool:
+    """Does ``expr`` take a few exact values (two: a binarizer; three: a sign with the model's zeros; 2^k levels)?"""
+    try:
+        _analysed(graph, expr)
+        return True
+    except Refused as why:
+        return why.values is not None and len(why.values) <= max_values
+
+
 def _analyse(graph: Graph, expr) -> BinaryTensor:
     value = graph.value(expr)
     name = op_name(value)

@@ -51,7 +51,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .atoms import NONE, TOP_OF, Atoms
+from .atoms import NONE, TOP_OF, Atoms, point
 from .describe import describe, render
 from .float_order import MAX_KEY, first_true, from_key, negate_test, next_up, to_key
 from .graph import Graph, op_name, static_shape, tensor_args
@@ -66,7 +66,12 @@ ENVELOPE_ULPS = 4  # how far another library's smooth function may round from th
 
 
 class Refused(Exception):
-    """The tensor is not recognised as binarized; the message says why, in the model's terms."""
+    """The tensor is not recognised as binarized; the message says why, in the model's terms. ``values``: the
+    distinct values it takes, when they are few and known (a 2-bit quantizer, a sign with its zeros)."""
+
+    def __init__(self, message, values=None):
+        super().__init__(message)
+        self.values = values
 
 
 # ------------------------------------------------------------------------------------------------ the op table
@@ -310,9 +315,10 @@ class Chain:
 
     # -- the domain ----------------------------------------------------------------------------------------------
     def domain(self):
-        """Per element, the keys [lo, hi] of the inputs for which every intermediate value of the chain is finite:
-        beyond them the model's own binarizer overflows (a BatchNorm scale times 3e38), which real activations never
-        reach. Each node is finite on an interval around 0 (checked at 0)."""
+        """Per element, the keys [lo, hi] of the inputs for which every intermediate value of the chain is finite
+        (and no sigmoid or exp underflows to 0): beyond them the model's own binarizer overflows (a BatchNorm scale
+        times 3e38), which real activations never reach. Each node is finite on an interval around 0 (checked at
+        0)."""
         if self._domain is None:
             zero = np.zeros(self.space, np.int64)
             if not np.all(self.finite(zero)):
@@ -327,10 +333,13 @@ class Chain:
         memo = {}
         self.evaluate(from_key(keys), memo=memo)
         ok = np.ones(np.shape(keys), bool)
-        for value in memo.values():
+        for node, value in memo.items():
             value = np.asarray(value)
             if value.dtype.kind == "f":
                 ok &= np.broadcast_to(np.isfinite(value), ok.shape)
+                smooth = _SMOOTH.get(op_name(node))
+                if smooth is not None and smooth.lo == 0:  # sigmoid(-200), exp(-200): underflowed, a model's edge too
+                    ok &= np.broadcast_to(value > 0, ok.shape)
         return ok
 
     # -- pieces --------------------------------------------------------------------------------------------------
@@ -622,7 +631,7 @@ class Chain:
         v_t = np.asarray(self.at(t), np.float64)
         third = switching & (v_t != v_b)
         if np.any(third):
-            raise Refused(self._many_values(int(np.flatnonzero(np.any(third, axis=0).reshape(-1))[0])))
+            raise self._many_values(int(np.flatnonzero(np.any(third, axis=0).reshape(-1))[0]))
         seg_starts = np.concatenate([starts, t], axis=0)
         seg_vals = np.concatenate([v_a, v_b], axis=0)
         valid = np.concatenate([~empty, switching], axis=0)
@@ -630,7 +639,7 @@ class Chain:
         seg_starts, seg_vals, valid = (np.take_along_axis(a, order, 0) for a in (seg_starts, seg_vals, valid))
         return seg_starts, seg_vals, valid
 
-    def _many_values(self, element: int) -> str:
+    def _many_values(self, element: int) -> Refused:
         """Why a chain is not 1-bit, in numbers: its values at the pieces' ends and 4097 inputs in between."""
         lo, hi = (k.reshape(-1)[element] for k in self.domain())
         starts, _ = self.pieces()
@@ -642,12 +651,12 @@ class Chain:
         distinct = np.unique(values[~np.isnan(values)])
         zeros = self._exact_zero_note()
         if distinct.size <= 8:
-            return (f"it takes {distinct.size} values ({', '.join(_fmt(v) for v in distinct)}): not a 1-bit "
-                    f"activation (a {int(np.ceil(np.log2(distinct.size)))}-bit quantizer?){zeros}")
+            return Refused(f"it takes {distinct.size} values ({', '.join(_fmt(v) for v in distinct)}): not a 1-bit "
+                           f"activation (a {int(np.ceil(np.log2(distinct.size)))}-bit quantizer?){zeros}", distinct)
         span = "any float" if distinct[0] < -3e38 and distinct[-1] > 3e38 else \
             f"from {_fmt(distinct[0])} to {_fmt(distinct[-1])}"
-        return (f"it is a float tensor computed by {describe(self.graph.value(self.top), self.graph, self.root)}, "
-                f"x = {describe(self.graph.value(self.root))}: it takes many values ({span}), not two")
+        return Refused(f"it is a float tensor computed by {describe(self.graph.value(self.top), self.graph, self.root)}"
+                       f", x = {describe(self.graph.value(self.root))}: it takes many values ({span}), not two")
 
     def _exact_zero_note(self) -> str:
         for sign, (x0, x1, why) in self.exact_zeros.items():
@@ -702,6 +711,8 @@ def _space(root_shape: tuple, arrays) -> tuple:
     space = [1] * ndim
     for c in arrays:
         c = np.asarray(c)
+        if c.size == 1:
+            continue  # a scalar, whatever its rank
         if c.ndim > ndim:
             raise Refused("the binarizer broadcasts its input to a larger shape")
         shape = (1,) * (ndim - c.ndim) + c.shape
@@ -774,11 +785,27 @@ def analyse_chain(graph: Graph, expr, atoms_of=None) -> BinaryTensor | None:
         raise Refused("the activation has a dynamic shape")
     if tuple(static_shape(expr)) != tuple(static_shape(root)):
         raise Refused("the binarizer broadcasts its input to a larger shape")
+    pad = _constant_pad(graph, root)
+    if pad is None:
+        return _analyse_from(graph, expr, root, roots.consts, atoms_of, through_pad=False)
+    # a chain of a constant pad: the padded tensor packed whole (the padding's bits from the same test, exact when
+    # the test agrees with the model at the padding value), or else F(pad(y, v)) = pad(F(y), F(v))
+    try:
+        return _analyse_from(graph, expr, root, roots.consts, atoms_of, through_pad=False)
+    except Refused:
+        return _analyse_from(graph, expr, root, roots.consts, atoms_of, through_pad=True)
+
+
+def _analyse_from(graph: Graph, expr, root, consts, atoms_of, through_pad: bool) -> BinaryTensor:
+    """analyse_chain from ``root`` (``through_pad``: the root is a constant pad, analysed through it)."""
     cut_atoms, refusal = None, None
     while True:
-        pad = _constant_pad(graph, root) if cut_atoms is None else None
+        pad = _constant_pad(graph, root) if cut_atoms is None and through_pad else None
         atoms = cut_atoms or (atoms_of(pad.args[0] if pad is not None else root) if atoms_of else NONE)
-        space = _space(tuple(static_shape(root)), list(roots.consts) + atoms.arrays())
+        kept = _constant_pad(graph, root) if cut_atoms is None and not through_pad else None
+        if kept is not None:  # the padding value is the model's own, never 0 by chance
+            atoms = atoms.union(point(float(kept.attrs.pad_value), "a Pad"))
+        space = _space(tuple(static_shape(root)), list(consts) + atoms.arrays())
         chain = Chain(graph, expr, root, space, atoms)
         try:
             chain.pieces()
@@ -840,9 +867,7 @@ def _cut_atoms(graph: Graph, cut, root, atoms: Atoms, chain: Chain) -> Atoms:
     """The exact values of a cut (a sub-chain TVM computes in float): any, if the sub-chain has an op that maps a
     range to one value (a clamp, a rounding, a comparison), an op of undetermined direction (x - x is 0 everywhere)
     or its root has exact values; none otherwise."""
-    _, dirs = chain._pieces.get(graph.value(cut), (None, np.full((1,), UNKNOWN)))
-    if np.any(dirs == UNKNOWN):
-        return TOP_OF(f"{describe(graph.value(cut), graph, root)}, which TVM computes in float here")
+    why = f"{describe(graph.value(cut), graph, root)}, which TVM computes in float here"
     target = graph.value(root)
     flat = []
 
@@ -856,10 +881,27 @@ def _cut_atoms(graph: Graph, cut, root, atoms: Atoms, chain: Chain) -> Atoms:
             walk(a)
 
     walk(cut)
-    if flat or not atoms.none:
-        why = f"{describe(flat[0], graph, root)}, which TVM computes in float here" if flat else atoms.why
+    if flat:
+        return TOP_OF(f"{describe(flat[0], graph, root)}, which TVM computes in float here")
+    out = NONE
+    if not atoms.none:  # the images of the root's exact values (a binary layer's integers through a BatchNorm)
+        values = atoms.enumerate()
+        if values is None:
+            return TOP_OF(atoms.why)
+        with np.errstate(all="ignore"):
+            images = np.asarray(Chain(graph, cut, root, chain.space).evaluate(values.astype(np.float32)), np.float32)
+        out = Atoms(sets=[images], why=atoms.why)
+    # no op that clamps or rounds: exact zeros only where terms cancel (x - x), which a sample of the domain shows
+    lo, hi = chain.domain()
+    keys = np.linspace(lo, hi, 1025).astype(np.int64)
+    values = np.asarray(chain.at(keys, cut), np.float64)
+    xs = from_key(keys).astype(np.float64)
+    zeros = np.where(values == 0, xs, np.nan)
+    spread = np.nanmax(zeros, axis=0) - np.nanmin(zeros, axis=0) if np.any(values == 0) else 0.0
+    scale = np.nanmax(np.abs(zeros), axis=0) if np.any(values == 0) else 0.0
+    if np.any(np.nan_to_num(spread) > ROUNDING * np.nan_to_num(scale) + TINY):
         return TOP_OF(why)
-    return NONE
+    return out
 
 
 def _only_through(graph: Graph, top, cut) -> bool:
@@ -907,7 +949,7 @@ def _solve(chain: Chain) -> BinaryTensor:
             raise Refused("its two values differ between elements (" + "; ".join(
                 f"{_fmt(a)}, {_fmt(b)}" for a, b in pairs[:3]) + "): the activation scale must be one per tensor")
         e = int(np.flatnonzero((n_switch >= 2).reshape(-1))[0])
-        raise Refused(chain._many_values(e))
+        raise chain._many_values(e)
     if np.any(n_switch >= 2):
         e = int(np.flatnonzero((n_switch >= 2).reshape(-1))[0])
         at = from_key(seg_starts.reshape(seg_starts.shape[0], -1)[:, e][changes.reshape(changes.shape[0], -1)[:, e]])

@@ -12,7 +12,8 @@ In float the sum is ``b`` only up to a rounding (``x + (sign(x) - x)`` is ``0.99
 
 * ``weights=True`` (before constant folding): sums that do not depend on the model's inputs (a weight quantizer's
   ``w + stop(alpha * sign(w) - w)``), so that the folded weights are exactly +-alpha;
-* ``weights=False`` (after folding): sums whose remainder is a binarized activation (binarizers.py).
+* ``weights=False`` (after folding): sums whose remainder takes a few exact values (a binarized activation, a
+  sign with the model's own zeros, a 2-bit quantizer: binarizers.py).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .binarizers import is_binarizer
+from .binarizers import is_quantizer
 from .fold_constants import input_independent
 from .graph import Graph, op_name, static_shape
 from .rewrite import apply_recipes, relax_functions
@@ -119,7 +120,7 @@ def _plan(graph: Graph, weights: bool) -> dict:
         rest = _remainder(terms, var)
         if rest is None or static_shape(rest) != static_shape(var) or str(rest.ty.dtype) != str(var.ty.dtype):
             continue
-        if not weights and not is_binarizer(graph, rest):
+        if not weights and not is_quantizer(graph, rest):
             continue
         recipes[value] = lambda bb, new, rest=rest: new(rest)
     return recipes
