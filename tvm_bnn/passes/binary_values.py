@@ -219,6 +219,7 @@ class Chain:
         self.exact_zeros: dict = {}  # sign node -> (element index, lo, hi): where the model makes its input 0
         self.smooth: list = []  # smooth ops met (their results must not depend on rounding)
         self._pieces: dict = {}
+        self._consts: dict = {}  # expr -> its constant value (or None): evaluation asks thousands of times
         self._domain = None
         self.culprit = None  # the deepest op whose direction could not be established
 
@@ -249,9 +250,12 @@ class Chain:
         return expr.same_as(self.root) or self.graph.value(expr).same_as(self.graph.value(self.root))
 
     def _const(self, expr):
+        if expr in self._consts:
+            return self._consts[expr]
         c = _constant_value(self.graph, expr)
         if c is not None and self.space and c.ndim == len(self.space) and self.space[0] == 1 and c.shape[0] > 1:
             c = c[:1]  # uniform along the batch (see _space)
+        self._consts[expr] = c
         return c
 
     def _operand(self, arg, x, memo):
@@ -323,9 +327,11 @@ class Chain:
             zero = np.zeros(self.space, np.int64)
             if not np.all(self.finite(zero)):
                 raise Refused("the binarizer is not finite at 0")
-            lo = first_true(self.finite, np.full(self.space, -MAX_KEY), zero)
-            hi = -first_true(lambda k: self.finite(-k), np.full(self.space, -MAX_KEY), zero)
-            self._domain = lo, hi
+            # both ends in one bisection: the first finite key from -max up, and (negated) from +max down
+            sides = np.array([1, -1]).reshape((2,) + (1,) * len(self.space))
+            ends = first_true(lambda k: self.finite(k * sides), np.full((2,) + self.space, -MAX_KEY),
+                              np.zeros((2,) + self.space, np.int64))
+            self._domain = ends[0], -ends[1]
         return self._domain
 
     def finite(self, keys) -> np.ndarray:
@@ -388,15 +394,17 @@ class Chain:
         c = np.asarray(c, np.float64)
         inc, dec = dirs == 1, dirs == -1
 
-        def split(strict):
-            def pred(k):
-                v = np.asarray(self.at(k, expr), np.float64)
-                above = (v > c) if strict else (v >= c)
-                below = (v < c) if strict else (v <= c)
-                return np.where(inc, above, np.where(dec, below, True))
-            return first_true(pred, starts, ends + 1)
+        strict = np.array([False, True]).reshape((2,) + (1,) * starts.ndim)  # k0 and k1 in one bisection
 
-        return split(False), split(True)
+        def pred(k):
+            v = np.asarray(self.at(k, expr), np.float64)
+            above = np.where(strict, v > c, v >= c)
+            below = np.where(strict, v < c, v <= c)
+            return np.where(inc, above, np.where(dec, below, True))
+
+        k = first_true(pred, np.broadcast_to(starts, (2,) + starts.shape), np.broadcast_to(ends + 1, (2,) +
+                                                                                           starts.shape))
+        return k[0], k[1]
 
     def crossing2(self, a, b):
         """Where ``a`` reaches and passes ``b`` when ``a - b`` is monotone on the common pieces of both:
@@ -408,16 +416,18 @@ class Chain:
         dd = _combine(da, _flip(db))
         ends = self._ends(starts)
 
-        def split(strict):
-            def pred(k):
-                va = np.asarray(self.at(k, a), np.float64)
-                vb = np.asarray(self.at(k, b), np.float64)
-                above = (va > vb) if strict else (va >= vb)
-                below = (va < vb) if strict else (va <= vb)
-                return np.where(dd == 1, above, np.where(dd == -1, below, True))
-            return first_true(pred, starts, ends + 1)
+        strict = np.array([False, True]).reshape((2,) + (1,) * starts.ndim)
 
-        return starts, dd, split(False), split(True)
+        def pred(k):
+            va = np.asarray(self.at(k, a), np.float64)
+            vb = np.asarray(self.at(k, b), np.float64)
+            above = np.where(strict, va > vb, va >= vb)
+            below = np.where(strict, va < vb, va <= vb)
+            return np.where(dd == 1, above, np.where(dd == -1, below, True))
+
+        k = first_true(pred, np.broadcast_to(starts, (2,) + starts.shape), np.broadcast_to(ends + 1, (2,) +
+                                                                                           starts.shape))
+        return starts, dd, k[0], k[1]
 
     def _dir_of(self, arg, starts):
         if self._const(arg) is not None:

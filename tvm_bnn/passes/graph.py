@@ -11,7 +11,7 @@ class Graph:
 
     def __init__(self, func: relax.Function):
         self.func = func
-        self.var2val = relax.analysis.get_var2val(func)
+        self.var2val = dict(relax.analysis.get_var2val(func).items())  # a Python dict: looked up millions of times
         self.uses: dict = {}
         self.users: dict = {}  # var -> [(binding var, value)] that read it
         self.order: list = []  # (var, value) in binding order
@@ -59,11 +59,16 @@ class Graph:
         return isinstance(var, relax.Var) and self.uses.get(var, 0) == 1
 
     def constant(self, expr):
-        """numpy value of ``expr`` if it is (bound to) a Relax constant, else None."""
+        """numpy value of ``expr`` if it is (bound to) a Relax constant, else None (memoised: the analyses read the
+        same constants thousands of times; treat the array as read-only)."""
         expr = self.value(expr)
-        if isinstance(expr, tvm.ir.expr.GenericConst):
-            return expr.value.numpy()
-        return None
+        if not isinstance(expr, tvm.ir.expr.GenericConst):
+            return None
+        memo = self.__dict__.setdefault("_constants", {})
+        if expr not in memo:
+            memo[expr] = expr.value.numpy()
+            memo[expr].flags.writeable = False
+        return memo[expr]
 
 
 def tensor_args(value) -> list:
