@@ -279,3 +279,36 @@ def test_kernel_names_are_checked(codegen):
         make([("k", func), ("k", func)])
     with pytest.raises(CCodegenError, match="not a C identifier"):
         make({"1k": func})
+
+
+def test_bundle_cmake_builds_a_program(tmp_path):
+    """The exported aarch64 bundle as a CMake library (model.c, weights.S with its .incbin, kernels.o, libm) in a
+    program's project: built with a cross toolchain file and run under qemu-user, it gives the model's output."""
+    need_arch("aarch64")
+    need("cmake")
+    torch.manual_seed(0)
+    model = randomize_batchnorm(torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), bnn.BinaryConv2d(8, 13, 3, padding=1),
+        torch.nn.BatchNorm2d(13), torch.nn.Flatten(), bnn.BinaryLinear(13 * 6 * 5, 10))).eval()
+    x = torch.randn(1, 3, 6, 5)
+    cm = tvm_bnn.compile(model, "aarch64", example_inputs=(x,), progress=False)
+    cm.export(str(tmp_path / "bundle"))
+    (tmp_path / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.15)\nproject(app C)\nadd_subdirectory(bundle tvm_bnn_model)\n"
+        "add_executable(app app.c)\ntarget_link_libraries(app PRIVATE tvm_bnn_model)\n")
+    values = ", ".join(f"{v:.9g}f" for v in x.numpy().reshape(-1))
+    (tmp_path / "app.c").write_text(
+        '#include <stdio.h>\n#include "model.h"\n'
+        f"static const float in[TVM_BNN_INPUT_SIZE] = {{{values}}};\nstatic float out[TVM_BNN_OUTPUT_SIZE];\n"
+        'int main(void) { tvm_bnn_model_run(in, out);\n'
+        '  for (int i = 0; i < TVM_BNN_OUTPUT_SIZE; ++i) printf("%.9g\\n", out[i]); return 0; }\n')
+    cc = qemu.linux_arch("aarch64").cc
+    (tmp_path / "tc.cmake").write_text(
+        f"set(CMAKE_SYSTEM_NAME Linux)\nset(CMAKE_SYSTEM_PROCESSOR aarch64)\nset(CMAKE_C_COMPILER {cc})\n"
+        f"set(CMAKE_ASM_COMPILER {cc})\nset(CMAKE_EXE_LINKER_FLAGS_INIT -static)\n")
+    for cmd in (["cmake", "-S", ".", "-B", "build", "-DCMAKE_TOOLCHAIN_FILE=tc.cmake"],
+                ["cmake", "--build", "build"], [qemu.linux_arch("aarch64").qemu, "build/app"]):
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = np.array([float(v) for v in proc.stdout.split()], np.float32).reshape(1, 10)
+    assert_float_close(got, cm(x))

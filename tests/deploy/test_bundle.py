@@ -58,7 +58,8 @@ def digits(tmp_path_factory):
 
 def test_digits_bundle_files(digits):
     bundle = digits[0]
-    assert sorted(p.name for p in bundle.out_dir.iterdir()) == ["Makefile", "README.md", "model.c", "model.h",
+    assert sorted(p.name for p in bundle.out_dir.iterdir()) == ["CMakeLists.txt", "Makefile", "README.md", "model.c",
+                                                                "model.h",
                                                                 "weights.c"]
     header = bundle.sources["model.h"]
     assert "int tvm_bnn_model_run(const float *in, float *out);" in header
@@ -126,6 +127,43 @@ def test_bundle_makefile_builds_the_library(digits, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (work / "libtvm_bnn_model.a").exists()
+
+
+_TOOLCHAIN = """set(CMAKE_SYSTEM_NAME Generic)
+set(CMAKE_SYSTEM_PROCESSOR arm)
+set(CMAKE_C_COMPILER arm-none-eabi-gcc)
+set(CMAKE_TRY_COMPILE_TARGET_TYPE STATIC_LIBRARY)
+set(CMAKE_C_FLAGS_INIT "-mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16 -ffreestanding")
+"""
+_FIRMWARE = """cmake_minimum_required(VERSION 3.15)
+project(firmware C)
+add_subdirectory(bundle tvm_bnn_model)
+add_library(app STATIC app.c)
+target_link_libraries(app PRIVATE tvm_bnn_model)
+"""
+_APP = """#include "model.h"
+static float input[TVM_BNN_INPUT_SIZE], output[TVM_BNN_OUTPUT_SIZE];
+int app_step(void) { return tvm_bnn_model_run(input, output); }
+"""
+
+
+def test_bundle_cmake_in_a_firmware_project(digits, tmp_path):
+    """The README's recipe: a firmware's CMakeLists.txt add_subdirectory()s the bundle and links tvm_bnn_model; the
+    CPU flags come from the firmware's toolchain file."""
+    need("arm-none-eabi-gcc", "cmake")
+    shutil.copytree(digits[0].out_dir, tmp_path / "bundle")
+    (tmp_path / "CMakeLists.txt").write_text(_FIRMWARE)
+    (tmp_path / "app.c").write_text(_APP)
+    (tmp_path / "arm.cmake").write_text(_TOOLCHAIN)
+    for cmd in (["cmake", "-S", ".", "-B", "build", "-DCMAKE_TOOLCHAIN_FILE=arm.cmake", "-DTVM_BNN_FLAGS=-Werror"],
+                ["cmake", "--build", "build"]):
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    lib = tmp_path / "build" / "tvm_bnn_model" / "libtvm_bnn_model.a"
+    symbols = subprocess.run(["arm-none-eabi-nm", str(lib)], capture_output=True, text=True).stdout
+    assert " T tvm_bnn_model_run" in symbols, symbols
+    header = subprocess.run(["arm-none-eabi-objdump", "-f", str(lib)], capture_output=True, text=True).stdout
+    assert "elf32-littlearm" in header
 
 
 def all_binary_model():

@@ -53,7 +53,8 @@ def test_cortex_m4_compile_run_stats_export(tiny, tmp_path):
     assert "instructions per inference" in str(stats)
     out = tmp_path / "fw"
     cm.export(str(out))
-    assert {"model.h", "model.c", "weights.c", "Makefile", "README.md"} <= {p.name for p in out.iterdir()}
+    assert {"model.h", "model.c", "weights.c", "Makefile", "CMakeLists.txt", "README.md"} <= {p.name for p in
+                                                                                           out.iterdir()}
     with pytest.raises(FileExistsError, match="overwrite=True"):
         cm.export(str(out))
     subprocess.run(["make", "-C", str(out)], check=True, capture_output=True)

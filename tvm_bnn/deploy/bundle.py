@@ -10,7 +10,8 @@
   arena (16-byte aligned) planned here; per-call hooks ``TVM_BNN_STEP_BEGIN/END`` are empty unless the instruction
   profiler builds it with ``-DTVM_BNN_PROFILE_STEPS``;
 * ``weights.c``: every Relax constant the calls take, as a ``const`` array (flash on a microcontroller);
-* ``model.h``, a ``Makefile`` (arm-none-eabi-gcc, ``CPU=cortex-m4`` by default) and a ``README.md``.
+* ``model.h``, a ``Makefile`` (arm-none-eabi-gcc, ``CPU=cortex-m4`` by default), a ``CMakeLists.txt`` (the library
+  ``tvm_bnn_model`` for a firmware that ``add_subdirectory``'s the bundle) and a ``README.md``.
 
 With ``target`` an LLVM ``TargetSpec`` (ARM Linux, or a Cortex-M thumb triple) the kernels get our vectorised
 schedules instead and TVM's LLVM codegen compiles them into ``kernels.o`` (``targets.llvm_object``); ``model.c``
@@ -53,7 +54,7 @@ from ..targets.llvm_object import generate_object
 from .arena import Block, no_reuse_size, plan_arena
 from .c_writer import model_c, model_h, output_names, run_signature
 from .kernel_calls import Storage, input_shapes, kernel_calls, numel
-from .toolchain import CFLAGS_EXTRA, makefile, math_functions, readme
+from .toolchain import CFLAGS_EXTRA, cmakelists, makefile, math_functions, readme
 from .weights import weights_blob, weights_c
 
 __all__ = ["Bundle", "BundleError", "build_bundle"]
@@ -261,6 +262,7 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
     arch = target.board if llvm and target.family == "arm" else None
     files = {}
     build_files = {"Makefile": makefile(math, arch, bool(objects)),
+                   "CMakeLists.txt": cmakelists(math, arch, bool(objects)),
                    "README.md": readme(signature, arena_bytes, no_reuse, weight_bytes, steps, math, arch)}
     for name, text in {**sources, **build_files}.items():
         if isinstance(text, bytes):
