@@ -224,3 +224,45 @@ int main(void) {
     run = qemu.run_on_board({"main.c": main}, board, workdir=tmp_path / "b", defines=defines,
                             extra_cflags=("-fno-strict-aliasing",))
     np.testing.assert_array_equal(np.frombuffer(run.output, np.uint32).reshape(expected.shape), expected)
+
+
+FLOAT_CONVS = [
+    # C, O, H, W, kernel, stride, padding, dilation, batch
+    (3, 32, 12, 10, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # the stem
+    (1, 5, 9, 7, (3, 3), (2, 2), (1, 1), (1, 1), 2),  # 5 channels: blocks of 1, odd widths, batch 2
+    (4, 6, 8, 9, (5, 5), (1, 1), (2, 2), (2, 2), 1),  # dilation
+    (2, 12, 7, 6, (3, 1), (2, 1), (1, 0), (1, 1), 1),  # an asymmetric kernel and stride
+]
+
+
+@pytest.mark.parametrize("target,tools", [("c", ("gcc",)), ("cortex-m4", ("arm-none-eabi-gcc", "qemu-system-arm"))])
+@pytest.mark.parametrize("c,o,h,w,kernel,stride,padding,dilation,batch", FLOAT_CONVS)
+def test_float_conv_register_blocked_is_bit_exact(monkeypatch, target, tools, c, o, h, w, kernel, stride, padding,
+                                                   dilation, batch):
+    """The float conv (and its folded BatchNorm and ReLU) register-blocked with VMLA gives exactly the bits of the
+    plain memory-lean schedule (same products, same order, no fused multiply-add), and PyTorch's to rounding."""
+    import torch
+
+    import tvm_bnn
+
+    from ..conftest import assert_float_close, need, randomize_batchnorm
+
+    need(*tools)
+    torch.manual_seed(0)
+    model = randomize_batchnorm(torch.nn.Sequential(
+        torch.nn.Conv2d(c, o, kernel, stride, padding, dilation), torch.nn.BatchNorm2d(o), torch.nn.ReLU())).eval()
+    x = torch.randn(batch, c, h, w)
+    blocked = tvm_bnn.compile(model, target, example_inputs=(x,), progress=False)
+    assert "] = tvm_bnn_mla(" in blocked.bundle.sources["model.c"]  # the register-blocked form
+    got = blocked(x)
+
+    def unavailable(func, block=None):
+        raise ValueError("the plain schedule, for comparison")
+
+    monkeypatch.setattr(cortexm, "schedule_float_conv", unavailable)
+    with pytest.warns(UserWarning, match="memory-lean"):
+        plain = tvm_bnn.compile(model, target, example_inputs=(x,), progress=False)
+    assert "] = tvm_bnn_mla(" not in plain.bundle.sources["model.c"]
+    np.testing.assert_array_equal(got, plain(x))
+    with torch.no_grad():
+        assert_float_close(got, model(x).numpy())

@@ -35,6 +35,7 @@ import json
 import warnings
 
 import numpy as np
+import tvm
 from tvm import s_tir, te, tirx
 
 from . import lean
@@ -352,11 +353,18 @@ def _finish(sch: s_tir.Schedule) -> tirx.PrimFunc:
 
 
 def schedule_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """``func`` scheduled for the C bundle on an M-profile core; anything but our binary conv/dense kernels gets
-    the memory-lean schedule of ``schedules.lean`` only (so does a kernel whose M-profile form fails to build)."""
+    """``func`` scheduled for the C bundle on an M-profile core: our binary conv/dense/bitpack kernels in their
+    M-profile form, a float conv (the stem) register-blocked (:func:`schedule_float_conv`); anything else gets the
+    memory-lean schedule of ``schedules.lean`` only (so does a kernel whose schedule fails to build)."""
     attrs = func.attrs
     op = str(attrs["tvm_bnn.op"]) if attrs is not None and "tvm_bnn.op" in attrs else None
     if op not in _CONV_OPS + _DENSE_OPS + _BITPACK_OPS:
+        if _has_block(func, FLOAT_CONV_BLOCK):
+            try:
+                return schedule_float_conv(func)
+            except Exception as exc:  # noqa: BLE001 - a conv of another shape (groups, NHWC): the lean form
+                warnings.warn(f"tvm_bnn: no register-blocked schedule for this float conv ({exc}); using the "
+                              "memory-lean one", stacklevel=2)
         return lean.inline_intermediates(func)
     try:
         return build_kernel(func, op, json.loads(str(attrs["tvm_bnn.params"])))
@@ -383,3 +391,62 @@ def build_kernel(func: tirx.PrimFunc, op: str, params: dict, block_size: int | N
     sch = s_tir.Schedule(new)
     _schedule(sch, op, block_size or _block(channels))
     return _finish(sch)
+
+
+# ------------------------------------------------------------------------------------------------- float conv
+
+FLOAT_CONV_BLOCK = "conv2d_nchw"  # the block of TOPI's conv2d_nchw (LegalizeOps of a float Relax conv2d)
+FLOAT_BLOCK = (4, 4)  # output channels x output pixels of a row in registers (16 of the FPU's 32 registers)
+
+
+def _has_block(func, name: str) -> bool:
+    try:
+        s_tir.Schedule(func).get_sblock(name)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def schedule_float_conv(func: tirx.PrimFunc, block=FLOAT_BLOCK) -> tirx.PrimFunc:
+    """A float NCHW conv (with whatever elementwise epilogue FuseOps put after it) register-blocked: a block of
+    ``block`` = (output channels, output pixels of one row) accumulates in registers over the reduction (input
+    channels outermost, the kernel taps unrolled), so each weight loaded is used for every pixel of the block and
+    each input for every channel; the epilogue is applied to the accumulators as they are written out. Every
+    product is added as ``tvm_bnn_mla(acc, a, b)``: VMLA.F32 on an FPU (multiply, round, add, round: one
+    instruction, the result of ``acc + a * b`` bit for bit), in the same order as the plain schedule: the numerics do
+    not change. The zero-padded input stays materialised, as in ``schedules.lean``."""
+    sch = s_tir.Schedule(func)
+    lean._inline(sch, sch.get_sblock("root"), ("pad",))
+    conv = sch.get_sblock(FLOAT_CONV_BLOCK)
+    loops = sch.get_loops(conv)
+    if len(loops) != 7:
+        raise ValueError(f"{len(loops)} loops (expected n, o, y, x, c, kh, kw)")
+    nn, ff, yy, xx, rc, ry, rx = loops
+    fo, fi = sch.split(ff, [None, _largest_divisor(_extent(sch, ff), block[0])])
+    xo, xi = sch.split(xx, [None, _largest_divisor(_extent(sch, xx), block[1])])
+    sch.reorder(nn, fo, yy, xo, rc, ry, rx, fi, xi)
+    acc = sch.cache_write(conv, 0, "global")  # "local" would go to TVM's workspace allocator in the C codegen
+    register = str(sch.get(acc).reads[0].source.name)
+    sch.reverse_compute_at(acc, xo)
+    for consumer in sch.get_consumers(acc):  # the epilogue, from the accumulators at write-back
+        sch.reverse_compute_inline(consumer)
+    init = sch.decompose_reduction(conv, rc)
+    for lp in [ry, rx, fi, xi] + sch.get_loops(init)[-2:] + sch.get_loops(acc)[-2:]:
+        sch.unroll(lp)
+    mod = sch.mod
+    for p in (s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
+              s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation()):
+        mod = p(mod)
+    out = lean.lift_nested_allocs(mod["main"], keep=lambda buf: str(buf.name) == register)
+    return lean.map_stores(out, lambda store: _multiply_accumulate(store, register))
+
+
+def _multiply_accumulate(store, register: str):
+    """``acc[i] = acc[i] + a * b`` on the register accumulator -> ``acc[i] = tvm_bnn_mla(acc[i], a, b)``."""
+    v = store.value
+    if str(store.buffer.name) == register and isinstance(v, tirx.Add) and isinstance(v.b, tirx.Mul) and \
+            isinstance(v.a, tvm.ir.expr.TensorLoad) and v.a.source.same_as(store.buffer) and \
+            str(store.buffer.dtype) == "float32":
+        return tirx.BufferStore(store.buffer, tirx.call_pure_extern("float32", "tvm_bnn_mla", v.a, v.b.a, v.b.b),
+                                store.indices)
+    return store

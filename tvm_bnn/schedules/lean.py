@@ -127,6 +127,32 @@ def lift_nested_allocs(func: tirx.PrimFunc, keep=None) -> tirx.PrimFunc:
 _lift_nested_allocs = lift_nested_allocs
 
 
+def map_stores(func: tirx.PrimFunc, fn) -> tirx.PrimFunc:
+    """``func`` with every BufferStore ``s`` replaced by ``fn(s)`` (this TVM exposes no TIR mutator to Python; the
+    statements a scheduled, lowered kernel has are rebuilt here)."""
+
+    def visit(stmt):
+        if isinstance(stmt, s_tir.SBlockRealize):
+            return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, visit(stmt.block))
+        if isinstance(stmt, s_tir.SBlock):
+            return s_tir.SBlock(stmt.iter_vars, stmt.reads, stmt.writes, stmt.name_hint, visit(stmt.body),
+                                visit(stmt.init) if stmt.init is not None else None, stmt.alloc_buffers,
+                                stmt.match_buffers, stmt.annotations)
+        if isinstance(stmt, tirx.SeqStmt):
+            return tirx.SeqStmt([visit(s) for s in stmt.seq])
+        if isinstance(stmt, tirx.For):
+            return tirx.For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, visit(stmt.body), stmt.thread_binding,
+                            stmt.annotations, getattr(stmt, "step", None))
+        if isinstance(stmt, tirx.IfThenElse):
+            return tirx.IfThenElse(stmt.condition, visit(stmt.then_case),
+                                   visit(stmt.else_case) if stmt.else_case is not None else None)
+        if isinstance(stmt, tirx.BufferStore):
+            return fn(stmt)
+        return stmt
+
+    return func.with_body(visit(func.body))
+
+
 def inline_intermediates(func: tirx.PrimFunc, keep_prefixes=("pad",), shrink_reductions: bool = True) -> tirx.PrimFunc:
     """``func`` with its injective stages inlined and (``shrink_reductions``) its once-read reductions computed per
     consumer iteration in a compacted buffer. Whatever does not apply is skipped; on any failure of step 2 the

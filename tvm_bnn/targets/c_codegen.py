@@ -126,6 +126,16 @@ static inline __attribute__((unused)) uint32_t tvm_bnn_bytesum(uint32_t x) {
   return (x + (x >> 16)) & 0xFFFFu;
 }
 #endif
+/* acc + a * b, rounded after the product and after the sum (never fused): VMLA.F32 where the FPU has it (one
+   instruction instead of two, the same bits); schedules/cortexm.py's float conv accumulates with it. */
+#if defined(__thumb2__) && defined(__ARM_FP) && (__ARM_FP & 4) && !defined(TVM_BNN_POPCOUNT_PORTABLE)
+static inline __attribute__((unused)) float tvm_bnn_mla(float acc, float a, float b) {
+  __asm__("vmla.f32 %0, %1, %2" : "+t"(acc) : "t"(a), "t"(b));
+  return acc;
+}
+#else
+static inline __attribute__((unused)) float tvm_bnn_mla(float acc, float a, float b) { return acc + a * b; }
+#endif
 #endif /* TVM_BNN_POPCOUNT_DEFINED */
 """
 
