@@ -42,7 +42,7 @@ class MachinePool:
 
     A VirtualMachine keeps the registers, frames and (``set_input``/``invoke_stateful``) the inputs and outputs of
     the call it runs, so it must serve one call at a time. ``checkout()`` lends an idle VM, or creates one: the pool
-    grows to the number of calls that were ever in flight together, never more. The VMs share what the executable
+    never holds more VMs than there were calls in flight together. The VMs share what the executable
     holds (the code, and the weights, which are its constants: a VM on the CPU refers to them, it copies nothing) and
     TVM's per-device memory allocator (which locks); each has only its own registers and function table.
 
@@ -72,7 +72,8 @@ class MachinePool:
     def checkout(self, keep: bool = True):
         """A VM for this caller alone until the block ends; it goes back to the pool then, unless the block raised
         (a VM interrupted mid-call may hold half a frame) or ``keep`` is False (it holds state, e.g. set_input).
-        Copy what a call returned (``.numpy()``) inside the block: its tensors are the VM's until then."""
+        Copy what a call returned (``.numpy()``) inside the block, so that nothing the caller keeps refers to memory
+        of the VM once it runs another call."""
         with self._lock:
             vm = self._idle.pop() if self._idle else self._new()
         yield vm
