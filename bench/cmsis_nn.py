@@ -231,10 +231,17 @@ def newlib_memory_routines(board: str) -> dict:
     if not os.path.isfile(libc):
         raise SystemExit(f"newlib's libc.a not found for {board} ({libc!r}): install libnewlib-arm-none-eabi, "
                          "or pass --memcpy startup")
+    nm = qemu.require_tool("arm-none-eabi-nm")
+    members = {}  # symbol -> the archive member defining it (lib_a-memcpy.o; lib_a-memcpy-stub.o on v6-m)
+    for line in subprocess.run([nm, "-A", "--defined-only", libc], capture_output=True, text=True).stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == "T" and parts[2] in ("memcpy", "memset"):
+            members.setdefault(parts[2], parts[0].split(":")[-2])  # libc.a:member:address
+    if set(members) != {"memcpy", "memset"}:
+        raise SystemExit(f"no memcpy/memset in {libc}; pass --memcpy startup")
     tmp = Path(tempfile.mkdtemp(prefix="newlib_mem_"))
-    members = ("lib_a-memcpy.o", "lib_a-memset.o")
-    subprocess.run([ar, "x", libc, *members], cwd=tmp, check=True)
-    objs = {f"newlib_{m[6:]}": (tmp / m).read_bytes() for m in members}
+    subprocess.run([ar, "x", libc, *members.values()], cwd=tmp, check=True)
+    objs = {f"newlib_{sym}.o": (tmp / m).read_bytes() for sym, m in members.items()}
     shutil.rmtree(tmp, ignore_errors=True)
     return objs
 
@@ -265,6 +272,11 @@ def run_cmsis_firmware(lib: CmsisLib, sources: dict, defines=(), workdir=None, t
             raise RuntimeError(f"build failed:\n{' '.join(cmd)}\n{proc.stderr}")
         objects[name[:-2] + ".o"] = obj.read_bytes()
     elf = qemu.build_firmware(headers, lib.board, workdir, objects={**objects, **lib.objects()})
+    if lib.memcpy:  # newlib's must have replaced the startup's weak definitions
+        syms = subprocess.run([qemu.require_tool("arm-none-eabi-nm"), str(elf)], capture_output=True, text=True).stdout
+        weak = [f for f in ("memcpy", "memset") if re.search(rf"^\S+ W {f}$", syms, re.M)]
+        if weak:
+            raise RuntimeError(f"the firmware kept the startup's {', '.join(weak)}, not newlib's")
     return qemu.run_firmware(elf, lib.board, timeout=timeout)
 
 
