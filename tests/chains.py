@@ -201,8 +201,10 @@ def samples(case: ChainCase, src, rng) -> np.ndarray:
     base = np.concatenate([np.asarray(p, np.float32).reshape(-1) for p in pts])
     per_element = [np.broadcast_to(base[:, None], (base.size, C))]
     if src is not None:
-        t = np.broadcast_to(src.threshold * np.where(src.scale == 0, 1, src.scale), (1, C)).astype(np.float32)
-        per_element.append(np.broadcast_to(t, (1, C)))
+        tests = zip(src.scales, src.thresholds) if hasattr(src, "scales") else [(src.scale, src.threshold)]
+        for scale, threshold in tests:
+            t = np.broadcast_to(threshold * np.where(scale == 0, 1, scale), (1, C)).astype(np.float32)
+            per_element.append(np.broadcast_to(t, (1, C)))
     grid = np.concatenate(per_element)
     around = [grid]
     for direction in (np.inf, -np.inf):

@@ -22,6 +22,13 @@ class LayerRecord:
     weight_bytes_float: int
     weight_bytes_packed: int  # what the compiled model stores for this layer's weights
     binary_weights: bool = False  # the weights are +-alpha per output channel (binarized or not)
+    weight_bits: int = 32  # 1 for binary weights computed as such, 32 for a float layer
+    activation_bits: int = 32  # 1 for a binarized activation, 2 for a 3-4 level one (bit planes), 32 for float
+
+    @property
+    def bits(self) -> str:
+        """``W1A2``: the weight and activation bits the compiled layer computes with."""
+        return f"W{self.weight_bits}A{self.activation_bits}"
 
     def as_dict(self):
         return asdict(self)
@@ -69,10 +76,10 @@ class Report(list):
         def shape(s):
             return "x".join(str(d) for d in s) if s else "-"
 
-        rows = [("layer", "op", "input", "weight", "output", "binarized", "weight bytes", "reason")]
+        rows = [("layer", "op", "input", "weight", "output", "binarized", "bits", "weight bytes", "reason")]
         for r in self:
             rows.append((r.name, r.op, shape(r.input_shape), shape(r.weight_shape), shape(r.output_shape),
-                         "yes" if r.binarized else "no", f"{r.weight_bytes_float} -> {r.weight_bytes_packed}",
+                         "yes" if r.binarized else "no", r.bits, f"{r.weight_bytes_float} -> {r.weight_bytes_packed}",
                          r.reason))
         widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)]
         lines = ["  ".join(str(c).ljust(w) for c, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]

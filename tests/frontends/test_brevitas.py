@@ -148,13 +148,12 @@ BNN_PYNQ_1W1A = {  # name: binarized flags of the conv/dense layers in program o
     "sfc_1w1a": [True] * 4,
     "tfc_1w1a": [True] * 4,
 }
-BNN_PYNQ_FLOAT = {  # name: (conv/dense layers, route, build and compare outputs?); 2-bit activations
-    # (-1, 0, +1) and/or 2-bit weights: nothing is binarized. The FC models go through different routes (the QONNX
+BNN_PYNQ_FLOAT = {  # name: (conv/dense layers, route, build and compare outputs?); 2-bit weights: nothing is
+    # binarized (1-bit weights with 2-bit activations are: test_bnn_pynq_1w2a_in_bit_planes). The FC models go through different routes (the QONNX
     # ones as 2-bit Quant nodes). Building a float CNV costs ~2/3 of its test, so CNV and the QONNX FC models check
     # the report only (the time budget of this file); set the flag to True to compare their outputs as well.
     "cnv_2w2a": (9, "module", False), "tfc_2w2a": (4, "module", True), "sfc_2w2a": (4, "qonnx", False),
     "lfc_2w2a": (4, "qonnx", False),
-    "tfc_1w2a": (4, "onnx", True),  # 1-bit weights but 2-bit activations: not a binary layer either
 }
 
 
@@ -338,6 +337,15 @@ def test_bnn_pynq_2bit_binarizes_nothing(name):
     if build:
         cm, x, expected = compiled("bnn_pynq", name, route)
         assert_float_close(cm(x), expected)
+
+
+@pytest.mark.parametrize("route", ["module", "onnx"])
+def test_bnn_pynq_1w2a_in_bit_planes(route):
+    """TFC 1W2A: 1-bit weights, 2-bit activations (Brevitas' QuantIdentity at bit_width 2: -1, 0, +1, the 2-bit
+    signed range narrowed): every layer computes its activation as two bit planes (W1A2), outputs equal Brevitas'."""
+    cm, x, expected = compiled("bnn_pynq", "tfc_1w2a", route)
+    assert [r.bits for r in cm.report] == ["W1A2"] * 4, str(cm.report)
+    assert_float_close(cm(x), expected)
 
 
 @pytest.mark.parametrize("route", ["onnx", "onnx-dynamo", "qonnx"])  # "ep" is the module route's own export

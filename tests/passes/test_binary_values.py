@@ -12,7 +12,7 @@ from tvm import relax
 
 import tvm_bnn
 from tvm_bnn.passes.binarizers import binary_source
-from tvm_bnn.passes.binary_values import BinaryTensor, first_true, from_key, negate_test, to_key
+from tvm_bnn.passes.binary_values import BinaryTensor, first_true, from_key, negate_test, next_up, to_key
 from tvm_bnn.passes.graph import Graph
 
 N, C, H, W = 2, 5, 4, 3
@@ -158,7 +158,8 @@ def test_values_and_direction():
 
 
 @pytest.mark.parametrize("build,reason", [
-    (lambda bb, x: bb.emit(relax.op.clip(bb.emit(relax.op.round(x)), -1.0, 1.0)), "takes 3 values (-1, 0, 1)"),
+    (lambda bb, x: bb.emit(relax.op.clip(bb.emit(relax.op.round(x)), -2.0, 2.0)),
+     "it takes 5 values (-2, -1, 0, 1, 2)"),
     (lambda bb, x: bb.emit(relax.op.where(bb.emit(relax.op.greater(x, _c(0.0))), x, bb.emit(relax.op.negative(x)))),
      "it is a float tensor computed by a Where of greater(x, 0), x and neg(x)"),
     (lambda bb, x: bb.emit(relax.op.add(bb.emit(relax.op.multiply(x, x)), x)),  # x^2 + x: falls, then rises
@@ -200,3 +201,22 @@ def test_negated_test_is_the_complement():
     thr = np.array([0.25, -0.25, 0, 1, -0.0], np.float32)[:, None]
     s2, t2 = negate_test(scale, thr)
     np.testing.assert_array_equal(x * s2 >= t2, ~(x * scale >= thr))
+
+
+def test_staircase_is_a_level_tensor_with_exact_thresholds():
+    """clip(round(x), -1, 1): three levels, thermometer planes switching exactly at -0.5 and 0.5 (ties to even:
+    round(-0.5) = -0, round(0.5) = 0), so x >= -0.5 and x > 0.5."""
+    from tvm_bnn.passes.binary_values import LevelTensor
+
+    FORMS["_case"] = lambda bb, x: bb.emit(relax.op.clip(bb.emit(relax.op.round(x)), -1.0, 1.0))
+    try:
+        mod, a = _module("_case")
+    finally:
+        del FORMS["_case"]
+    src = binary_source(Graph(mod["main"]), a)
+    assert isinstance(src, LevelTensor) and (src.lo, src.step, src.levels, src.bits) == (-1.0, 1.0, 3, 2)
+    planes = src.planes()
+    assert [(p.low, p.high) for p in planes] == [(-1.0, 0.0), (0.0, 1.0)]
+    np.testing.assert_array_equal(planes[0].threshold, np.float32(-0.5))
+    np.testing.assert_array_equal(planes[1].threshold, next_up(np.float32(0.5)))
+    assert np.all(planes[0].scale == 1) and np.all(planes[1].scale == 1)

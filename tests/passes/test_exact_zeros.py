@@ -80,14 +80,14 @@ def test_zero_padding_before_the_sign_is_zero():
     assert cm.report[0].binarized, str(cm.report)
 
 
-def test_integer_preactivation_zero_stays_float():
+def test_integer_preactivation_zero_is_a_third_level():
     """sign of a binary conv's output through a fresh BatchNorm (mean 0, var 1): dot = 0 happens and sign gives 0,
-    a third value: the second layer stays float with the reason, and the model is exact."""
+    a third value: the second layer computes {-1, 0, 1} in two bit planes (W1A2), exactly."""
     model = _Net(lambda y: torch.where(y >= 0, 1.0, -1.0), torch.sign, fresh_bn=True)
     x = torch.randn(2, 3, 7, 6)
     cm = _compile(model, x)
-    assert [r.binarized for r in cm.report] == [False, True, False], str(cm.report)
-    assert "exactly 0" in cm.report[2].reason and "integer-valued" in cm.report[2].reason, cm.report[2].reason
+    assert [(r.binarized, r.bits) for r in cm.report] == [(False, "W32A32"), (True, "W1A1"), (True, "W1A2")], \
+        str(cm.report)
 
 
 def test_integer_preactivation_with_trained_bn_binarizes():

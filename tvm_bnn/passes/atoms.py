@@ -289,11 +289,11 @@ class AtomAnalysis:
         source = self.binary_of(value.args[0])
         if source is not None:
             alpha = self.weight_scale(w, axis) if w.ndim in (2, 4) else "rank"
-            unit = _common_unit(source.low, source.high)
+            unit = _common_unit(*source.values)
             if not isinstance(alpha, str) and unit is not None:
                 units = alpha.astype(np.float64) * unit
                 taps = int(np.prod(w.shape)) // int(w.shape[axis])
-                bound = np.ceil(taps * max(abs(source.low), abs(source.high)) / unit)
+                bound = np.ceil(taps * max(abs(v) for v in source.values) / unit)
                 if not _exact_sums(units, bound):  # sums of +-0.7: PyTorch's 0 is a rounding, 0 only by chance
                     return NONE
                 shape = (1, -1, 1, 1) if name == "relax.nn.conv2d" else (1, -1)
@@ -376,17 +376,17 @@ def _zeros_of(a: Atoms):
     return arrays[0] if len(arrays) == 1 else (np.zeros((), np.float32) if arrays else None)
 
 
-def _common_unit(low: float, high: float) -> float | None:
-    """A u > 0 of which both values are integer multiples (their greatest common divisor), or None."""
-    vals = [abs(v) for v in (low, high) if v != 0]
+def _common_unit(*values: float) -> float | None:
+    """A u > 0 of which every value is an integer multiple (their greatest common divisor), or None."""
+    vals = sorted({abs(v) for v in values if v != 0})
     if not vals:
         return None
-    if len(vals) == 1 or vals[0] == vals[1]:
-        return vals[0]
-    a, b = sorted(vals)
-    ratio = b / a
-    if float(ratio).is_integer():
-        return a
-    if float(a).is_integer() and float(b).is_integer():
-        return float(np.gcd(int(a), int(b)))
-    return None
+    unit = vals[0]
+    for v in vals[1:]:
+        if float(v / unit).is_integer():
+            continue
+        if float(unit).is_integer() and float(v).is_integer():
+            unit = float(np.gcd(int(unit), int(v)))
+            continue
+        return None
+    return unit

@@ -22,6 +22,7 @@ from ..ops.binary_conv2d import pack_weights as pack_conv_weights
 from ..ops.bitpack import pack_bits_last_axis
 from ..report import LayerRecord
 from .binarizers import Slice, binary_source, emit_packed
+from .binary_values import LevelTensor, Refused
 from .graph import Graph, is_op, static_shape
 from .kernels import call_kernel
 from .rewrite import apply_recipes, relax_functions
@@ -93,35 +94,48 @@ class BinarizeLayers:
         if isinstance(alpha, str) or isinstance(source, str):
             return refuse("; ".join(r for r in (source, alpha) if isinstance(r, str)))
         w = snapped(w, alpha, 0)
-        padding = conv_padding(source, [int(p) for p in attrs.padding])
-        if isinstance(padding, str):
-            return refuse(padding)
-        padding, pad_value = padding
         groups = int(attrs.groups)
         o, cg, kh, kw = w.shape
         og = o // groups
-        geometry = Conv2dGeometry(int(cg), (int(kh), int(kw)), tuple(int(v) for v in attrs.strides),
-                                  tuple(padding), tuple(int(d) for d in attrs.dilation), pad_value)
-        scale, bias = output_transform(source, alpha, w, (1, 2, 3))
-        offset = None
-        if source.mid != 0 and pad_value == 0 and any(padding):  # zero-padded taps lack the mid-point: per pixel
-            offset = self._padding_offset(source, w, geometry, static_shape(data))
-            bias = np.zeros_like(bias)
+        plans = []  # per plane of the activation (one for a binary one): geometry, output transform, offset
+        planes = _planes(source)
+        if isinstance(planes, str):
+            return refuse(planes)
+        for plane in planes:
+            padding = conv_padding(plane, [int(p) for p in attrs.padding])
+            if isinstance(padding, str):
+                return refuse(padding)
+            padding, pad_value = padding
+            geometry = Conv2dGeometry(int(cg), (int(kh), int(kw)), tuple(int(v) for v in attrs.strides),
+                                      tuple(padding), tuple(int(d) for d in attrs.dilation), pad_value)
+            scale, bias = output_transform(plane, alpha, w, (1, 2, 3))
+            offset = None
+            if plane.mid != 0 and pad_value == 0 and any(padding):  # zero-padded taps lack the mid-point: per pixel
+                offset = self._padding_offset(plane, w, geometry, static_shape(data))
+                bias = np.zeros_like(bias)
+            plans.append((plane, geometry, scale, bias, offset))
         groups_packed = [pack_conv_weights(w[g * og:(g + 1) * og]) for g in range(groups)]
         record = LayerRecord("", "conv2d", static_shape(data), tuple(w.shape), static_shape(value), True, "",
-                             w.size * 4, sum(p.nbytes for p in groups_packed) + 2 * alpha.nbytes, True)
+                             w.size * 4, sum(p.nbytes for p in groups_packed) + 2 * alpha.nbytes * len(plans), True,
+                             1, source.bits)
 
         def recipe(bb, new):
-            outs = []
-            for g, packed in enumerate(groups_packed):
-                chans = [Slice(1, g * int(cg), (g + 1) * int(cg))] if groups > 1 else []
-                xp = emit_packed(bb, new, source, rows=False, extra_post=chans)
-                part = slice(g * og, (g + 1) * og)
-                args = [xp, relax.const(packed), relax.const(scale[part]), relax.const(bias[part])]
-                call = call_kernel(bb, "binary_conv2d", args, **geometry.params())
-                outs.append(call if groups == 1 and offset is None else bb.emit(call))
-            out = outs[0] if groups == 1 else relax.op.concat(outs, axis=1)
-            return out if offset is None else relax.op.add(bb.emit(out) if groups > 1 else out, relax.const(offset))
+            weights = [relax.const(p) for p in groups_packed]  # one copy, read by every plane's kernel
+            total = None
+            for plane, geometry, scale, bias, offset in plans:
+                outs = []
+                for g, packed in enumerate(weights):
+                    chans = [Slice(1, g * int(cg), (g + 1) * int(cg))] if groups > 1 else []
+                    xp = emit_packed(bb, new, plane, rows=False, extra_post=chans)
+                    part = slice(g * og, (g + 1) * og)
+                    args = [xp, packed, relax.const(scale[part]), relax.const(bias[part])]
+                    call = call_kernel(bb, "binary_conv2d", args, **geometry.params())
+                    outs.append(call if groups == 1 and offset is None and len(plans) == 1 else bb.emit(call))
+                out = outs[0] if groups == 1 else bb.emit(relax.op.concat(outs, axis=1))
+                if offset is not None:
+                    out = relax.op.add(out, relax.const(offset))
+                total = out if total is None else relax.op.add(bb.emit(total), bb.emit(out))
+            return total
 
         return record, recipe
 
@@ -171,16 +185,34 @@ class BinarizeLayers:
             return refuse("the activation of a dense layer is padded")
         k = int(w.shape[0])
         packed = pack_bits_last_axis(w.T >= 0)
-        scale, bias = output_transform(source, alpha, w.T, (1,))
+        planes = _planes(source)
+        if isinstance(planes, str):
+            return refuse(planes)
+        plans = [(plane,) + output_transform(plane, alpha, w.T, (1,)) for plane in planes]
         record = LayerRecord("", "dense", x_shape, tuple(w.T.shape), static_shape(value), True, "", w.size * 4,
-                             packed.nbytes + 2 * alpha.nbytes, True)
+                             packed.nbytes + 2 * alpha.nbytes * len(plans), True, 1, source.bits)
 
         def recipe(bb, new):
-            xp = emit_packed(bb, new, source, rows=True)
-            args = [xp, relax.const(packed), relax.const(scale), relax.const(bias)]
-            return call_kernel(bb, "binary_dense", args, k=k)
+            weights = relax.const(packed)
+            total = None
+            for plane, scale, bias in plans:
+                xp = emit_packed(bb, new, plane, rows=True)
+                out = call_kernel(bb, "binary_dense", [xp, weights, relax.const(scale), relax.const(bias)], k=k)
+                total = out if total is None else relax.op.add(bb.emit(total), bb.emit(out))
+            return total
 
         return record, recipe
+
+
+def _planes(source) -> list | str:
+    """The two-valued tensors whose sum is the activation: itself, or a few-level one's bit planes (or the reason
+    they cannot be: a padding value off its levels)."""
+    if not isinstance(source, LevelTensor):
+        return [source]
+    try:
+        return source.planes()
+    except Refused as why:
+        return f"activation input is not binarized: {why}"
 
 
 def conv_padding(source, padding: list):

@@ -15,7 +15,7 @@ import numpy as np
 from tvm import relax
 
 from .atoms import AtomAnalysis
-from .binary_values import BinaryTensor, Chain, Refused, _Roots, analyse_chain, describe, negate_test
+from .binary_values import BinaryTensor, Chain, LevelTensor, Refused, _Roots, analyse_chain, describe, negate_test
 from .graph import Graph, op_name, static_shape
 from .kernels import call_kernel
 from .weights import binary_weight_scale
@@ -141,13 +141,39 @@ def _padded(inner: BinaryTensor, pad) -> BinaryTensor:
     w = [int(v) for v in a.pad_width]
     widths = [(w[2 * i], w[2 * i + 1]) for i in range(len(w) // 2)]
     value = float(a.pad_value)
-    if value not in (0.0, inner.low, inner.high):
-        raise Refused(f"it is padded with {value:g}, which is neither 0 nor one of its two values "
-                      f"{inner.low:g}, {inner.high:g}")
+    if value != 0.0 and value not in inner.values:
+        raise Refused(f"it is padded with {value:g}, which is neither 0 nor one of its "
+                      f"{'two ' if len(inner.values) == 2 else ''}values {', '.join(f'{v:g}' for v in inner.values)}")
     return inner.replace(pad=(widths, value), post=inner.post + [pad])
 
 
-def _remapped(graph: Graph, expr, root, inner: BinaryTensor) -> BinaryTensor:
+def _remapped(graph: Graph, expr, root, inner):
+    if isinstance(inner, LevelTensor):
+        return _remapped_levels(graph, expr, root, inner)
+    return _remapped_binary(graph, expr, root, inner)
+
+
+def _remapped_levels(graph: Graph, expr, root, inner: LevelTensor) -> LevelTensor:
+    """``f(inner)`` of a few-level tensor: the levels' images must stay equally spaced and rising (an affine map
+    with a positive scale, Brevitas' ``* s``)."""
+    shape = static_shape(root)
+    chain = Chain(graph, expr, root, tuple(shape))
+    images = []
+    for v in inner.values:
+        image = np.asarray(chain.evaluate(np.full(shape, v, np.float32)), np.float64)
+        if np.ptp(image):
+            raise Refused(f"{describe(graph.value(expr))} gives its values a different scale per element")
+        images.append(float(image.reshape(-1)[0]))
+    steps = np.diff(images)
+    if not np.all(steps > 0) or np.ptp(steps) > 1e-6 * abs(steps[0]):
+        raise Refused(f"{describe(graph.value(expr))} maps its levels {', '.join(f'{v:g}' for v in inner.values)} to "
+                      f"{', '.join(f'{v:g}' for v in images)}: not equally spaced and rising")
+    if inner.pad is not None and inner.pad[1] != 0:
+        raise Refused(f"{describe(graph.value(expr))} follows a padding of a multi-level activation")
+    return inner.replace(lo=images[0], step=float(steps[0]))
+
+
+def _remapped_binary(graph: Graph, expr, root, inner: BinaryTensor) -> BinaryTensor:
     """``f(inner)`` for an elementwise ``f``: evaluate ``f`` on both values (the model's own: exactly, sign(0) = 0);
     they must stay uniform and distinct."""
     shape = static_shape(root)

@@ -56,10 +56,12 @@ from .describe import describe, render
 from .float_order import MAX_KEY, first_true, from_key, negate_test, next_up, to_key
 from .graph import Graph, op_name, static_shape, tensor_args
 
-__all__ = ["BinaryTensor", "Chain", "Refused", "analyse_chain", "describe", "first_true", "from_key", "negate_test",
+__all__ = ["BinaryTensor", "Chain", "LevelTensor", "Refused", "analyse_chain", "describe", "first_true", "from_key", "negate_test",
            "next_up", "to_key", "MAX_KEY"]
 
 UNKNOWN = 2  # a direction that could not be established
+MAX_LEVELS = 4  # an activation of up to this many equally spaced values (2 bits) is computed by planes
+LEVEL_ROUNDING = 2.0 ** -20  # levels this close to equally spaced are (1/3 and 2/3 in float32 are, to rounding)
 ROUNDING = 2.0 ** -18  # an op that maps a range this narrow (relative) to one value is rounding, not a clamp
 TINY = 2.0 ** -100  # values this small are 0 by chance (a product that underflows)
 ENVELOPE_ULPS = 4  # how far another library's smooth function may round from the correctly rounded value
@@ -627,24 +629,32 @@ class Chain:
         return out
 
     # -- values --------------------------------------------------------------------------------------------------
-    def segments(self):
+    def segments(self, max_switches: int = 1):
         """Per element, F as a step function: (starts, values, valid), sorted by start; consecutive valid entries
-        with equal values are one segment. Raises Refused when F takes more than two values in one piece."""
+        with equal values are one segment. On each monotone piece up to ``max_switches`` changes are found (one
+        bisection each, from the last); Refused when F takes more values in one piece."""
         starts, dirs = self.pieces()
         ends = self._ends(starts)
         empty = ends < starts
-        v_a = np.asarray(self.at(starts), np.float64)
-        v_b = np.asarray(self.at(np.maximum(ends, starts)), np.float64)
-        switching = ~empty & (dirs != 0) & (v_a != v_b)
-        t = first_true(lambda k: (np.asarray(self.at(k), np.float64) != v_a) | ~switching, starts,
-                       np.maximum(ends, starts))
-        v_t = np.asarray(self.at(t), np.float64)
-        third = switching & (v_t != v_b)
-        if np.any(third):
-            raise self._many_values(int(np.flatnonzero(np.any(third, axis=0).reshape(-1))[0]))
-        seg_starts = np.concatenate([starts, t], axis=0)
-        seg_vals = np.concatenate([v_a, v_b], axis=0)
-        valid = np.concatenate([~empty, switching], axis=0)
+        last = np.maximum(ends, starts)
+        value = np.asarray(self.at(starts), np.float64)
+        v_end = np.asarray(self.at(last), np.float64)
+        seg_starts, seg_vals, valid = [starts], [value], [~empty]
+        cur, active = starts, ~empty & (dirs != 0) & (value != v_end)
+        for _ in range(max_switches):
+            if not np.any(active):
+                break
+            v_cur = value
+            t = first_true(lambda k: (np.asarray(self.at(k), np.float64) != v_cur) | ~active, cur, last)
+            v_t = np.asarray(self.at(t), np.float64)
+            seg_starts.append(t)
+            seg_vals.append(v_t)
+            valid.append(active)
+            cur, value = np.where(active, t, cur), np.where(active, v_t, value)
+            active = active & (value != v_end)
+        if np.any(active):
+            raise self._many_values(int(np.flatnonzero(np.any(active, axis=0).reshape(-1))[0]))
+        seg_starts, seg_vals, valid = (np.concatenate(a, axis=0) for a in (seg_starts, seg_vals, valid))
         order = np.argsort(np.where(valid, seg_starts, np.iinfo(np.int64).max), axis=0, kind="stable")
         seg_starts, seg_vals, valid = (np.take_along_axis(a, order, 0) for a in (seg_starts, seg_vals, valid))
         return seg_starts, seg_vals, valid
@@ -706,11 +716,72 @@ class BinaryTensor:
         return (self.high - self.low) / 2
 
     @property
+    def values(self) -> list:
+        return [self.low, self.high]
+
+    bits = 1
+
+    @property
     def mid(self) -> float:
         return (self.high + self.low) / 2
 
     def replace(self, **kw) -> "BinaryTensor":
         return dataclasses.replace(self, **kw)
+
+
+@dataclass
+class LevelTensor:
+    """``post(lo + step * sum_j [x * scales[j] >= thresholds[j]])``: a few-level activation (a 2-bit quantizer, a
+    sign with the model's own zeros), ``levels`` values ``lo + step * m`` set by a thermometer of threshold tests on
+    the float tensor ``x``: plane j (j = 1 .. levels - 1) is ``m >= j``. Every plane is a two-valued tensor with the
+    same layout ops and padding (:meth:`planes`): a conv of the activation is the sum of binary convs of its planes,
+    each exact."""
+
+    root: relax.Expr
+    scales: list
+    thresholds: list
+    lo: float
+    step: float
+    post: list = field(default_factory=list)
+    pad: tuple | None = None
+
+    @property
+    def levels(self) -> int:
+        return len(self.scales) + 1
+
+    @property
+    def values(self) -> list:
+        return [self.lo + self.step * m for m in range(self.levels)]
+
+    @property
+    def bits(self) -> int:
+        return int(np.ceil(np.log2(self.levels)))
+
+    def replace(self, **kw) -> "LevelTensor":
+        return dataclasses.replace(self, **kw)
+
+    def planes(self) -> list:
+        """The two-valued planes whose sum is the tensor: the first takes {lo, lo + step}, the others {0, step}; a
+        constant padding value ``lo + step * m`` is split so that the planes' padding sums to it (0 pads each with 0).
+        """
+        pad_level = None
+        if self.pad is not None:
+            widths, value = self.pad
+            if value != 0:
+                m = (value - self.lo) / self.step
+                if not float(m).is_integer() or not 0 <= m < self.levels:
+                    raise Refused(f"it is padded with {value:g}, which is neither 0 nor one of its values "
+                                  f"{', '.join(_fmt(v) for v in self.values)}")
+                pad_level = int(m)
+        out = []
+        for j, (scale, threshold) in enumerate(zip(self.scales, self.thresholds), start=1):
+            low, high = (self.lo, self.lo + self.step) if j == 1 else (0.0, self.step)
+            pad = None
+            if self.pad is not None:
+                widths, value = self.pad
+                pad = (widths, 0.0 if pad_level is None else (high if pad_level >= j else low))
+            out.append(BinaryTensor(self.root, scale, threshold, low, high, list(self.post), pad))
+        return out
 
 
 def _space(root_shape: tuple, arrays) -> tuple:
@@ -937,14 +1008,18 @@ def _smooth_name(op: Smooth) -> str:
     return next(n.removeprefix("relax.").capitalize() for n, s in _SMOOTH.items() if s is op)
 
 
-def _same_test(a: BinaryTensor, b: BinaryTensor) -> bool:
-    return (a.low, a.high) == (b.low, b.high) and np.array_equal(a.scale, b.scale) and \
-        np.array_equal(a.threshold, b.threshold)
+def _same_test(a, b) -> bool:
+    if type(a) is not type(b) or a.values != b.values:
+        return False
+    if isinstance(a, LevelTensor):
+        return all(np.array_equal(x, y) for x, y in zip(a.scales + a.thresholds, b.scales + b.thresholds))
+    return np.array_equal(a.scale, b.scale) and np.array_equal(a.threshold, b.threshold)
 
 
-def _solve(chain: Chain) -> BinaryTensor:
-    """The step function of the chain as a BinaryTensor, or Refused with the reason."""
-    seg_starts, seg_vals, valid = chain.segments()
+def _solve(chain: Chain) -> BinaryTensor | LevelTensor:
+    """The step function of the chain as a BinaryTensor (two values), a LevelTensor (a monotone staircase of up to
+    MAX_LEVELS equally spaced values), or Refused with the reason."""
+    seg_starts, seg_vals, valid = chain.segments(MAX_LEVELS - 1)
     prev = np.concatenate([seg_vals[:1], seg_vals[:-1]], axis=0)
     changes = valid & (seg_vals != prev)
     changes[0] = False
@@ -953,13 +1028,19 @@ def _solve(chain: Chain) -> BinaryTensor:
     last = np.take_along_axis(seg_vals, np.maximum(valid.sum(axis=0) - 1, 0)[None], 0)[0]
     distinct = np.unique(seg_vals[valid])
     if distinct.size > 2:
+        levels = _staircase(chain, seg_starts, seg_vals, valid, distinct)
+        if isinstance(levels, LevelTensor):
+            return levels
         per_element = np.sort(np.stack([first, last]), axis=0)
         if np.all(n_switch <= 1):
             pairs = np.unique(per_element.reshape(2, -1).T, axis=0)
             raise Refused("its two values differ between elements (" + "; ".join(
                 f"{_fmt(a)}, {_fmt(b)}" for a, b in pairs[:3]) + "): the activation scale must be one per tensor")
         e = int(np.flatnonzero((n_switch >= 2).reshape(-1))[0])
-        raise chain._many_values(e)
+        refusal = chain._many_values(e)
+        if levels and refusal.values is not None and len(refusal.values) <= MAX_LEVELS:
+            raise Refused(f"{refusal}; {levels}", refusal.values)
+        raise refusal
     if np.any(n_switch >= 2):
         e = int(np.flatnonzero((n_switch >= 2).reshape(-1))[0])
         at = from_key(seg_starts.reshape(seg_starts.shape[0], -1)[:, e][changes.reshape(changes.shape[0], -1)[:, e]])
@@ -988,6 +1069,44 @@ def _solve(chain: Chain) -> BinaryTensor:
                         low, high)
 
 
+def _staircase(chain: Chain, seg_starts, seg_vals, valid, distinct) -> LevelTensor | str:
+    """The chain as a LevelTensor when its values are ``lo + step * m`` (m < MAX_LEVELS) and each element's level
+    only rises or only falls with x; else why not (str)."""
+    lo = float(distinct[0])
+    m = (distinct - lo) / float(np.min(np.diff(distinct)))
+    if not np.all(np.abs(m - np.round(m)) <= LEVEL_ROUNDING * np.maximum(m, 1)):
+        return f"its values ({', '.join(_fmt(v) for v in distinct[:6])}) are not equally spaced"
+    levels = int(np.round(m[-1])) + 1
+    step = (float(distinct[-1]) - lo) / (levels - 1)  # 1/3 of a DoReFa range: the levels are its multiples to rounding
+    if levels > MAX_LEVELS:
+        return f"it has {levels} levels, more than the {MAX_LEVELS} (2 bits) computed by bit planes"
+    level = np.where(valid, np.round((seg_vals - lo) / step), np.nan)  # the level index m of each segment
+    filled = level.copy()
+    for i in range(1, filled.shape[0]):  # the level of the last valid segment so far (sorted by start)
+        filled[i] = np.where(np.isnan(filled[i]), filled[i - 1], filled[i])
+    steps = np.diff(filled, axis=0)
+    rising, falling = np.any(steps > 0, axis=0), np.any(steps < 0, axis=0)
+    if np.any(rising & falling):
+        return "its level rises and falls with x (not a monotone staircase)"
+    first = filled[0]
+    big = np.iinfo(np.int64).max
+    scales, thresholds = [], []
+    for j in range(1, levels):
+        # rising: m >= j from the first segment at level >= j; falling: until the first segment below j
+        up = np.where(valid & (level >= j), seg_starts, big).min(axis=0)
+        down = np.where(valid & (level < j), seg_starts, big).min(axis=0)
+        always, never = first >= j, first < j
+        x_up = from_key(np.where(up == big, 0, up))
+        x_down_prev = from_key(np.where(down == big, 1, down) - 1)
+        scale = np.where(rising & ~always & (up != big), 1, np.where(falling & always & (down != big), -1, 0))
+        threshold = np.where(scale == 1, x_up, np.where(scale == -1, -x_down_prev,
+                                                        np.where(always, 0, 1)))
+        shape = (chain.space[0],) + tuple(static_shape(chain.root)[1:]) if chain.space else ()
+        scales.append(np.broadcast_to(scale.astype(np.float32), shape).copy())
+        thresholds.append(np.broadcast_to(threshold.astype(np.float32), shape).copy())
+    return LevelTensor(chain.root, scales, thresholds, lo, step)
+
+
 def _through_pad(chain: Chain, result: BinaryTensor, pad) -> BinaryTensor:
     """F(pad(y, v)) = pad(F(y), F(v)): the padding value is the model's own (sign(0) = 0 there), so F(v) is
     evaluated exactly; it must be the same for every element."""
@@ -999,6 +1118,12 @@ def _through_pad(chain: Chain, result: BinaryTensor, pad) -> BinaryTensor:
         raise Refused(f"after its padding with {v:g} the binarizer maps the padding to different values per element")
     widths = [int(w) for w in pad.attrs.pad_width]
     pairs = [(widths[2 * i], widths[2 * i + 1]) for i in range(len(widths) // 2)]
+    if isinstance(result, LevelTensor):
+        shape = result.scales[0].shape
+        index = tuple(slice(b, dim - e) if dim > 1 else slice(None) for (b, e), dim in zip(pairs, shape))
+        return result.replace(root=pad.args[0], scales=[a[index].copy() for a in result.scales],
+                              thresholds=[a[index].copy() for a in result.thresholds],
+                              pad=(pairs, float(fv.reshape(-1)[0])), post=[pad])
     index = tuple(slice(b, dim - e) if dim > 1 else slice(None) for (b, e), dim in zip(pairs, result.scale.shape))
     return result.replace(root=pad.args[0], scale=result.scale[index].copy(), threshold=result.threshold[index].copy(),
                           pad=(pairs, float(fv.reshape(-1)[0])), post=[pad])
