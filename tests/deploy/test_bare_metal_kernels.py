@@ -219,3 +219,18 @@ def test_firmware_failures_are_reported(tmp_path):
                           workdir=tmp_path / "fault")
     with pytest.raises(qemu.FirmwareError, match="timed out"):
         qemu.run_on_board({"main.c": "int main(void) { for (;;) {} }\n"}, workdir=tmp_path / "hang", timeout=1)
+
+
+@pytest.mark.parametrize("board", ["cortex-m55", "cortex-m7"])
+def test_startup_survives_vectorised_copies(tmp_path, board):
+    """At -O3 gcc vectorises loops into MVE/FPU instructions, the startup's .data copy among them: the reset handler
+    enables the FPU before copying (and does not vectorise), so a firmware (an exported bundle built with OPT=-O3)
+    starts and its initialised data is right."""
+    need("arm-none-eabi-gcc", "qemu-system-arm")
+    src = ('#include <stdint.h>\n#include "tvm_bnn_bm.h"\n'
+           "static uint32_t data[64] = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3};\nstatic float f[64];\n"
+           "int main(void) { for (int i = 0; i < 64; ++i) f[i] = (float)data[i] * 1.5f;\n"
+           "  uint32_t s = 0; for (int i = 0; i < 64; ++i) s += (uint32_t)(f[i] * 2.0f);\n"
+           "  tvm_bnn_bm_output(&s, 4); return 0; }\n")
+    run = qemu.run_on_board({"main.c": src}, board, workdir=tmp_path, opt="-O3")
+    assert int.from_bytes(run.output, "little") == 3 * (3 + 1 + 4 + 1 + 5 + 9 + 2 + 6 + 5 + 3 + 5 + 8 + 9 + 7 + 9 + 3)
