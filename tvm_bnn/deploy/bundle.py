@@ -185,7 +185,8 @@ class Bundle:
         srcs = dict(self.sources, **{"test_main.c": self._main(x, bracket=not per_call)})
         hooks = ("-DTVM_BNN_PROFILE_STEPS",) if per_call else ()
         run = qemu.run_on_board(srcs, board, workdir=workdir or tempfile.mkdtemp(prefix="tvm_bnn_bundle_fw_"),
-                                opt=opt, extra_cflags=(*CFLAGS_EXTRA, *hooks), objects=self.objects)
+                                opt=opt, extra_cflags=(*CFLAGS_EXTRA, *hooks), objects=self.objects,
+                                libm=bool(self.math_functions))
         return self._result(run.output), self._counts(run, per_call), run
 
     def _counts(self, run, per_call: bool):

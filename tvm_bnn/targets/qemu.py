@@ -130,9 +130,10 @@ class BoardRun:
 
 def build_firmware(sources: Mapping[str, str], target: str | Board = "cortex-m4", workdir: str | Path | None = None,
                    opt: str = "-O2", defines: Sequence[str] = (), extra_cflags: Sequence[str] = (),
-                   stack_bytes: int = 16384, objects: Mapping[str, bytes] | None = None) -> Path:
+                   stack_bytes: int = 16384, objects: Mapping[str, bytes] | None = None, libm: bool = False) -> Path:
     """Write ``sources`` (file name -> text; ``.c`` files are compiled, others, e.g. headers, only written) and link
-    them with the startup code into ``fw.elf``."""
+    them with the startup code into ``fw.elf``; ``libm``: link newlib's libm (and the libc it needs for errno), for
+    float kernels that call tanhf, expf, ..."""
     b = board(target)
     cc = require_tool("arm-none-eabi-gcc")
     workdir = Path(workdir or tempfile.mkdtemp(prefix="tvm_bnn_fw_"))
@@ -148,7 +149,8 @@ def build_firmware(sources: Mapping[str, str], target: str | Board = "cortex-m4"
     cmd = [cc, *b.cflags, "-std=c99", opt, "-g", "-fstack-usage", "-ffreestanding", "-nostdlib", "-Wall", "-Werror",
            "-ffunction-sections", "-fdata-sections", *[f"-D{d}" for d in defines], *extra_cflags,
            f"-I{STARTUP_DIR}", f"-I{workdir}", str(STARTUP_DIR / "startup_cortexm.c"), *map(str, files),
-           "-T", str(workdir / "link.ld"), "-Wl,--gc-sections", "-lgcc", "-o", str(elf)]
+           "-T", str(workdir / "link.ld"), "-Wl,--gc-sections", *(("-lm", "-lc") if libm else ()), "-lgcc",
+           "-o", str(elf)]
     proc = _run(cmd, workdir, 300, "arm-none-eabi-gcc")
     if proc.returncode != 0:
         raise FirmwareError(f"firmware build failed:\n{' '.join(cmd)}\n{proc.stderr}")
@@ -212,8 +214,8 @@ def run_firmware(elf: str | Path, target: str | Board = "cortex-m4", timeout: fl
 
 def run_on_board(sources: Mapping[str, str], target: str | Board = "cortex-m4", workdir=None, opt: str = "-O2",
                  defines: Sequence[str] = (), extra_cflags: Sequence[str] = (), timeout: float = 120,
-                 objects: Mapping[str, bytes] | None = None) -> BoardRun:
-    elf = build_firmware(sources, target, workdir, opt, defines, extra_cflags, objects=objects)
+                 objects: Mapping[str, bytes] | None = None, libm: bool = False) -> BoardRun:
+    elf = build_firmware(sources, target, workdir, opt, defines, extra_cflags, objects=objects, libm=libm)
     return run_firmware(elf, target, timeout)
 
 
