@@ -14,7 +14,7 @@ from ..core.pipeline import schedule_pipeline
 from ..deploy.bundle import build_bundle
 from ..targets import qemu
 from .base import Backend
-from .c_bundle import BundleModel, new_bundle_dir
+from .c_bundle import BundleModel, new_bundle_dir, owned_bundle_dir
 from .runtime_library import build_executable
 
 
@@ -51,4 +51,6 @@ class ArmLinuxBackend(Backend):
         bundle = build_bundle(analysed.optimized, new_bundle_dir(), overwrite=True, target=spec)
         with spec.target:
             scheduled = schedule_pipeline(spec, tuning_db)(analysed.optimized)
-        return ArmLinuxModel(bundle, spec, analysed.inputs, analysed.report, scheduled)
+        model = ArmLinuxModel(bundle, spec, analysed.inputs, analysed.report, scheduled)
+        owned_bundle_dir(model, bundle)
+        return model

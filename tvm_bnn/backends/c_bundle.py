@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,6 +107,12 @@ def new_bundle_dir() -> str:
     return tempfile.mkdtemp(prefix="tvm_bnn_bundle_")
 
 
+def owned_bundle_dir(model, bundle) -> None:
+    """The model's bundle directory (a temporary one of ``new_bundle_dir``: ``export`` copies it) goes with the model:
+    removed when the model is collected, or at exit."""
+    weakref.finalize(model, shutil.rmtree, str(bundle.out_dir), True)
+
+
 class CBundleBackend(Backend):
     def check(self, spec, tuning_db):
         if tuning_db is not None:
@@ -117,4 +124,6 @@ class CBundleBackend(Backend):
     def build(self, spec, analysed, tuning_db):
         llvm = spec.target.kind.name == "llvm"  # a thumbv7em LLVM target: kernels from TVM's LLVM codegen
         bundle = build_bundle(analysed.optimized, new_bundle_dir(), overwrite=True, target=spec if llvm else None)
-        return BundleModel(bundle, spec, analysed.inputs, analysed.report)
+        model = BundleModel(bundle, spec, analysed.inputs, analysed.report)
+        owned_bundle_dir(model, bundle)
+        return model
