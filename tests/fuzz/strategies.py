@@ -807,7 +807,7 @@ class FuzzNet(torch.nn.Module):
                 for info in self.layer_infos[n_infos:]:
                     info.maybe = _maybe_constant(s, mod, info)
             site = getattr(mod, "binarize", None) or getattr(getattr(mod, "body", None), "binarize", None)
-            if site is not None and input_only and not nonneg:  # the model input's own zeros, through its chain
+            if site is not None and input_only and not nonneg and not zero_risk:  # the model input's own zeros
                 site.chance = True
             input_only = input_only and isinstance(s, (Elementwise, BN, Pool))
             if zero_risk and getattr(s, "act", None) in TIE_DIFFERS:

@@ -232,20 +232,44 @@ def test_differential_c(spec):
     check_model(spec, "c")
 
 
-def test_differential_aarch64():
+@pytest.fixture(scope="module")
+def aarch64_tools():
     from tvm_bnn.targets import qemu
 
     arch = qemu.linux_arch("aarch64")
     need(arch.cc, arch.qemu)
-    _aarch64()
+
+
+# the emulated targets check their tools in a module fixture (skip, or fail under CI=true, before any example), so
+# that the test itself is hypothesis' and --hypothesis-show-statistics counts its examples
+@example(spec=_values_example())
+@example(spec=_pad_example())
+@given(spec=nets(max_branches=1, max_layers=3, max_batch=2))
+@settings(max_examples=fuzz_examples("aarch64"))
+def test_differential_aarch64(aarch64_tools, spec):
+    check_model(spec, "aarch64")
+
+
+@pytest.fixture(scope="module")
+def cortexm_tools():
+    need("arm-none-eabi-gcc", "qemu-system-arm")
 
 
 @example(spec=_values_example())
 @example(spec=_pad_example())
 @given(spec=nets(max_branches=1, max_layers=3, max_batch=2))
-@settings(max_examples=fuzz_examples("aarch64"))
-def _aarch64(spec):
-    check_model(spec, "aarch64")
+@settings(max_examples=fuzz_examples("cortexm"))
+def test_differential_cortexm(cortexm_tools, spec):
+    """Firmware for an emulated Cortex-M4 board (arm-none-eabi-gcc, qemu-system-arm mps2-an386, 4 MB flash and
+    RAM): each call of the compiled model builds a firmware holding the input and runs it. A model whose float
+    weights take more than 3/4 of the board's flash is not one for this board (the link fails: "region `FLASH'
+    overflowed"): rejected."""
+    from tvm_bnn.targets import qemu
+
+    net = build(spec).net
+    float_bytes = 4 * sum(t.numel() for t in itertools.chain(net.parameters(), net.buffers()))
+    assume(float_bytes <= qemu.board("cortex-m4").flash_kb * 1024 * 3 // 4)
+    check_model(spec, "cortex-m4")
 
 
 torch.set_num_threads(1)  # the machine is shared; TVM_NUM_THREADS is set by tests/conftest.py
