@@ -148,12 +148,12 @@ BNN_PYNQ_1W1A = {  # name: binarized flags of the conv/dense layers in program o
     "sfc_1w1a": [True] * 4,
     "tfc_1w1a": [True] * 4,
 }
-BNN_PYNQ_FLOAT = {  # name: (conv/dense layers, route, build and compare outputs?); 2-bit weights: nothing is
-    # binarized (1-bit weights with 2-bit activations are: test_bnn_pynq_1w2a_in_bit_planes). The FC models go through different routes (the QONNX
-    # ones as 2-bit Quant nodes). Building a float CNV costs ~2/3 of its test, so CNV and the QONNX FC models check
-    # the report only (the time budget of this file); set the flag to True to compare their outputs as well.
-    "cnv_2w2a": (9, "module", False), "tfc_2w2a": (4, "module", True), "sfc_2w2a": (4, "qonnx", False),
-    "lfc_2w2a": (4, "qonnx", False),
+BNN_PYNQ_2W2A = {  # name: (bits of the conv/dense layers in program order, route, build and compare outputs?)
+    # 2-bit weights are ternary here (Brevitas' narrow range: -s, 0, s): two weight planes; 2-bit activations: the
+    # three levels' two bit planes. CNV's first conv takes the 8-bit image and stays float. The FC models go through
+    # different routes (the QONNX ones as 2-bit Quant nodes); lfc_2w2a's report only (TFC's build covers the FCs)
+    "cnv_2w2a": (["W32A32"] + ["W2A2"] * 8, "module", True), "tfc_2w2a": (["W2A2"] * 4, "module", True),
+    "sfc_2w2a": (["W2A2"] * 4, "qonnx", False), "lfc_2w2a": (["W2A2"] * 4, "qonnx", False),
 }
 
 
@@ -328,12 +328,13 @@ def test_bnn_pynq_1w1a_binarized_layer_count():
     assert sum(got.values()) == 20
 
 
-@pytest.mark.parametrize("name", sorted(BNN_PYNQ_FLOAT))
-def test_bnn_pynq_2bit_binarizes_nothing(name):
-    layers, route, build = BNN_PYNQ_FLOAT[name]
+@pytest.mark.parametrize("name", sorted(BNN_PYNQ_2W2A))
+def test_bnn_pynq_2w2a_in_weight_and_activation_planes(name):
+    bits, route, build = BNN_PYNQ_2W2A[name]
     report = compiled("bnn_pynq", name, route)[0].report if build else analysed("bnn_pynq", name, route)
-    assert len(report) == layers, str(report)
-    assert report.num_binarized == 0, f"false positive:\n{report}"
+    assert [r.bits for r in report] == bits, str(report)
+    assert report.num_binarized == sum(b != "W32A32" for b in bits)
+    assert not any(r.binary_weights for r in report)  # ternary: require_binary asks nothing of these layers
     if build:
         cm, x, expected = compiled("bnn_pynq", name, route)
         assert_float_close(cm(x), expected)

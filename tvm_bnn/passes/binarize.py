@@ -5,11 +5,14 @@ Matches ``conv2d(A, W)`` (NCHW / OIHW, any groups) and ``matmul(A, W)`` (A of ra
 * ``A`` is a two-valued tensor ``mid ± half`` set by a threshold test on a float tensor (binarizers.binary_source,
   the analysis of binary_values.py: whatever ops compute it), possibly padded with a constant, and
 * ``W`` is a constant whose values in each output channel are +-alpha_o (sign(W), sign(W) * alpha, XNOR-Net's
-  sign(W) * mean|W| after constant folding, Brevitas' quantized weights, or any such tensor).
+  sign(W) * mean|W| after constant folding, Brevitas' quantized weights, or any such tensor), or at most four
+  levels (ternary {-a, 0, a}, 2-bit): a sum of +-1 weight planes (weights.weight_planes).
 
-Emits the packing of A's source tensor, then ``binary_conv2d`` / ``binary_dense`` (one per group) with output
-``dot * half * alpha_o + mid * sum(W_o)`` (float32), exact: ``dot`` counts zero padding as zero (or padding with one of
-A's values as that value's bit). Every conv2d/matmul gets a LayerRecord; one that stays float says why.
+Emits the packing of A's source tensor (of each of its bit planes, for a 3-4 level activation), then one
+``binary_conv2d`` / ``binary_dense`` per (activation plane, weight plane, group) with output
+``dot * half * scale_o + mid * sum(W_o)`` (float32), and their sum. Each kernel is exact: ``dot`` counts zero padding
+as zero (or padding with one of A's values as that value's bit); the sum of the planes' outputs is rounded in float32.
+Every conv2d/matmul gets a LayerRecord; one that stays float says why.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from .binary_values import LevelTensor, Refused
 from .graph import Graph, is_op, static_shape
 from .kernels import call_kernel
 from .rewrite import apply_recipes, relax_functions
-from .weights import binary_weight_scale, snapped
+from .weights import binary_weight_scale, weight_planes
 
 
 class BinarizeLayers:
@@ -91,16 +94,17 @@ class BinarizeLayers:
         if str(data.ty.dtype) != "float32":
             return refuse(f"activation dtype {data.ty.dtype} (only float32 is binarized)")
         source = binary_source(graph, data)
-        if isinstance(alpha, str) or isinstance(source, str):
-            return refuse("; ".join(r for r in (source, alpha) if isinstance(r, str)))
-        w = snapped(w, alpha, 0)
+        wplanes = weight_planes(w, 0)
+        if isinstance(wplanes, str) or isinstance(source, str):
+            return refuse("; ".join(r for r in (source, wplanes) if isinstance(r, str)))
         groups = int(attrs.groups)
         o, cg, kh, kw = w.shape
         og = o // groups
-        plans = []  # per plane of the activation (one for a binary one): geometry, output transform, offset
+        plans = []  # per (activation plane, weight plane): which weights, geometry, output transform, offset
         planes = _planes(source)
         if isinstance(planes, str):
             return refuse(planes)
+        terms = wplanes.terms(0)
         for plane in planes:
             padding = conv_padding(plane, [int(p) for p in attrs.padding])
             if isinstance(padding, str):
@@ -108,29 +112,34 @@ class BinarizeLayers:
             padding, pad_value = padding
             geometry = Conv2dGeometry(int(cg), (int(kh), int(kw)), tuple(int(v) for v in attrs.strides),
                                       tuple(padding), tuple(int(d) for d in attrs.dilation), pad_value)
-            scale, bias = output_transform(plane, alpha, w, (1, 2, 3))
-            offset = None
-            if plane.mid != 0 and pad_value == 0 and any(padding):  # zero-padded taps lack the mid-point: per pixel
-                offset = self._padding_offset(plane, w, geometry, static_shape(data))
-                bias = np.zeros_like(bias)
-            plans.append((plane, geometry, scale, bias, offset))
-        groups_packed = [pack_conv_weights(w[g * og:(g + 1) * og]) for g in range(groups)]
+            for j, (wj, scale_j) in enumerate(terms):
+                scale, bias = output_transform(plane, scale_j, wj, (1, 2, 3))
+                offset = None
+                if plane.mid != 0 and pad_value == 0 and any(padding):  # zero-padded taps lack the mid: per pixel
+                    offset = self._padding_offset(plane, wj, geometry, static_shape(data))
+                    bias = np.zeros_like(bias)
+                plans.append((plane, j, geometry, scale, bias, offset))
+        packed_planes = [[pack_conv_weights(signs[g * og:(g + 1) * og]) for g in range(groups)]
+                         for signs in wplanes.signs]
+        packed_bytes = sum(p.nbytes for groups_packed in packed_planes for p in groups_packed)
         record = LayerRecord("", "conv2d", static_shape(data), tuple(w.shape), static_shape(value), True, "",
-                             w.size * 4, sum(p.nbytes for p in groups_packed) + 2 * alpha.nbytes * len(plans), True,
-                             1, source.bits)
+                             w.size * 4, packed_bytes + 2 * o * 4 * len(plans), isinstance(alpha, np.ndarray),
+                             wplanes.bits, source.bits)
+        single = groups == 1 and len(plans) == 1
 
         def recipe(bb, new):
-            weights = [relax.const(p) for p in groups_packed]  # one copy, read by every plane's kernel
+            # one copy of each weight plane, read by every activation plane's kernel
+            weights = [[relax.const(p) for p in groups_packed] for groups_packed in packed_planes]
             total = None
-            for plane, geometry, scale, bias, offset in plans:
+            for plane, j, geometry, scale, bias, offset in plans:
                 outs = []
-                for g, packed in enumerate(weights):
+                for g, packed in enumerate(weights[j]):
                     chans = [Slice(1, g * int(cg), (g + 1) * int(cg))] if groups > 1 else []
                     xp = emit_packed(bb, new, plane, rows=False, extra_post=chans)
                     part = slice(g * og, (g + 1) * og)
                     args = [xp, packed, relax.const(scale[part]), relax.const(bias[part])]
                     call = call_kernel(bb, "binary_conv2d", args, **geometry.params())
-                    outs.append(call if groups == 1 and offset is None and len(plans) == 1 else bb.emit(call))
+                    outs.append(call if single and offset is None else bb.emit(call))
                 out = outs[0] if groups == 1 else bb.emit(relax.op.concat(outs, axis=1))
                 if offset is not None:
                     out = relax.op.add(out, relax.const(offset))
@@ -178,26 +187,28 @@ class BinarizeLayers:
         if str(data.ty.dtype) != "float32":
             return refuse(f"activation dtype {data.ty.dtype} (only float32 is binarized)")
         source = binary_source(graph, data)
-        if isinstance(alpha, str) or isinstance(source, str):
-            return refuse("; ".join(r for r in (source, alpha) if isinstance(r, str)))
-        w = snapped(w, alpha, 1)
+        wplanes = weight_planes(w, 1)
+        if isinstance(wplanes, str) or isinstance(source, str):
+            return refuse("; ".join(r for r in (source, wplanes) if isinstance(r, str)))
         if source.pad is not None:
             return refuse("the activation of a dense layer is padded")
         k = int(w.shape[0])
-        packed = pack_bits_last_axis(w.T >= 0)
+        packed_planes = [pack_bits_last_axis(signs.T >= 0) for signs in wplanes.signs]
         planes = _planes(source)
         if isinstance(planes, str):
             return refuse(planes)
-        plans = [(plane,) + output_transform(plane, alpha, w.T, (1,)) for plane in planes]
+        plans = [(plane, j) + output_transform(plane, scale_j, wj.T, (1,))
+                 for plane in planes for j, (wj, scale_j) in enumerate(wplanes.terms(1))]
         record = LayerRecord("", "dense", x_shape, tuple(w.T.shape), static_shape(value), True, "", w.size * 4,
-                             packed.nbytes + 2 * alpha.nbytes * len(plans), True, 1, source.bits)
+                             sum(p.nbytes for p in packed_planes) + 2 * int(w.shape[1]) * 4 * len(plans),
+                             isinstance(alpha, np.ndarray), wplanes.bits, source.bits)
 
         def recipe(bb, new):
-            weights = relax.const(packed)
+            weights = [relax.const(p) for p in packed_planes]
             total = None
-            for plane, scale, bias in plans:
+            for plane, j, scale, bias in plans:
                 xp = emit_packed(bb, new, plane, rows=True)
-                out = call_kernel(bb, "binary_dense", [xp, weights, relax.const(scale), relax.const(bias)], k=k)
+                out = call_kernel(bb, "binary_dense", [xp, weights[j], relax.const(scale), relax.const(bias)], k=k)
                 total = out if total is None else relax.op.add(bb.emit(total), bb.emit(out))
             return total
 
