@@ -36,12 +36,14 @@ from .strategies import (BN, STE_FORMS, BinConv, BinDense, Branch, Elementwise, 
 REASON_KEYWORDS = {  # in order: the first that matches is a reason's category (the ONNX multiset comparison)
     # F.pad with a value that is neither 0 nor one of the activation's two values ("activation input is not
     # binarized: it is padded with 0.5, which is neither 0 nor one of its two values -1, 1")
-    "bad_pad": ("neither 0 nor one of its two values",),
+    # a smooth function's rounding decides where the binarizer switches: refused ("where it switches depends on how
+    # Tanh is rounded, which differs between libraries")
+    "rounding": ("is rounded",),
+    "bad_pad": ("neither 0 nor one of its",),  # "... of its two values -1, 1" / "... of its values -1, 0, 1" 
     # "activation input is (a float model input,) not binarized ..." / "where(...) is not of the form where(x >= 0,
     # 1, -1)" (a PReLU exports as a where)
     "float_input": ("not binarized", "is not of the form"),
     "float_weights": ("weights are not binary",),
-    "zeros": ("zeros",),
     # F.pad with one of the activation's two values, then the conv's own zero padding
     "two_pads": ("two padding values",),
 }
@@ -95,6 +97,24 @@ def compare(got, expected, exact, what):
             raise AssertionError(f"{what}: {e}") from None
 
 
+def compare_float_to_torch(got, torch_out, ref, what, rtol=1e-5):
+    """A float output against PyTorch's, to float rounding: rtol 1e-5 (floor scaled to the output), widened by
+    PyTorch's own float32 error measured against the float64 reference ``ref`` (a sum of hundreds of products that
+    cancels: found by the long fuzz run, where PyTorch was 1.1e-5 from float64 and the compiled model 6e-6). The
+    reference itself must be the same function: PyTorch within 1e-4 of it (harness self-check)."""
+    t, r = np.asarray(torch_out, np.float64), np.asarray(ref, np.float64)
+    assert got.shape == t.shape, (what, got.shape, t.shape)
+    scale = max(1.0, float(np.max(np.abs(r)))) if r.size else 1.0
+    np.testing.assert_allclose(t, r, rtol=1e-4, atol=1e-4 * scale, err_msg=f"harness self-check: {what}")
+    own = np.abs(t - r)
+    err = np.abs(got.astype(np.float64) - t)
+    bad = err > rtol * scale + rtol * np.abs(t) + 2 * own
+    assert not bad.any(), (f"{what}: {int(bad.sum())} of {bad.size} outside float rounding; worst at "
+                           f"{np.unravel_index(np.argmax(err - 2 * own), err.shape)}: compiled "
+                           f"{got.flat[np.argmax(err - 2 * own)]!r}, PyTorch {t.flat[np.argmax(err - 2 * own)]!r}, "
+                           f"float64 {r.flat[np.argmax(err - 2 * own)]!r}")
+
+
 def _note(text):
     if currently_in_test_context():
         note(text)
@@ -134,9 +154,11 @@ def verify(built, ref, cm, onnx=False):
     ste = bool(built.forms & STE_FORMS)
     faithful = ref.tie_zeros == 0 and not ste  # PyTorch's result is the compiled semantics
     for i, (g, t, r, exact) in enumerate(zip(got, ref.torch_out, ref.ref_out, built.exact)):
-        if faithful:
+        if faithful and exact:
             compare(g, t, exact, f"output {i} vs PyTorch")
             compare(t, r, exact, f"harness self-check: output {i}, PyTorch vs float64 reference")
+        elif faithful:
+            compare_float_to_torch(g, t, r, f"output {i} vs PyTorch")
         else:
             compare(g, r, exact, f"output {i} vs the reference (tie rule / exact STE +-1)")
             if ste and ref.zeros == 0:  # PyTorch's STE +-1 carries a rounding into the sums

@@ -182,6 +182,8 @@ class AtomAnalysis:
             return self._layout(value, inputs[0])
         if name == "relax.nn.pad":
             widths = [int(w) for w in value.attrs.pad_width]
+            if not any(widths):  # F.pad(x, (0, 0, 0, 0)): x itself, no padding value anywhere
+                return inputs[0]
             spatial = not any(widths[:4])
             pad = float(value.attrs.pad_value)
             return self._spatially_uniform(inputs[0], per_channel=spatial).union(point(pad, "a Pad"))

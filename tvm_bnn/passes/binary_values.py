@@ -844,7 +844,8 @@ class _Roots:
 
 def _constant_pad(graph: Graph, root):
     value = graph.value(root)
-    if op_name(value) == "relax.nn.pad" and str(value.attrs.pad_mode) == "constant":
+    if op_name(value) == "relax.nn.pad" and str(value.attrs.pad_mode) == "constant" and any(
+            int(w) for w in value.attrs.pad_width):  # a zero-width pad pads nothing: its input's values only
         return value
     return None
 
