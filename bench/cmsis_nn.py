@@ -1,7 +1,7 @@
 """CMSIS-NN int8 against tvm_bnn's binary C bundle on the same emulated Cortex-M board, instructions counted the
 same way (issue 20: the per-shape baseline of item 1, item 2).
 
-    python bench/cmsis_nn.py [--cmsis-nn PATH] [--board cortex-m4] [--part 1 2] [--memcpy newlib|startup]
+    python bench/cmsis_nn.py [--cmsis-nn PATH] [--board cortex-m4] [--part 1 2] [--memcpy newlib|startup] [--low-bit]
                              [--shapes 16x16x64 ...] [--calib 300] [--eval 500] [--board-inputs 8]
                              [--train-epochs 25]
 
@@ -296,12 +296,28 @@ def baseline_text(board: str) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 class OneBinaryConv(torch.nn.Module):
-    def __init__(self, c):
+    """The one-layer model of part 1: ``bits`` "w1a1" (sign activations, sign weights), or the few-bit variants
+    (issue 21): "w1a2" 3-level activations ``clamp(round(x), -1, 1)`` (Brevitas' 2-bit narrow range: two bit
+    planes) with sign weights; "w2a2" the same activations with ternary weights (two weight planes: 4 binary
+    kernels); "w2a2-dorefa" DoReFa's 4-level ``round(clamp(x, 0, 1) * 3) / 3`` (three planes) with ternary weights
+    (6 binary kernels)."""
+
+    def __init__(self, c, bits="w1a1"):
         super().__init__()
+        self.bits = bits
         self.w = torch.nn.Parameter(torch.randn(c, c, 3, 3))
 
     def forward(self, x):
-        return F.conv2d(torch.where(x >= 0, 1., -1.), torch.sign(self.w), padding=1)
+        if self.bits == "w1a1":
+            a = torch.where(x >= 0, 1., -1.)
+        elif self.bits == "w2a2-dorefa":
+            a = torch.round(torch.clamp(x, 0, 1) * 3) / 3
+        else:
+            a = torch.clamp(torch.round(x), -1, 1)
+        w = torch.sign(self.w)
+        if self.bits.startswith("w2"):
+            w = torch.where(self.w.abs() < 0.5, 0.0, w)  # ternary: about 38% zeros
+        return F.conv2d(a, w, padding=1)
 
 
 def cmsis_conv_count(lib: CmsisLib, h: int, w: int, c: int) -> tuple:
@@ -327,10 +343,11 @@ def cmsis_conv_count(lib: CmsisLib, h: int, w: int, c: int) -> tuple:
     return run.instructions, scratch
 
 
-def tvm_bnn_conv_count(board: str, h: int, w: int, c: int) -> dict:
-    """Instructions of each kernel call of tvm_bnn's bundle for the one-layer binary conv."""
+def tvm_bnn_conv_count(board: str, h: int, w: int, c: int, bits: str = "w1a1") -> dict:
+    """Instructions of each kernel call of tvm_bnn's bundle for the one-layer binary conv (few-bit: one binary conv
+    per activation plane x weight plane, summed: "conv" is their total, "convs" their number)."""
     torch.manual_seed(0)
-    model = OneBinaryConv(c).eval()
+    model = OneBinaryConv(c, bits).eval()
     x = torch.randn(1, c, h, w)
     cm = tvm_bnn.compile(model, board, example_inputs=(x,), progress=False)
     y, per = cm.bundle.run_board(x.numpy(), board, per_call=True)
@@ -339,9 +356,29 @@ def tvm_bnn_conv_count(board: str, h: int, w: int, c: int) -> dict:
     conv = [v for k, v in per if "conv" in k]
     pack = [v for k, v in per if "pack" in k]
     other = [(k, v) for k, v in per if "conv" not in k and "pack" not in k]
-    if len(conv) != 1:
-        raise RuntimeError(f"expected one binary conv call, got {per}")
-    return {"conv": conv[0], "bitpack": sum(pack), "other": other, "calls": per, "err": err}
+    if not conv or (bits == "w1a1" and len(conv) != 1):
+        raise RuntimeError(f"expected {'one binary conv call' if bits == 'w1a1' else 'binary conv calls'}, got {per}")
+    return {"conv": sum(conv), "convs": len(conv), "bitpack": sum(pack), "other": other, "calls": per, "err": err,
+            "bits": [r.bits for r in cm.report]}
+
+
+def part1_low_bit(lib: CmsisLib, shapes, variants) -> None:
+    """The few-bit variants of the part 1 conv (OneBinaryConv ``bits``) against the same CMSIS-NN int8 conv."""
+    board = lib.board
+    print(f"\n== Part 1b: few-bit 3x3 conv (stride 1, pad 1, Cout = Cin) on {board}: CMSIS-NN "
+          f"arm_convolve_wrapper_s8 (int8) vs tvm_bnn's plane kernels (all calls: packing, convs, sums) ==")
+    print(f"{'H x W x C':>12} {'variant':>12} {'bits':>5} {'convs':>5} {'CMSIS-NN s8':>14} {'tvm_bnn all':>13} "
+          f"{'ratio':>6} {'convs only':>11} {'ratio':>6}")
+    for h, w, c in shapes:
+        s8, _ = cmsis_conv_count(lib, h, w, c)
+        for bits in variants:
+            tb = tvm_bnn_conv_count(board, h, w, c, bits)
+            total = tb["conv"] + tb["bitpack"] + sum(v for _, v in tb["other"])
+            print(f"{f'{h}x{w}x{c}':>12} {bits:>12} {tb['bits'][0]:>5} {tb['convs']:>5} {s8:>14,.0f} {total:>13,.0f} "
+                  f"{s8 / total:>5.2f}x {tb['conv']:>11,.0f} {s8 / tb['conv']:>5.2f}x"
+                  + (f"  (|bundle - torch| {tb['err']:.0e})" if tb["err"] else ""))
+    print("  ratio = CMSIS-NN / tvm_bnn (> 1: tvm_bnn executes fewer instructions). A few-bit layer is one binary conv "
+          "per (activation plane, weight plane), their outputs summed in float.")
 
 
 def part1(lib: CmsisLib, shapes) -> None:
@@ -991,6 +1028,8 @@ def main(argv=None):
     parser.add_argument("--part", type=int, nargs="+", default=[1, 2], choices=[1, 2])
     parser.add_argument("--shapes", nargs="+", default=None, help="HxWxC, default: " +
                         " ".join("x".join(map(str, s)) for s in SHAPES))
+    parser.add_argument("--low-bit", nargs="*", default=None, choices=["w1a2", "w2a2", "w2a2-dorefa"],
+                        help="part 1 also for these few-bit variants (issue 21; no value: all three)")
     parser.add_argument("--memcpy", choices=["newlib", "startup"], default="newlib",
                         help="memcpy/memset for CMSIS-NN: newlib's (default) or the startup's byte loops")
     parser.add_argument("--calib", type=int, default=300, help="calibration inputs of the twin")
@@ -1016,6 +1055,8 @@ def main(argv=None):
     t0 = time.time()
     if 1 in args.part:
         part1(lib, shapes)
+        if args.low_bit is not None:
+            part1_low_bit(lib, shapes, args.low_bit or ["w1a2", "w2a2", "w2a2-dorefa"])
     if 2 in args.part:
         part2(lib, args.calib, args.eval, args.board_inputs, args.train_epochs)
     print(f"\n(total {time.time() - t0:.0f} s)")
