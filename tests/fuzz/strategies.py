@@ -316,7 +316,6 @@ class Binarize(torch.nn.Module):
         # and a packed torch.sign takes them as +1 (README "Tie rule"); everywhere else a zero is the model's own
         # (a ReLU, a BatchNorm with gamma == beta == 0, an integer-valued binary layer), and sign(0) = 0 is kept
         self.chance = False
-        self.pad_region = None  # ref mode: where an F.pad before the binarization put its (model-made) zeros
         fn = ACT_FORMS.get(form)
         self.fn = fn().eval() if isinstance(fn, type) else fn
         rng = _rng(seed + 3)
@@ -327,11 +326,8 @@ class Binarize(torch.nn.Module):
             self.register_buffer("t", _tensor(_random_thresholds(rng, channels)))
 
     def _tie_sign(self, x):
-        """torch.sign with sign(0) -> +1, except on the zeros an F.pad put there (the model's own)."""
-        tie = x == 0
-        if self.pad_region is not None:
-            tie = tie & ~self.pad_region
-        return torch.where(tie, torch.ones_like(x), torch.sign(x))
+        """torch.sign with sign(0) -> +1 (the tie rule, for a sign of the model input's own zeros)."""
+        return torch.where(x == 0, torch.ones_like(x), torch.sign(x))
 
     def threshold(self, x):
         return self.t.view((-1,) + (1,) * (x.dim() - 2))
@@ -468,8 +464,6 @@ class BinConvMod(torch.nn.Module):
     def forward(self, x):
         s, mode = self.s, self.ctx.mode
         if s.fpad_pre:
-            if mode == "ref":
-                self.binarize.pad_region = F.pad(torch.zeros_like(x, dtype=torch.bool), s.fpad, value=True)
             x = F.pad(x, s.fpad)
         if s.act == MODULE_FORM:
             if mode == "abs":
@@ -567,8 +561,8 @@ class FloatConvMod(torch.nn.Module):
         self.register_buffer("alpha", _tensor(np.linspace(0.5, 1.5, s.cout)))
         self.b = torch.nn.Parameter(_tensor(rng.uniform(-1, 1, s.cout))) if s.bias else None
         # one weight per output channel is +-alpha: binary weights, so the layer binarizes
-        self.fan_in_one = fan_in_one(cin, s)
-        self.binarize = Binarize(ctx, s.act, nonneg, packed=self.fan_in_one, channels=cin,
+        self.few_weights = few_weights(cin, s)
+        self.binarize = Binarize(ctx, s.act, nonneg, packed=self.few_weights, channels=cin,
                                  seed=s.seed) if s.act else None
         self.bn = _random_bn(ctx, s.cout, s.seed + 1, 4) if s.bn else None
 
@@ -592,8 +586,8 @@ class FloatDenseMod(torch.nn.Module):
         rng = _rng(s.seed)
         self.w = torch.nn.Parameter(_tensor(rng.standard_normal((s.out, fin)) / np.sqrt(fin)))
         self.b = torch.nn.Parameter(_tensor(rng.uniform(-1, 1, s.out))) if s.bias else None
-        self.fan_in_one = fan_in_one(fin, s)
-        self.binarize = Binarize(ctx, s.act, nonneg, packed=self.fan_in_one, channels=fin,
+        self.few_weights = few_weights(fin, s)
+        self.binarize = Binarize(ctx, s.act, nonneg, packed=self.few_weights, channels=fin,
                                  seed=s.seed) if s.act else None
         self.bn = _random_bn(ctx, s.out, s.seed + 1, 2) if s.bn else None
 
@@ -689,9 +683,10 @@ class ResidualMod(torch.nn.Module):
         return self.post(y) if self.post is not None else y
 
 
-def fan_in_one(cin, s):
-    """A float-weight layer with one weight per output channel has +-alpha weights: it is binary."""
-    return cin * (int(np.prod(s.kernel)) if isinstance(s, FloatConv) else 1) == 1
+def few_weights(cin, s):
+    """A float-weight layer with at most 4 weights per output channel takes at most 4 values per channel: weight
+    planes (one weight: +-alpha, binary; 2-4: W2, passes/weights.weight_planes). It is binarized."""
+    return cin * (int(np.prod(s.kernel)) if isinstance(s, FloatConv) else 1) <= 4
 
 
 class ForkMod(torch.nn.Module):
@@ -792,12 +787,12 @@ class FuzzNet(torch.nn.Module):
             elif isinstance(s, FloatConv):
                 mod = FloatConvMod(ctx, s, c, nonneg)
                 self.layer_infos.append(LayerInfo(name, "float_input" if not s.act else "binary"
-                                                  if fan_in_one(c, s) else "float_weights"))
+                                                  if few_weights(c, s) else "float_weights"))
             elif isinstance(s, FloatDense):
                 fin = int(np.prod(shape))
                 mod = FloatDenseMod(ctx, s, fin, nonneg)
                 self.layer_infos.append(LayerInfo(name, "float_input" if not s.act else "binary"
-                                                  if fan_in_one(fin, s) else "float_weights"))
+                                                  if few_weights(fin, s) else "float_weights"))
             elif isinstance(s, BN):
                 mod = _random_bn(ctx, c, s.seed, len(shape) + 1)
             elif isinstance(s, Elementwise):
@@ -816,8 +811,10 @@ class FuzzNet(torch.nn.Module):
                 for info in self.layer_infos[n_infos:]:
                     info.maybe = _maybe_constant(s, mod, info)
             site = getattr(mod, "binarize", None) or getattr(getattr(mod, "body", None), "binarize", None)
-            if site is not None and input_only and not nonneg and not zero_risk:  # the model input's own zeros
-                site.chance = True
+            pads_first = isinstance(s, BinConv) and s.fpad_pre and any(s.fpad)
+            if site is not None and input_only and not nonneg and not zero_risk and not pads_first:
+                site.chance = True  # the model input's own zeros (a sign of F.pad(x) has the pad's zeros as well:
+                # the compiled layer then computes {-1, 0, 1} in planes, every zero as PyTorch does)
             input_only = input_only and isinstance(s, (Elementwise, BN, Pool))
             if zero_risk and getattr(s, "act", None) in TIE_DIFFERS:
                 # the model may make exact zeros here (dot = 0 of an integer-valued layer, a ReLU's or a constant
@@ -950,7 +947,7 @@ def _resolve_constant_inputs(net, inputs):
         else:
             values = np.unique(mod._ref_in[0].numpy())
             if (values.size == 1 and values[0] != 0) or values.size == 2:
-                info.expect = "binary" if mod.fan_in_one else "float_weights"
+                info.expect = "binary" if mod.few_weights else "float_weights"
         if info.expect != default:
             info.alt = info.alt or default
 

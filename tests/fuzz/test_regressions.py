@@ -320,3 +320,33 @@ def test_threshold_within_tanh_rounding_is_refused():
         Elementwise(op="tanh", seed=0), BN(seed=0),
         BinDense(out=1, act="tvm_bnn.nn", flatten_first=True, bias=True, bn=True, tap=True, seed=0)],
         input_seed=0)]))
+
+
+def test_sign_of_padded_input_computes_every_zero_as_pytorch():
+    """A sign of ``F.pad(x)`` takes {-1, 0, 1} (the pad's zeros are the model's): the layer computes it in two
+    planes (W1A2), so the model input's own zeros are 0 there too, as in PyTorch; the check applied the tie rule to
+    them (+1) and failed on 21% of the outputs. Found by the long x86 run."""
+    from .strategies import BinConv, BN, Branch, NetSpec, Pool
+
+    _replay(NetSpec([Branch(4, (7, 7, 1), [
+        BinConv(cout=257, kernel=(3, 3), stride=(2, 1), dilation=(2, 2), padding=(0, 3), fpad=(0, 0, 0, 2),
+                fpad_pre=True, act="hardtanh_ste", wform="where_ge", bn=True, tap=True, seed=2019),
+        BinConv(cout=128, kernel=(6, 6), stride=(1, 1), dilation=(1, 1), padding=(2, 2), act="where_ge",
+                wform="sign", bn=True, seed=85),
+        BN(seed=468), Pool(op="max", kernel=1, stride=1, padding=0, ceil_mode=True, count_include_pad=True)],
+        input_seed=17472, input_zeros=0.2)]))
+
+
+def test_float_layer_with_four_weights_per_channel_is_two_bit():
+    """A 'float' 1x1 conv on 4 input channels has 4 weights per output channel: at most 4 values, so weight planes
+    (W2A1), exact; the check expected it to stay float. Found by the long x86 run."""
+    from .strategies import BinConv, BinDense, Branch, FloatConv, NetSpec, Pool
+
+    _replay(NetSpec([Branch(4, (2, 4, 3), [
+        BinConv(cout=4, kernel=(3, 1), stride=(1, 3), dilation=(1, 1), padding=(0, 0), fpad=(0, 0, 0, 1),
+                fpad_pre=True, act="BinarySign", wform="sign", groups=2, bias=True, bn=True, tap=True, seed=411),
+        Pool(op="avg", kernel=1, stride=1, padding=0, ceil_mode=True, count_include_pad=False),
+        FloatConv(cout=31, kernel=(1, 1), stride=(2, 3), dilation=(2, 2), padding=(1, 1), act="where_ones",
+                  wform="float", bias=False, bn=False, tap=True, seed=728),
+        BinDense(out=1, act="tvm_bnn.nn", flatten_first=False, bias=True, bn=True, tap=True, seed=0)],
+        input_seed=1)]))
