@@ -264,7 +264,7 @@ def extract_tasks(model, target="x86", example_inputs=None):
     spec = resolve_target(target)
     _, optimized, report = analyse(model, example_inputs)
     with spec.target:
-        fused = fuse_pipeline()(optimized)
+        fused = fuse_pipeline(spec.target)(optimized)
     tasks = ms.relax_integration.extract_tasks(fused, spec.target)
     from .schedules.x86 import tuning_form
 

@@ -4,6 +4,8 @@ Each kernel is built alone from its TE, scheduled by ``schedules/x86.py`` for th
 run where the host has the target's CPU features (skipped with the reason otherwise: ``conftest.need_runnable``).
 No timings here.
 """
+import json
+
 import numpy as np
 import pytest
 import tvm
@@ -18,11 +20,13 @@ from ..conftest import need_runnable
 TARGETS = ["x86", "x86-avx2", "x86-popcnt"]
 
 
-def _run(target_name, op, inputs, build_out, knobs=None):
+def _run(target_name, op, inputs, build_out, knobs=None, params=None):
     target = resolve_target(target_name).target
     phs = [te.placeholder(a.shape, str(a.dtype), name=f"in{i}") for i, a in enumerate(inputs)]
     out = build_out(*phs)
     func = te.create_prim_func(phs + [out]).with_attr("tvm_bnn.op", op)
+    if params is not None:
+        func = func.with_attr("tvm_bnn.params", json.dumps(params))
     with target:
         func = x86.schedule_kernel(func, op, 2, knobs=knobs)
     ex = tvm.compile(tvm.IRModule({"main": func}), target=target)
@@ -72,6 +76,70 @@ def test_binary_conv2d_kernels_exact(rng, target, n, c, o, h, w, kernel, strides
                 lambda a, b, d, t: binary_conv2d.compute_bits(a, b, d, t, geo))
     np.testing.assert_array_equal(bits, epilogue.bits_reference(np.transpose(dot, (0, 2, 3, 1)), direction,
                                                                 threshold))
+
+
+@pytest.mark.parametrize("target", ["x86", "x86-popcnt"])
+@pytest.mark.parametrize("pad_value", [0, 1])
+@pytest.mark.parametrize("n,c,o,h,w,kernel,strides,padding,dilation", CONV[1:6])
+def test_binary_conv2d_with_weights_laid_out_at_compile_time(rng, target, pad_value, n, c, o, h, w, kernel,
+                                                             strides, padding, dilation):
+    """The kernel reading ``prepared_weights``' tables (schedules/weight_layout.py) equals the reference: the
+    transposed filters (padded to whole words for the bits output) and the zero-padding correction per border
+    class, computed once in numpy instead of in the kernel on every call."""
+    geo = binary_conv2d.Conv2dGeometry(c, kernel, strides, padding, dilation, pad_value)
+    x, wt = pm1(rng, (n, c, h, w)), pm1(rng, (o, c) + kernel)
+    dot = binary_conv2d.reference_dot(x, wt, geo)
+    xp, wp = bitpack.reference_nchw(x), binary_conv2d.pack_weights(wt)
+    scale, bias = exact_affine(rng, o)
+    direction = rng.choice([-1, 0, 1], o).astype(np.int32)
+    threshold = rng.integers(-5, 6, o).astype(np.int32)
+    for op, extent, tail, compute in [
+            ("binary_conv2d", None, [scale, bias], binary_conv2d.compute),
+            ("binary_conv2d_bits", binary_conv2d.bits_extent(o), [direction, threshold], binary_conv2d.compute_bits)]:
+        table, adjust = binary_conv2d.prepared_weights(wp, geo, (h, w), extent)
+        assert table.shape == tuple(kernel) + (wp.shape[3], extent or o)
+        assert (adjust is None) == (pad_value != 0 or not any(padding))
+        tables = [table] + ([] if adjust is None else [adjust])
+
+        def build(a, t, *rest, compute=compute, has_adjust=adjust is not None):
+            adj, (u, v) = (rest[0], rest[1:]) if has_adjust else (None, rest)
+            filters = te.placeholder(wp.shape, "uint64", name="filters")
+            return compute(a, filters, u, v, geo, (t, adj))
+
+        got = _run(target, op, [xp, *tables, *tail], build, params={"prepared": "weights_t"})
+        want = (epilogue.float_reference(dot, scale, bias, channel_axis=1) if op == "binary_conv2d" else
+                epilogue.bits_reference(np.transpose(dot, (0, 2, 3, 1)), direction, threshold))
+        np.testing.assert_array_equal(got, want, err_msg=op)
+
+
+def test_weight_layout_pass_applies_to_the_generic_x86_kernels_only():
+    """x86 (vpopcntq) and x86-popcnt build the channel-vectorised conv: their conv kernels read the prepared
+    tables and transpose nothing per call; x86-avx2 (byte-lane kernels) keeps the packed filters."""
+    import torch
+    import torch.nn.functional as F
+
+    from tvm_bnn.core.pipeline import analyse, fuse_pipeline
+
+    w = torch.sign(torch.randn(70, 5, 3, 3, generator=torch.Generator().manual_seed(0)))
+
+    def model(x):
+        return F.conv2d(torch.where(x >= 0, 1.0, -1.0), w, padding=1)
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return model(x)
+
+    analysed = analyse(Net(), (torch.randn(1, 5, 9, 7),))
+    for name, prepared in [("x86", True), ("x86-popcnt", True), ("x86-avx2", False)]:
+        spec = resolve_target(name)
+        with spec.target:
+            fused = fuse_pipeline(spec.target)(analysed.optimized)
+        convs = [f for _, f in fused.functions_items()
+                 if f.attrs is not None and str(f.attrs.get("tvm_bnn.op", "")).startswith("binary_conv2d")]
+        assert len(convs) == 1
+        params = json.loads(str(convs[0].attrs["tvm_bnn.params"]))
+        assert (params.get("prepared") == "weights_t+pad_adjust") == prepared, name
+        assert x86._has_block(convs[0], "weights_t") != prepared, name
 
 
 DENSE = [(1, 1, 1), (3, 63, 10), (4, 65, 65), (2, 130, 130), (5, 300, 7), (8, 1024, 64)]

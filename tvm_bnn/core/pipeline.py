@@ -15,19 +15,24 @@ from ..passes import binarize_module, cleanup
 from ..passes.graph import static_shape
 from ..report import Report
 from ..schedules import ScheduleKernels
+from ..schedules.weight_layout import LayOutConvWeights
 
 
-def fuse_pipeline() -> tvm.transform.Pass:
-    """Legalize the float ops to TIR and fuse them; the PrimFuncs of the result are the tuning tasks."""
+def fuse_pipeline(target=None) -> tvm.transform.Pass:
+    """Legalize the float ops to TIR and fuse them; the PrimFuncs of the result are the tuning tasks. With a
+    ``target``, the binary convs whose weights that target's kernels read in another layout get it at compile time
+    first (schedules/weight_layout.py)."""
+    layout = [LayOutConvWeights(target)] if target is not None else []
     return tvm.transform.Sequential(
-        [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
-         relax.transform.FuseOps(), relax.transform.FuseTIR(), relax.transform.DeadCodeElimination()],
+        layout + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                  relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
+                  relax.transform.DeadCodeElimination()],
         name="tvm_bnn.Fuse")
 
 
 def schedule_pipeline(spec, tuning_db: str | None = None) -> tvm.transform.Pass:
     """Fuse, apply tuned schedules from ``tuning_db`` if given, and give every other PrimFunc our default."""
-    passes = [fuse_pipeline()]
+    passes = [fuse_pipeline(spec.target)]
     if tuning_db is not None:
         from .tuning_db import apply_database_pass
 

@@ -118,14 +118,18 @@ class ConvFrame:
         """Output channel ``o`` of a padded channel axis: channels past O reuse the last filter."""
         return o if self.ext == self.o else tirx.min(o, self.o - 1)
 
-    def dot(self, mismatches, weight_popcounts) -> te.Tensor:
+    def dot(self, mismatches, weight_popcounts, adjust: te.Tensor | None = None) -> te.Tensor:
         """int32[N, OH, OW, ext] from ``mismatches(n, oh, ow, o)`` (the popcount over all taps of the padded input)
         and, at the border, ``weight_popcounts()`` -> int32[KH, KW, O] (popcount of each filter tap), of which the
-        taps in the padding are taken back out: they were counted as mismatches against 0 words."""
+        taps in the padding are taken back out: they were counted as mismatches against 0 words. ``adjust``: that
+        table (``pad_adjust``) laid out at compile time (:func:`prepared_weights`) instead."""
         base = self.c * self.kh * self.kw
         if not self.needs_adjust:
             return te.compute((self.n, self.oh, self.ow, self.ext), lambda n, oh, ow, o: base - 2 * mismatches(
                 n, oh, ow, o).astype("int32"), name="dot")
+        if adjust is not None:
+            return te.compute((self.n, self.oh, self.ow, self.ext), lambda n, oh, ow, o: base - 2 * mismatches(
+                n, oh, ow, o).astype("int32") + adjust[self.cls_h(oh), self.cls_w(ow), self.oc(o)], name="dot")
         popw = weight_popcounts()
         ak = te.reduce_axis((0, self.kh), name="ak")
         aj = te.reduce_axis((0, self.kw), name="aj")
@@ -152,7 +156,8 @@ def _pad_word(pad_value: int, channels: int):
     return lambda q: tirx.Select(q < full, tirx.const((1 << WORD_BITS) - 1, "uint64"), last)
 
 
-def compute_dot(xp: te.Tensor, wp: te.Tensor, geo: Conv2dGeometry, out_extent: int | None = None) -> te.Tensor:
+def compute_dot(xp: te.Tensor, wp: te.Tensor, geo: Conv2dGeometry, out_extent: int | None = None,
+                prepared: tuple | None = None) -> te.Tensor:
     """uint64[N,H,W,CW] x uint64[O,KH,KW,CW] -> exact int32 dot, NHWC: int32[N, OH, OW, O].
 
     Implementation (laid out for the x86 schedule):
@@ -167,8 +172,21 @@ def compute_dot(xp: te.Tensor, wp: te.Tensor, geo: Conv2dGeometry, out_extent: i
       and ``w[o, kh, kw, cw]`` are both contiguous in ``(kw, cw)`` in NHWC;
     * it accumulates in uint64 (``vpopcntq`` lanes) and ``out_extent`` may pad the output channels (to whole words
       for the bits output); channels past O reuse the last filter and are masked by the epilogue.
+
+    ``prepared = (weights_t, pad_adjust or None)``: the weight stages laid out at compile time
+    (:func:`prepared_weights`), read by the kernel as inputs; ``wp`` then only gives the filters' shape.
     """
     f = ConvFrame(xp, wp, geo, out_extent)
+    if prepared is not None:
+        wt, adjust = prepared
+        xs, ow_, sh, sw, dh, dw = f.xs, f.ow, f.sh, f.sw, f.dh, f.dw
+        rkh = te.reduce_axis((0, f.kh), name="rkh")
+        rkw = te.reduce_axis((0, f.kw), name="rkw")
+        rcw = te.reduce_axis((0, f.cw), name="rcw")
+        pop = te.compute((f.n, f.oh * ow_, f.ext), lambda n, p, o: te.sum(tirx.popcount(
+            xs[n, (p // ow_) * sh + rkh * dh, (p % ow_) * sw + rkw * dw, rcw] ^ wt[rkh, rkw, rcw, o]),
+            axis=[rkh, rkw, rcw]), name="popcount")
+        return f.dot(lambda n, oh, ow, o: pop[n, oh * ow_ + ow, o], None, adjust)
     xs, oc, ext, o_, ow_ = f.xs, f.oc, f.ext, f.o, f.ow
     kh_, kw_, cw_, sh, sw, dh, dw = f.kh, f.kw, f.cw, f.sh, f.sw, f.dh, f.dw
     rkh = te.reduce_axis((0, kh_), name="rkh")
@@ -210,19 +228,50 @@ def compute_dot(xp: te.Tensor, wp: te.Tensor, geo: Conv2dGeometry, out_extent: i
     return f.dot(lambda n, oh, ow, o: pop[n, oh * ow_ + ow, o], weight_popcounts)
 
 
-def compute(xp, wp, scale, bias, geo: Conv2dGeometry) -> te.Tensor:
+def compute(xp, wp, scale, bias, geo: Conv2dGeometry, prepared: tuple | None = None) -> te.Tensor:
     """Float output, NCHW: ``dot * scale[o] + bias[o]`` as float32[N, O, OH, OW]."""
-    dot = compute_dot(xp, wp, geo)
+    dot = compute_dot(xp, wp, geo, prepared=prepared)
     n_, oh_, ow_, o_ = (int(d) for d in dot.shape)
     return te.compute((n_, o_, oh_, ow_),
                       lambda n, o, oh, ow: dot[n, oh, ow, o].astype("float32") * scale[o] + bias[o],
                       name="binary_conv2d")
 
 
-def compute_bits(xp, wp, direction, threshold, geo: Conv2dGeometry) -> te.Tensor:
+def compute_bits(xp, wp, direction, threshold, geo: Conv2dGeometry, prepared: tuple | None = None) -> te.Tensor:
     """Bit output, NHWC-packed: ``dot * direction[o] >= threshold[o]`` as uint64[N, OH, OW, ceil(O/64)]."""
     padded = num_words(int(wp.shape[0])) * WORD_BITS
-    return epilogue.bits_output(compute_dot(xp, wp, geo, padded), direction, threshold, name="binary_conv2d_bits")
+    return epilogue.bits_output(compute_dot(xp, wp, geo, padded, prepared), direction, threshold,
+                                name="binary_conv2d_bits")
+
+
+def bits_extent(out_channels: int) -> int:
+    """The output-channel extent of ``compute_bits``' dot: whole words."""
+    return num_words(out_channels) * WORD_BITS
+
+
+def prepared_weights(wp: np.ndarray, geo: Conv2dGeometry, in_hw: tuple, out_extent: int | None = None) -> tuple:
+    """What :func:`compute_dot`'s weight stages compute on every call, done once at compile time (numpy):
+    ``weights_t`` uint64[KH, KW, CW, ext] (the filters with output channels innermost; channels past O repeat the
+    last filter) and ``pad_adjust`` int32[row classes, column classes, O] (the zero-padding correction per border
+    class: ``sum over the taps in the padding of 2 * popcount(w tap) - C``), or None when no tap is ever in zero
+    padding. The kernel reading them (``compute_dot(..., prepared=...)``) equals the one computing them."""
+    wp = np.ascontiguousarray(wp, dtype=np.uint64)
+    o, kh, kw, cw = wp.shape
+    h, w = (int(v) for v in in_hw)
+    f = ConvFrame(te.placeholder((1, h, w, cw), "uint64"), te.placeholder(wp.shape, "uint64"), geo, out_extent)
+    wt = np.ascontiguousarray(np.transpose(wp[np.minimum(np.arange(f.ext), o - 1)], (1, 2, 3, 0)))
+    if not f.needs_adjust:
+        return wt, None
+    popw = np.unpackbits(wp.view(np.uint8), axis=-1).reshape(o, kh, kw, -1).sum(axis=-1).astype(np.int64)
+    adjust = np.zeros((len(f.reps_h), len(f.reps_w), o), np.int64)
+    for a, rh in enumerate(f.reps_h):
+        for b, rw in enumerate(f.reps_w):
+            for i in range(kh):
+                for j in range(kw):
+                    ih, iw = rh * f.sh - f.pt + i * f.dh, rw * f.sw - f.pl + j * f.dw
+                    if not (0 <= ih < h and 0 <= iw < w):
+                        adjust[a, b] += 2 * popw[:, i, j] - f.c
+    return wt, adjust.astype(np.int32)
 
 
 def reference_dot(x_pm1: np.ndarray, w_pm1: np.ndarray, geo: Conv2dGeometry) -> np.ndarray:

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 
 import tvm
-from tvm import relax
+from tvm import relax, te
 
 from ..ops import binary_conv2d, binary_dense, binary_maxpool, bitpack
 
@@ -25,12 +25,32 @@ def _pool_geo(p):
 
 _conv_geo = binary_conv2d.Conv2dGeometry.from_params
 
+def _conv(compute):
+    """params -> TE function of a binary conv call: ``(xp, wp, a, b)``, or with its weights laid out at compile time
+    (params ``prepared``, schedules/weight_layout.py) ``(xp, weights_t, a, b)`` / ``(xp, weights_t, pad_adjust, a,
+    b)``."""
+    def builder(p):
+        geo = _conv_geo(p)
+        if not p.get("prepared"):
+            return lambda xp, wp, a, b: compute(xp, wp, a, b, geo)
+
+        def shape_of(wt):  # the packed filters' shape [O, KH, KW, CW]: the kernel reads only weights_t
+            kh, kw, cw, _ = (int(d) for d in wt.shape)
+            return te.placeholder((int(p["out_channels"]), kh, kw, cw), "uint64", name="filters")
+
+        if p["prepared"] == "weights_t":
+            return lambda xp, wt, a, b: compute(xp, shape_of(wt), a, b, geo, (wt, None))
+        return lambda xp, wt, adj, a, b: compute(xp, shape_of(wt), a, b, geo, (wt, adj))
+
+    return builder
+
+
 # op name -> (params -> TE function over the call's tensor arguments)
 TE_BUILDERS = {
     "bitpack_nchw": lambda p: bitpack.compute_nchw,
     "bitpack_rows": lambda p: bitpack.compute_rows,
-    "binary_conv2d": lambda p: lambda xp, wp, s, b: binary_conv2d.compute(xp, wp, s, b, _conv_geo(p)),
-    "binary_conv2d_bits": lambda p: lambda xp, wp, d, t: binary_conv2d.compute_bits(xp, wp, d, t, _conv_geo(p)),
+    "binary_conv2d": _conv(binary_conv2d.compute),
+    "binary_conv2d_bits": _conv(binary_conv2d.compute_bits),
     "binary_dense": lambda p: lambda xp, wp, s, b: binary_dense.compute(xp, wp, s, b, p["k"]),
     "binary_dense_bits": lambda p: lambda xp, wp, d, t: binary_dense.compute_bits(xp, wp, d, t, p["k"]),
     "binary_maxpool": lambda p: lambda xp: binary_maxpool.compute(xp, _pool_geo(p)),

@@ -23,6 +23,7 @@ knobs for MetaSchedule. bitpack (NCHW) is vectorised over W; maxpool/bitpack row
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import tvm
@@ -135,11 +136,11 @@ def default_knobs(op: str, func, target=None) -> Knobs:
     isa = popcount_isa(target)
     if isa == "neon":
         wide = str(target.attrs.get("mtriple", "")).startswith("aarch64")
-        if op.startswith("binary_conv2d") and _has_block(func, "weights_t"):
+        if op.startswith("binary_conv2d") and _channels(func):
             return Knobs(tile_p=4 if wide else 2, tile_o=8, vector=2)
         return Knobs(tile_p=2, tile_o=4, vector=_divisor_le(_reduction_words(func), 2))
     words = _reduction_words(func)
-    if op.startswith("binary_conv2d") and _has_block(func, "weights_t"):
+    if op.startswith("binary_conv2d") and _channels(func):
         if isa == "avx512":
             # float output (NCHW stores): 8 channels per block, unless one pixel tile covers the row (7x7 maps)
             sch = s_tir.Schedule(func)
@@ -172,6 +173,15 @@ def tuning_form(func, target=None):
 
 def _has_block(func, name: str) -> bool:
     return _try(s_tir.Schedule(func).get_sblock, name) is not None
+
+
+def _channels(func) -> bool:
+    """A conv vectorised over output channels: it transposes its filters (``weights_t``) or reads them transposed
+    at compile time (schedules/weight_layout.py)."""
+    attrs = func.attrs
+    if attrs is not None and "tvm_bnn.params" in attrs and json.loads(str(attrs["tvm_bnn.params"])).get("prepared"):
+        return True
+    return _has_block(func, "weights_t")
 
 
 def _reduction_words(func) -> int:
@@ -317,7 +327,7 @@ class _Sampled:
 
 def _apply(sch, op: str, how, num_cores: int, unroll: bool = True):
     _try(lambda: sch.compute_inline(sch.get_sblock("dot")))
-    channels = _try(sch.get_sblock, "weights_t") is not None
+    channels = _channels(sch.mod["main"])
     epi = sch.get_sblock(op)
     epilogue_loops = None
     if op == "binary_dense":
@@ -408,7 +418,7 @@ def fit_knobs(sch, op: str, knobs: Knobs) -> Knobs:
         # e.g. 7x7 maps with a 2 x 4 block: 7 x 2 (measured 25% faster than 1 x 4 on Zen 4)
         tile_p = _divisor_le(p_ext, 8)
         tile_o = -(-knobs.tile_p * knobs.tile_o // tile_p)
-    if _try(sch.get_sblock, "weights_t") is not None:  # conv, vectorised over output channels
+    if _channels(sch.mod["main"]):  # conv, vectorised over output channels
         vector = _divisor_le(o_ext, knobs.vector)
         tile_o = vector * _divisor_le(o_ext // vector, max(1, tile_o // vector))
         return Knobs(tile_p=tile_p, tile_o=tile_o, vector=vector, unroll=knobs.unroll)
