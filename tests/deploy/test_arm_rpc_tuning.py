@@ -90,7 +90,7 @@ def test_tune_aarch64_on_emulated_board_over_rpc(emulated_board, tmp_path):
     results = tvm_bnn.tune(model, "aarch64", (x,), trials=4, work_dir=work, rpc=emulated_board, cost_model="random",
                            trials_per_iter=4, progress=False)
     print(f"tuned {sum(r.trials for r in results)} aarch64 candidates over RPC in {time.monotonic() - t0:.1f} s")
-    assert [r.name for r in results] == ["tvm_bnn_binary_conv2d"], results
+    assert [r.name.rstrip("0123456789") for r in results] == ["tvm_bnn_binary_conv2d"], results  # one conv task
     assert results[0].trials >= 1 and results[0].best_us, (results, failures(work))
 
     # measured on the board: the database's records carry run times

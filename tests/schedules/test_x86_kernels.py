@@ -112,9 +112,10 @@ def test_binary_conv2d_with_weights_laid_out_at_compile_time(rng, target, pad_va
         np.testing.assert_array_equal(got, want, err_msg=op)
 
 
-def test_weight_layout_pass_applies_to_the_generic_x86_kernels_only():
-    """x86 (vpopcntq) and x86-popcnt build the channel-vectorised conv: their conv kernels read the prepared
-    tables and transpose nothing per call; x86-avx2 (byte-lane kernels) keeps the packed filters."""
+def test_weight_layout_pass_lays_out_each_targets_weights():
+    """Every x86 level's conv kernel reads tables laid out at compile time and lays out nothing per call: x86
+    (vpopcntq) and x86-popcnt the channel-vectorised layout, x86-avx2 its byte-lane flavour's nibble planes; the
+    portable C target keeps the packed filters (its kernels read them as they are)."""
     import torch
     import torch.nn.functional as F
 
@@ -130,7 +131,7 @@ def test_weight_layout_pass_applies_to_the_generic_x86_kernels_only():
             return model(x)
 
     analysed = analyse(Net(), (torch.randn(1, 5, 9, 7),))
-    for name, prepared in [("x86", True), ("x86-popcnt", True), ("x86-avx2", False)]:
+    for name, flavour in [("x86", None), ("x86-popcnt", None), ("x86-avx2", "avx2"), ("c", "packed")]:
         spec = resolve_target(name)
         with spec.target:
             fused = fuse_pipeline(spec.target)(analysed.optimized)
@@ -138,8 +139,11 @@ def test_weight_layout_pass_applies_to_the_generic_x86_kernels_only():
                  if f.attrs is not None and str(f.attrs.get("tvm_bnn.op", "")).startswith("binary_conv2d")]
         assert len(convs) == 1
         params = json.loads(str(convs[0].attrs["tvm_bnn.params"]))
+        prepared = flavour != "packed"
         assert (params.get("prepared") == "weights_t+pad_adjust") == prepared, name
+        assert params.get("flavour") == (flavour if prepared else None), name
         assert x86._has_block(convs[0], "weights_t") != prepared, name
+        assert x86._has_block(convs[0], "pad_adjust") != prepared, name
 
 
 DENSE = [(1, 1, 1), (3, 63, 10), (4, 65, 65), (2, 130, 130), (5, 300, 7), (8, 1024, 64)]

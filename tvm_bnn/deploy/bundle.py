@@ -231,7 +231,8 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
         raise BundleError(f"input_shape={tuple(input_shape)} but the model's input is {in_shapes[0]}")
 
     with tvm.target.Target({"kind": "c"}), tvm.transform.PassContext(opt_level=3):
-        fused = fuse_pipeline()(optimized_mod)
+        # an LLVM (ARM) bundle's binary convs read their weights laid out at compile time, as its kernels want them
+        fused = fuse_pipeline(target.target if llvm else None)(optimized_mod)
     calls = kernel_calls(fused, in_shapes, lean)
     in_tensors, out_tensors, consts, steps = calls.in_tensors, calls.out_tensors, calls.consts, calls.steps
     if output_shape is not None and tuple(output_shape) != tuple(out_tensors[0].shape):

@@ -25,14 +25,18 @@ def _pool_geo(p):
 
 _conv_geo = binary_conv2d.Conv2dGeometry.from_params
 
-def _conv(compute):
+def _conv(op, compute):
     """params -> TE function of a binary conv call: ``(xp, wp, a, b)``, or with its weights laid out at compile time
     (params ``prepared``, schedules/weight_layout.py) ``(xp, weights_t, a, b)`` / ``(xp, weights_t, pad_adjust, a,
-    b)``."""
+    b)``, in the generic layout or a byte-lane ``flavour``'s (that kernel's own TE, schedules/simd_bytes.py)."""
     def builder(p):
         geo = _conv_geo(p)
         if not p.get("prepared"):
             return lambda xp, wp, a, b: compute(xp, wp, a, b, geo)
+        if p.get("flavour"):
+            from ..schedules import simd_bytes
+
+            return lambda *args: simd_bytes.kernel_compute(op, p, args, simd_bytes.FLAVOURS[p["flavour"]])
 
         def shape_of(wt):  # the packed filters' shape [O, KH, KW, CW]: the kernel reads only weights_t
             kh, kw, cw, _ = (int(d) for d in wt.shape)
@@ -49,8 +53,8 @@ def _conv(compute):
 TE_BUILDERS = {
     "bitpack_nchw": lambda p: bitpack.compute_nchw,
     "bitpack_rows": lambda p: bitpack.compute_rows,
-    "binary_conv2d": _conv(binary_conv2d.compute),
-    "binary_conv2d_bits": _conv(binary_conv2d.compute_bits),
+    "binary_conv2d": _conv("binary_conv2d", binary_conv2d.compute),
+    "binary_conv2d_bits": _conv("binary_conv2d_bits", binary_conv2d.compute_bits),
     "binary_dense": lambda p: lambda xp, wp, s, b: binary_dense.compute(xp, wp, s, b, p["k"]),
     "binary_dense_bits": lambda p: lambda xp, wp, d, t: binary_dense.compute_bits(xp, wp, d, t, p["k"]),
     "binary_maxpool": lambda p: lambda xp: binary_maxpool.compute(xp, _pool_geo(p)),

@@ -35,9 +35,9 @@ import numpy as np
 from tvm import s_tir, te, tirx
 
 from ..ops import WORD_BITS, epilogue, num_words
-from ..ops.binary_conv2d import Conv2dGeometry, ConvFrame
+from ..ops.binary_conv2d import Conv2dGeometry, ConvFrame, prepared_weights
 from .loops import fuse_row_tasks, parallelize_outer, register_block
-from .simd_ops import call_op, nibble_plane, popcount_bytes
+from .simd_ops import NIBBLES, call_op, nibble_plane, popcount_bytes
 from .simd_params import kernel_params, signature
 
 CONV_OPS = ("binary_conv2d", "binary_conv2d_bits")
@@ -181,23 +181,45 @@ def _mismatch_stages(shape: tuple, word, axes: tuple, fl: Flavour):
     return te.compute(shape, lambda *i: te.sum(widen(byt[i + (ro, rg)]), axis=[ro, rg]), name="popcount")
 
 
-def conv_dot(xp, wp, geo: Conv2dGeometry, fl: Flavour, out_extent: int | None = None) -> te.Tensor:
-    """As ``binary_conv2d.compute_dot``: int32[N, OH, OW, out_extent] (channels past O reuse the last filter)."""
+def conv_weight_tables(wp: np.ndarray, geo: Conv2dGeometry, in_hw: tuple, fl: Flavour,
+                       out_extent: int | None = None) -> tuple:
+    """What :func:`conv_dot`'s weight stages compute on every call, done once (numpy, schedules/weight_layout.py):
+    the filters in blocks of output channels, ``[ext / blk, KH, KW, CW, blk]`` (as nibble planes ``[.., CW, 2,
+    blk]`` for the nibble flavours), and the zero-padding correction table of ``binary_conv2d.prepared_weights``."""
+    wp = np.ascontiguousarray(wp, dtype=np.uint64)
+    o, kh, kw, cw = wp.shape
+    _, adjust = prepared_weights(wp, geo, in_hw, out_extent)
+    ext = o if out_extent is None else int(out_extent)
+    blk = _largest_divisor(ext, WEIGHT_BLOCK)
+    blocks = wp[np.minimum(np.arange(ext), o - 1)].reshape(ext // blk, blk, kh, kw, cw).transpose(0, 2, 3, 4, 1)
+    if fl.nibbles:
+        blocks = np.stack([(blocks >> np.uint64(4 * h)) & np.uint64(NIBBLES) for h in (0, 1)], axis=-2)
+    return np.ascontiguousarray(blocks), adjust
+
+
+def conv_dot(xp, wp, geo: Conv2dGeometry, fl: Flavour, out_extent: int | None = None,
+             prepared: tuple | None = None) -> te.Tensor:
+    """As ``binary_conv2d.compute_dot``: int32[N, OH, OW, out_extent] (channels past O reuse the last filter).
+    ``prepared = (weights_t, pad_adjust or None)`` (:func:`conv_weight_tables`): the weight stages read as inputs
+    (``wp`` then only gives the filters' shape)."""
     f = ConvFrame(xp, wp, geo, out_extent)
     xs, oc, sh, sw, dh, dw = f.xs, f.oc, f.sh, f.sw, f.dh, f.dw
     blk = _largest_divisor(f.ext, WEIGHT_BLOCK)
+    table, adjust = prepared if prepared is not None else (None, None)
     if fl.nibbles:
         rep = fl.replicate
         xn = te.compute(tuple(int(d) for d in xs.shape) + (2, rep), lambda n, i, j, q, h, r: nibble_plane(
             xs[n, i, j, q], h), name="pad_nibbles")
-        wn = te.compute((f.ext // blk, f.kh, f.kw, f.cw, 2, blk), lambda b, i, j, q, h, o: nibble_plane(
-            wp[oc(b * blk + o), i, j, q], h), name="weights_t")
+        wn = table if table is not None else te.compute(
+            (f.ext // blk, f.kh, f.kw, f.cw, 2, blk), lambda b, i, j, q, h, o: nibble_plane(
+                wp[oc(b * blk + o), i, j, q], h), name="weights_t")
 
         def word(n, oh, ow, o, kh, kw, cw, h):
             return xn[n, oh * sh + kh * dh, ow * sw + kw * dw, cw, h, o % rep] ^ wn[o // blk, kh, kw, cw, h, o % blk]
     else:
-        wt = te.compute((f.ext // blk, f.kh, f.kw, f.cw, blk), lambda b, i, j, q, o: wp[oc(b * blk + o), i, j, q],
-                        name="weights_t")
+        wt = table if table is not None else te.compute(
+            (f.ext // blk, f.kh, f.kw, f.cw, blk), lambda b, i, j, q, o: wp[oc(b * blk + o), i, j, q],
+            name="weights_t")
         rep = fl.replicate
         xr = te.compute(tuple(int(d) for d in xs.shape) + (rep,), lambda n, i, j, q, r: xs[n, i, j, q],
                         name="pad_lanes")
@@ -208,7 +230,7 @@ def conv_dot(xp, wp, geo: Conv2dGeometry, fl: Flavour, out_extent: int | None = 
     pop = _mismatch_stages((f.n, f.oh, f.ow, f.ext), word, (f.kh, f.kw, f.cw), fl)
     rc = te.reduce_axis((0, f.cw), name="rc")
     return f.dot(lambda n, oh, ow, o: pop[n, oh, ow, o], lambda: te.compute((f.kh, f.kw, f.o), lambda i, j, o: te.sum(
-        tirx.popcount(wp[o, i, j, rc]).astype("int32"), axis=rc), name="popw"))
+        tirx.popcount(wp[o, i, j, rc]).astype("int32"), axis=rc), name="popw"), adjust)
 
 
 def dense_dot(xp, wp, k: int, fl: Flavour, out_extent: int | None = None) -> te.Tensor:
@@ -234,17 +256,26 @@ def dense_dot(xp, wp, k: int, fl: Flavour, out_extent: int | None = None) -> te.
 
 
 def kernel_compute(op: str, params: dict, args, fl: Flavour) -> te.Tensor:
-    """The byte-lane TE of one of our binary kernels: ``args`` placeholders -> output tensor."""
-    xp, wp, p2, p3 = args
+    """The byte-lane TE of one of our binary kernels: ``args`` placeholders -> output tensor. A conv whose weights
+    are laid out at compile time (params ``prepared``) takes ``(xp, weights_t, [pad_adjust,] p2, p3)``."""
+    prepared = None
+    if op in CONV_OPS and params.get("prepared"):
+        xp, table, *rest = args
+        adjust, (p2, p3) = (rest[0], rest[1:]) if len(rest) == 3 else (None, rest)
+        kh, kw, cw = (int(d) for d in table.shape[1:4])
+        wp = te.placeholder((int(params["out_channels"]), kh, kw, cw), "uint64", name="filters")
+        prepared = (table, adjust)
+    else:
+        xp, wp, p2, p3 = args
     padded = num_words(int(wp.shape[0])) * WORD_BITS
     if op in CONV_OPS:
         geo = Conv2dGeometry.from_params(params)
         if op == "binary_conv2d":
-            dot = conv_dot(xp, wp, geo, fl)
+            dot = conv_dot(xp, wp, geo, fl, prepared=prepared)
             n_, oh_, ow_, o_ = (int(d) for d in dot.shape)
             return te.compute((n_, o_, oh_, ow_), lambda n, o, oh, ow: dot[n, oh, ow, o].astype("float32") * p2[o]
                               + p3[o], name="binary_conv2d")
-        return epilogue.bits_output(conv_dot(xp, wp, geo, fl, padded), p2, p3, name="binary_conv2d_bits")
+        return epilogue.bits_output(conv_dot(xp, wp, geo, fl, padded, prepared), p2, p3, name="binary_conv2d_bits")
     if op == "binary_dense":
         return epilogue.float_output(dense_dot(xp, wp, params["k"], fl), p2, p3, channel_axis=1, name="binary_dense")
     return epilogue.bits_output(dense_dot(xp, wp, params["k"], fl, padded), p2, p3, name="binary_dense_bits")
@@ -447,7 +478,9 @@ def _schedule(sch, op: str, how, num_cores: int, unroll: bool = True):
             if _extent(sch, loops[-1]) > 1:
                 _try(sch.vectorize, loops[-1])
             parallelize_outer(sch, pad, min_parallel=4 * num_cores)
-    parallelize_outer(sch, sch.get_sblock("weights_t"), min_parallel=4 * num_cores)
+    weights_t = _try(sch.get_sblock, "weights_t")  # none when laid out at compile time
+    if weights_t is not None:
+        parallelize_outer(sch, weights_t, min_parallel=4 * num_cores)
     _try(_schedule_channel_tables, sch, how.lanes)
     return sch
 
