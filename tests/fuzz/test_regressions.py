@@ -350,3 +350,38 @@ def test_float_layer_with_four_weights_per_channel_is_two_bit():
                   wform="float", bias=False, bn=False, tap=True, seed=728),
         BinDense(out=1, act="tvm_bnn.nn", flatten_first=False, bias=True, bn=True, tap=True, seed=0)],
         input_seed=1)]))
+
+
+def test_conv_output_of_padding_only_is_the_models_zero():
+    """A float conv padded by more than its kernel reaches in has outputs that see only zero padding: exactly 0
+    whatever the input, the model's own zeros. A sign of them is PyTorch's 0 (the layer computes {-1, 0, 1} in
+    planes), not the tie rule's +1, which the analysis used to apply as if they were 0 by chance (wrong outputs:
+    7% of one conv's). Found by the long aarch64 run (the same on every target)."""
+    from .strategies import BinConv, BinDense, Branch, FloatConv, NetSpec
+
+    _replay(NetSpec([Branch(1, (2, 6, 18), [
+        FloatConv(cout=9, kernel=(3, 2), stride=(3, 3), dilation=(1, 1), padding=(0, 2), act=None, wform="sign",
+                  bias=False, bn=False, tap=True, seed=7226),
+        BinConv(cout=33, kernel=(2, 2), stride=(1, 3), dilation=(1, 1), padding=(2, 2), fpad=(2, 2, 2, 2),
+                act="ste_add", wform="sign", bias=True, seed=2976),
+        BinConv(cout=33, kernel=(2, 2), stride=(1, 1), dilation=(2, 2), padding=(1, 1), act="sign_sub_t",
+                wform="sign", groups=33, seed=65535)], input_seed=7027, input_zeros=0.2)]))
+    _replay(NetSpec([Branch(1, (1, 1, 1), [
+        FloatConv(cout=1, kernel=(1, 1), stride=(2, 2), dilation=(1, 1), padding=(0, 1), act=None, wform="sign",
+                  bias=False, bn=False, tap=True, seed=0),
+        BinDense(out=31, act="ste_add", wform="ternary", flatten_first=False, bias=True, bn=True, tap=True, seed=0,
+                 matmul=True),
+        BinDense(out=1, act="tvm_bnn.nn", flatten_first=True, bias=True, bn=True, tap=True, seed=0)],
+        input_seed=0)]))
+
+
+def test_constant_sign_is_binary():
+    """BatchNorms with gamma = 0 make a tensor constant per channel; a sign of it (both constants >= 0) is the
+    constant +1: one of the two values +-1, binarized (it was refused: "a Where maps both of its values to 1").
+    Found by the long x86 run."""
+    from .strategies import BN, BinDense, Branch, FloatDense, NetSpec
+
+    _replay(NetSpec([
+        Branch(1, (1,), [FloatDense(out=1, act=None, bias=False, bn=False, tap=True, seed=0)], input_seed=0),
+        Branch(1, (2, 1, 1), [BN(seed=0), BinDense(out=1, act="tvm_bnn.nn", flatten_first=False, bias=True, bn=True,
+                                                    tap=True, seed=0)], input_seed=0)]))

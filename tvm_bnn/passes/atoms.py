@@ -125,6 +125,29 @@ def _scalar(arg) -> float:
     return float(arg.value)
 
 
+def _structural_zero(value, name, w) -> str:
+    """Why a conv2d / matmul of any float input has exact zeros whatever the input (the model's own zeros, not 0 by
+    chance), or "": an output whose receptive field is all zero padding (a conv padded by more than its kernel
+    reaches in), or an output channel whose weights are all 0."""
+    kind = "Conv" if name == "relax.nn.conv2d" else "MatMul"
+    per_channel = w.reshape(w.shape[0], -1) if name == "relax.nn.conv2d" else w.reshape(-1, w.shape[-1]).T
+    if np.any(np.all(per_channel == 0, axis=1)):
+        return f"a {kind} with an output channel of zero weights"
+    if name != "relax.nn.conv2d":
+        return ""
+    shape = static_shape(value.args[0])
+    if shape is None or str(value.attrs.data_layout) != "NCHW" or str(value.attrs.kernel_layout) != "OIHW":
+        return ""
+    pt, pl, pb, pr = (int(p) for p in value.attrs.padding)
+    (sh, sw), (dh, dw) = (int(v) for v in value.attrs.strides), (int(v) for v in value.attrs.dilation)
+    axes = ((shape[2], w.shape[2], sh, dh, pt, pb), (shape[3], w.shape[3], sw, dw, pl, pr))
+    for extent, k, s, d, before, after in axes:
+        out = (extent + before + after - d * (k - 1) - 1) // s + 1
+        if any(all(not 0 <= o * s - before + t * d < extent for t in range(k)) for o in range(out)):
+            return f"a {kind} whose padding covers a whole receptive field (an output of zero padding only)"
+    return ""
+
+
 def _exact_sums(units: np.ndarray, bound: float) -> bool:
     """Are sums of up to ``bound`` multiples of each unit exact in float32 (every partial sum representable: the
     unit is a small integer times a power of two, 0.75 = 3/4; not 0.7)?"""
@@ -302,8 +325,9 @@ class AtomAnalysis:
                 return Atoms(grids=[Grid(units.reshape(shape), np.zeros(()), 0.0, bound)],
                              why=f"an integer-valued {'Conv' if axis == 0 else 'MatMul'} (a binary layer)")
             return TOP_OF("a layer of two-valued inputs")
+        zero = _structural_zero(value, name, w)
         if a.none:
-            return NONE
+            return point(0.0, zero) if zero else NONE
         if not a.top and any(np.any(np.asarray(p) == 0) for p in a.points):
             return point(0.0, f"a {'Conv' if axis == 0 else 'MatMul'} of a tensor with exact zeros ({a.why})")
         return TOP_OF(a.why)

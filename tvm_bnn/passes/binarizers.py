@@ -187,8 +187,15 @@ def _remapped_binary(graph: Graph, expr, root, inner: BinaryTensor) -> BinaryTen
         raise Refused(f"{describe(graph.value(expr))} gives its two values a different scale per element "
                       "(the activation scale must be one per tensor)")
     lo, hi = float(f_low.reshape(-1)[0]), float(f_high.reshape(-1)[0])
-    if lo == hi or np.isnan(lo) or np.isnan(hi):
+    if np.isnan(lo) or np.isnan(hi) or (lo == hi == 0.0):
         raise Refused(f"{describe(graph.value(expr))} maps both of its values to {lo:g}")
+    if lo == hi:
+        # the constant c: one of the two values {-|c|, |c|}, by a test every element passes (x * 0 >= 0: c > 0) or
+        # fails (x * 0 >= 1: c < 0)
+        c = lo
+        inner = inner.replace(scale=np.zeros_like(np.asarray(inner.scale, np.float32)),
+                              threshold=np.full_like(np.asarray(inner.threshold, np.float32), 0.0 if c > 0 else 1.0))
+        lo, hi = -abs(c), abs(c)
     if inner.pad is not None:
         # An elementwise op after the padding maps the padding value too, e.g. sign(pad(sign(x), 0)) pads with +1.
         widths, value = inner.pad
