@@ -93,7 +93,13 @@ ACT_FORMS = {
     "sign_sub_t": lambda x, b: torch.sign(x - b.threshold(x)),  # per-channel threshold t (some 0, some integers)
     "where_ge_t": lambda x, b: torch.where(x >= b.threshold(x), 1.0, -1.0),
     "gt01_t": lambda x, b: (x > b.threshold(x)).float(),
+    # few-level activations (computed in bit planes, W1A2): a 2-bit signed narrow quantizer {-1, 0, 1} (Brevitas'
+    # QuantIdentity at bit width 2) and DoReFa's 4 levels {0, 1/3, 2/3, 1}
+    "round3": lambda x: torch.clamp(torch.round(x), -1, 1),
+    "dorefa4": lambda x: torch.round(torch.clamp(x, 0, 1) * 3) / 3,
 }
+# few-level forms: where their level changes (the values compared with 0 for the near-tie check)
+LEVEL_STEPS = {"round3": (-0.5, 0.5), "dorefa4": (1 / 6, 1 / 2, 5 / 6)}
 PARAM_FORMS = {"brevitas", "brevitas_rand", "sign_sub_t", "where_ge_t", "gt01_t"}
 THRESHOLD_FORMS = {"sign_sub_t", "where_ge_t", "gt01_t"}  # compare x - t with 0
 SCALE_FORMS = {"brevitas": 0.75, "brevitas_rand": None}  # None: random per layer
@@ -105,7 +111,7 @@ SMOOTH_OPS = {"tanh", "sigmoid", "silu"}  # elementwise ops whose value at a poi
 STE_FORMS = {"ste_add", "ste_add_where", "bireal_ste", "reactnet_ste", "detach_ste", "hardtanh_ste"}
 # forms whose result is not decided by the sign of a value that is >= 0 by construction (after a ReLU): strict
 # x > 0 (0 vs a tiny positive), and thresholds t != 0. Near ties are checked there whatever the input.
-NONNEG_UNSAFE = {"where_gt", "gt01_t"} | THRESHOLD_FORMS
+NONNEG_UNSAFE = {"where_gt", "gt01_t"} | THRESHOLD_FORMS | set(LEVEL_STEPS)
 # the compiled semantics in float64: ``sign`` is the tie rule (x >= 0 -> +1) in a bit-packed layer, torch.sign in
 # a layer that stays float (README "Tie rule"); every other form is exact at its threshold. Default: sign(x).
 REF_FORMS = {
@@ -119,13 +125,16 @@ REF_FORMS = {
     "sign_sub_t": lambda x, b, sign: sign(x - b.threshold(x)),
     "where_ge_t": lambda x, b, sign: ge_sign(x - b.threshold(x)),
     "gt01_t": lambda x, b, sign: (x > b.threshold(x)).to(x.dtype),
+    "round3": lambda x, b, sign: torch.clamp(torch.round(x), -1, 1),
+    "dorefa4": lambda x, b, sign: torch.round(torch.clamp(x, 0, 1) * 3) / 3,
 }
 # the two values (low, high) of a form; default +-1
 VALUES = {"ge01": lambda b: (0.0, 1.0), "gt01_t": lambda b: (0.0, 1.0), "where_m1_3": lambda b: (-1.0, 3.0),
-          "brevitas": lambda b: (-float(b.s), float(b.s)), "brevitas_rand": lambda b: (-float(b.s), float(b.s))}
+          "brevitas": lambda b: (-float(b.s), float(b.s)), "brevitas_rand": lambda b: (-float(b.s), float(b.s)),
+          "dorefa4": lambda b: (0.0, 1.0)}  # few-level forms: their lowest and highest levels
 # the output domain of a binary layer with +-1 weights and no bias/BN on this form: "int" (exact: integers, or
 # exact multiples of 0.75 / halves), "scaled" (float multiples of a random s, rounded); default "int"
-ACT_DOMAIN = {"brevitas_rand": "scaled"}
+ACT_DOMAIN = {"brevitas_rand": "scaled", "dorefa4": "scaled"}
 # the tvm_bnn.nn layers binarize internally with binary_sign
 MODULE_FORM = "tvm_bnn.nn"
 
@@ -345,13 +354,16 @@ class Binarize(torch.nn.Module):
         if mode == "torch":
             return self.fn(x, self) if form in PARAM_FORMS else self.fn(x)
         t = self.threshold(x) if form in THRESHOLD_FORMS else None
-        if mode == "ref":  # record the value compared with the threshold
+        if mode == "ref":  # record the value compared with the threshold (each step's, for a few-level form)
             tied = self.packed and self.chance and form in TIE_DIFFERS
-            self.ctx.seen.append((form, x.detach() - t if t is not None else x.detach(), self.nonneg, tied))
+            for step in LEVEL_STEPS.get(form, (0.0,)):
+                self.ctx.seen.append((form, (x.detach() - t if t is not None else x.detach()) - step, self.nonneg,
+                                      tied))
             self._ref_in = x.detach()
             # the forms without torch.sign (where(x >= 0, 1, -1), the default of REF_FORMS) are exact at 0 anyway
             return self.ref(x, self._tie_sign if tied else torch.sign if form in TIE_DIFFERS else ge_sign)
-        self.ctx.bounds.append(x.detach() + t.abs() if t is not None else x.detach())
+        for step in LEVEL_STEPS.get(form, (0.0,)):
+            self.ctx.bounds.append((x.detach() + t.abs() if t is not None else x.detach()) + abs(step))
         return torch.ones_like(x) * max(abs(v) for v in self.values())
 
 
@@ -777,9 +789,10 @@ class FuzzNet(torch.nn.Module):
             if isinstance(s, BinConv):
                 mod = BinConvMod(ctx, s, c, nonneg)
                 self.layer_infos.append(LayerInfo(name, mod.refused_pad or "binary"))
-                if nonneg and s.act in TIE_DIFFERS and s.fpad_fill == -1 and any(s.fpad) and not s.fpad_pre:
-                    # a torch.sign form of a tensor >= 0 (after a ReLU) takes {0, 1} with the model's zeros, or is
-                    # constant: the pad's -1 is then neither value (found by the long Cortex-M fuzz run)
+                if nonneg and (s.act in TIE_DIFFERS or s.act == "round3") and s.fpad_fill == -1 and any(s.fpad) \
+                        and not s.fpad_pre:
+                    # a torch.sign (or round) form of a tensor >= 0 (after a ReLU) takes {0, 1} with the model's
+                    # zeros, or is constant: the pad's -1 is then neither value (found by the long Cortex-M run)
                     self.layer_infos[-1].maybe = tuple(self.layer_infos[-1].maybe) + ("bad_pad",)
             elif isinstance(s, BinDense):
                 mod = BinDenseMod(ctx, s, int(np.prod(shape)), nonneg, cin=c)
@@ -1080,6 +1093,7 @@ NEW_FORM_FAMILIES = (
     ("ge01", "where_m1_3"),  # two values other than +-1: {0, 1}, {-1, 3}
     ("brevitas", "brevitas_rand"),  # +-s: Brevitas' clamp, compare, scale
     ("sign_sub_t", "where_ge_t", "gt01_t"),  # per-channel thresholds
+    ("round3", "dorefa4"),  # few levels: bit planes (W1A2)
 )
 NEW_FORMS = {f for family in NEW_FORM_FAMILIES for f in family}
 CLASSIC_FORMS = sorted(set(ACT_FORMS) - NEW_FORMS)
