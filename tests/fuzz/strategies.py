@@ -828,7 +828,10 @@ class FuzzNet(torch.nn.Module):
             if site is not None and input_only and not nonneg and not zero_risk and not pads_first:
                 site.chance = True  # the model input's own zeros (a sign of F.pad(x) has the pad's zeros as well:
                 # the compiled layer then computes {-1, 0, 1} in planes, every zero as PyTorch does)
-            input_only = input_only and isinstance(s, (Elementwise, BN, Pool))
+            # a residual add of the input keeps its chance zeros: x + body(x) is 0 only where x happens to be -body
+            # (the analysis' view: a sum with an arbitrary float is arbitrary), and so do hardtanh / prelu after it
+            input_only = input_only and (isinstance(s, (Elementwise, BN, Pool)) or (
+                isinstance(s, Residual) and s.post in (None, "hardtanh", "prelu")))
             if zero_risk and getattr(s, "act", None) in TIE_DIFFERS:
                 # the model may make exact zeros here (dot = 0 of an integer-valued layer, a ReLU's or a constant
                 # channel's): sign(0) = 0 is a third value, and the analysis keeps the layer float when it cannot rule
@@ -867,7 +870,10 @@ class FuzzNet(torch.nn.Module):
             elif not isinstance(s, Pool):
                 nonneg = False
             shape, domain = _next_state(s, shape, domain)
-            zero_risk = domain == "int" or nonneg or _zero_channel(mod, zero_risk and isinstance(s, (Pool, Elementwise)))
+            if isinstance(s, Residual):  # x + body: a zero channel of the body keeps x's zeros, makes none of its own
+                zero_risk = domain == "int" or nonneg or (zero_risk and _zero_channel(mod.body, False))
+            else:
+                zero_risk = domain == "int" or nonneg or _zero_channel(mod, zero_risk and isinstance(s, (Pool, Elementwise)))
             mod.tap = getattr(s, "tap", False)
             mod.exact = domain == "int"  # integer-valued output: compared exactly
             mods.append(mod)

@@ -385,3 +385,25 @@ def test_constant_sign_is_binary():
         Branch(1, (1,), [FloatDense(out=1, act=None, bias=False, bn=False, tap=True, seed=0)], input_seed=0),
         Branch(1, (2, 1, 1), [BN(seed=0), BinDense(out=1, act="tvm_bnn.nn", flatten_first=False, bias=True, bn=True,
                                                     tap=True, seed=0)], input_seed=0)]))
+
+
+@pytest.mark.parametrize("case", ["sum", "hardtanh"])
+def test_residual_of_the_input_keeps_its_chance_zeros(case):
+    """x + body(x) is 0 only where the input's own (chance) zero meets a 0 of the body: a zero by chance, so a
+    torch.sign form after it takes the tie rule's +1 in the compiled model, as the analysis says; the check called it
+    the model's zero (a zero channel in the body's BatchNorm) and expected PyTorch's 0. Found by the long Cortex-M
+    run; compiled and check now agree."""
+    from .strategies import Branch, Fork, NetSpec, Pool, Residual
+
+    if case == "sum":
+        spec = NetSpec([Branch(2, (6, 1, 1), [
+            Pool(op="avg", kernel=1, stride=1, padding=0, ceil_mode=True, count_include_pad=False),
+            Residual(kernel=1, dilation=1, act="tvm_bnn.nn", wform=None, post=None, tap=True, seed=5),
+            Fork(cout=1, kernel=3, act="bireal_ste", wform="sign", bn=False, seed=0)], input_seed=4, input_zeros=0.2)])
+    else:
+        spec = NetSpec([Branch(2, (127, 1, 1), [
+            Pool(op="avg", kernel=1, stride=1, padding=0, ceil_mode=True, count_include_pad=True),
+            Residual(kernel=3, dilation=1, act="brevitas_rand", wform="const_alpha", post="hardtanh", seed=5),
+            Fork(cout=127, kernel=5, act="hardtanh_sign", wform="where_ge", bn=True, seed=1422)],
+            input_seed=20, input_zeros=0.2)])
+    _replay(spec)
