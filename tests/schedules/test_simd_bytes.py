@@ -67,9 +67,7 @@ def _conv_case(rng, n, c, o, h, w, kernel, strides, padding, dilation, pad_value
 @pytest.mark.parametrize("case", CONV, ids=[f"conv{i}" for i in range(len(CONV))])
 def test_avx2_conv_with_weights_laid_out_at_compile_time(rng, case):
     """The byte-lane conv reading ``conv_weight_tables``' nibble-plane blocks and padding table (what
-    schedules/weight_layout.py binds as constants), built by the same TE builder a compiled model uses: exact."""
-    from tvm_bnn.passes.kernels import TE_BUILDERS
-
+    schedules/weight_layout.py binds as constants), built from the same TE a compiled model uses: exact."""
     geo, dot, xp, wp = _conv_case(rng, *case)
     o = wp.shape[0]
     scale, bias = exact_affine(rng, o)
@@ -81,7 +79,8 @@ def test_avx2_conv_with_weights_laid_out_at_compile_time(rng, case):
         params = dict(geo.params(), out_channels=o, flavour="avx2",
                       prepared="weights_t" if adjust is None else "weights_t+pad_adjust")
         inputs = [("xp", xp), ("weights_t", table)] + ([] if adjust is None else [("pad_adjust", adjust)]) + tail
-        got = _run_x86(op, inputs, TE_BUILDERS[op](params), params)
+        got = _run_x86(op, inputs, lambda *a, op=op, params=params: simd_bytes.kernel_compute(
+            op, params, a, simd_bytes.FLAVOURS["avx2"]), params)
         want = (epilogue.float_reference(dot, scale, bias, channel_axis=1) if op == "binary_conv2d" else
                 epilogue.bits_reference(np.transpose(dot, (0, 2, 3, 1)), direction, threshold))
         np.testing.assert_array_equal(got, want, err_msg=op)

@@ -28,15 +28,13 @@ _conv_geo = binary_conv2d.Conv2dGeometry.from_params
 def _conv(op, compute):
     """params -> TE function of a binary conv call: ``(xp, wp, a, b)``, or with its weights laid out at compile time
     (params ``prepared``, schedules/weight_layout.py) ``(xp, weights_t, a, b)`` / ``(xp, weights_t, pad_adjust, a,
-    b)``, in the generic layout or a byte-lane ``flavour``'s (that kernel's own TE, schedules/simd_bytes.py)."""
+    b)`` in the generic layout (a byte-lane ``flavour``'s layout comes with its own TE: ``call_kernel(te_func=)``)."""
     def builder(p):
         geo = _conv_geo(p)
         if not p.get("prepared"):
             return lambda xp, wp, a, b: compute(xp, wp, a, b, geo)
         if p.get("flavour"):
-            from ..schedules import simd_bytes
-
-            return lambda *args: simd_bytes.kernel_compute(op, p, args, simd_bytes.FLAVOURS[p["flavour"]])
+            raise ValueError(f"{op} in the {p['flavour']} layout: its TE is the byte-lane kernel's (te_func)")
 
         def shape_of(wt):  # the packed filters' shape [O, KH, KW, CW]: the kernel reads only weights_t
             kh, kw, cw, _ = (int(d) for d in wt.shape)
@@ -68,10 +66,12 @@ class KernelCall:
     args: list  # Relax arguments of the call_tir
 
 
-def call_kernel(bb: relax.BlockBuilder, op: str, args, **params) -> relax.Call:
-    """A call_tir of operator ``op`` on ``args`` (not yet emitted; the caller binds it)."""
+def call_kernel(bb: relax.BlockBuilder, op: str, args, te_func=None, **params) -> relax.Call:
+    """A call_tir of operator ``op`` on ``args`` (not yet emitted; the caller binds it). ``te_func``: the TE of the
+    kernel when it is not ``TE_BUILDERS[op](params)`` (a target's own form, e.g. schedules/weight_layout.py's)."""
     attrs = {"tvm_bnn.op": op, "tvm_bnn.params": json.dumps(params, sort_keys=True), "op_pattern": OPAQUE}
-    return bb.call_te(TE_BUILDERS[op](params), *args, primfunc_name_hint=f"tvm_bnn_{op}", primfunc_attrs=attrs)
+    return bb.call_te(te_func or TE_BUILDERS[op](params), *args, primfunc_name_hint=f"tvm_bnn_{op}",
+                      primfunc_attrs=attrs)
 
 
 def kernel_of(mod: tvm.IRModule, expr) -> KernelCall | None:

@@ -65,9 +65,12 @@ def _plan_for(layout):
             params["prepared"] = "weights_t" if adjust is None else "weights_t+pad_adjust"
             tables = [relax.const(table)] + ([] if adjust is None else [relax.const(adjust)])
 
-            def recipe(bb, new, call=call, tables=tables, params=params):
+            te_func = None if layout == "generic" else (
+                lambda *a, op=call.op, params=params: simd_bytes.kernel_compute(op, params, a, layout))
+
+            def recipe(bb, new, call=call, tables=tables, params=params, te_func=te_func):
                 args = [new(call.args[0]), *tables, *(new(a) for a in call.args[2:])]
-                return call_kernel(bb, call.op, args, **params)
+                return call_kernel(bb, call.op, args, te_func=te_func, **params)
 
             recipes[value] = recipe
         return recipes
