@@ -325,6 +325,10 @@ class Binarize(torch.nn.Module):
         # and a packed torch.sign takes them as +1 (README "Tie rule"); everywhere else a zero is the model's own
         # (a ReLU, a BatchNorm with gamma == beta == 0, an integer-valued binary layer), and sign(0) = 0 is kept
         self.chance = False
+        # the binarized tensor is a float conv / dense output (or elementwise of one): an exact 0 there is a sum that
+        # cancelled, which another summation order or an FMA leaves a rounding away from 0 (README: a pre-activation
+        # within a rounding of 0 may binarize differently): such zeros are near ties, not tie-rule cases
+        self.cancelled = False
         fn = ACT_FORMS.get(form)
         self.fn = fn().eval() if isinstance(fn, type) else fn
         rng = _rng(seed + 3)
@@ -358,7 +362,7 @@ class Binarize(torch.nn.Module):
             tied = self.packed and self.chance and form in TIE_DIFFERS
             for step in LEVEL_STEPS.get(form, (0.0,)):
                 self.ctx.seen.append((form, (x.detach() - t if t is not None else x.detach()) - step, self.nonneg,
-                                      tied))
+                                      tied, self.cancelled))
             self._ref_in = x.detach()
             # the forms without torch.sign (where(x >= 0, 1, -1), the default of REF_FORMS) are exact at 0 anyway
             return self.ref(x, self._tie_sign if tied else torch.sign if form in TIE_DIFFERS else ge_sign)
@@ -777,6 +781,7 @@ class FuzzNet(torch.nn.Module):
         after_nonneg = False  # only BN / elementwise ops since a ReLU / sigmoid (see _maybe_constant)
         zero_risk = False  # the tensor may have exact zeros the model makes (see Binarize.chance)
         smooth = False  # a tanh / sigmoid / silu since the last layer: its rounding may decide a threshold
+        after_float_sum = False  # the tensor is a float conv / dense output, through elementwise ops, BN, pooling
         input_only = True  # only elementwise ops, BatchNorms and pooling since the model input
         for li, s in enumerate(br.layers):  # through ops the analysis follows: it is binary itself (README)
             n_infos = len(self.layer_infos)
@@ -824,6 +829,12 @@ class FuzzNet(torch.nn.Module):
                 for info in self.layer_infos[n_infos:]:
                     info.maybe = _maybe_constant(s, mod, info)
             site = getattr(mod, "binarize", None) or getattr(getattr(mod, "body", None), "binarize", None)
+            if site is not None:
+                site.cancelled = after_float_sum
+            if isinstance(s, (FloatConv, FloatDense)):
+                after_float_sum = True  # float weights: their sums cancel to 0 or not by how they are rounded
+            elif not isinstance(s, (Elementwise, BN, Pool)):
+                after_float_sum = False
             pads_first = isinstance(s, BinConv) and s.fpad_pre and any(s.fpad)
             if site is not None and input_only and not nonneg and not zero_risk and not pads_first:
                 site.chance = True  # the model input's own zeros (a sign of F.pad(x) has the pad's zeros as well:
@@ -1058,7 +1069,7 @@ def evaluate(built: Built) -> Reference:
             ctx.mode = "torch"
     assert len(ctx.seen) == len(ctx.bounds)
     near = tie = zeros = 0
-    for (form, x, nonneg, tied), bound in zip(ctx.seen, ctx.bounds):
+    for (form, x, nonneg, tied, cancelled), bound in zip(ctx.seen, ctx.bounds):
         x, bound = x.numpy(), bound.numpy()
         is_zero = x == 0
         zeros += int(is_zero.sum())
@@ -1070,6 +1081,8 @@ def evaluate(built: Built) -> Reference:
         if nonneg and (form in NONNEG_UNSAFE or (not packed and form in TIE_DIFFERS)):
             nonneg = False
             near += ctx.relu_near  # an exact 0 from a ReLU may be a tiny positive value in float32
+        if cancelled:  # a float sum that cancelled to exactly 0 here may not in the compiled model's order
+            near += int((is_zero & (bound > 0)).sum())
         if not nonneg:  # a value >= 0 by construction is on the same side of x >= 0 / x < 0 however it rounds
             # relative to the bound, or below float32's normal range (underflow rounds to 0 there)
             near += int(((np.abs(x) < np.maximum(TIE_RTOL * bound, 1e-30)) & ~is_zero).sum())
