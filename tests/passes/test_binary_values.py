@@ -220,3 +220,29 @@ def test_staircase_is_a_level_tensor_with_exact_thresholds():
     np.testing.assert_array_equal(planes[0].threshold, np.float32(-0.5))
     np.testing.assert_array_equal(planes[1].threshold, next_up(np.float32(0.5)))
     assert np.all(planes[0].scale == 1) and np.all(planes[1].scale == 1)
+
+
+@pytest.mark.parametrize("pad_level", [None, 0, 1, 2, 3])
+def test_four_levels_are_two_parity_planes_that_sum_to_each_level(pad_level):
+    """4 levels take 2 planes in the binary code (the thermometer would take 3): plane b's bit is the XOR of the
+    thermometer steps where bit b of the level changes; the planes' values sum to every level, and a padding value
+    that is a level pads each plane with its bit of that level."""
+    from tvm_bnn.passes.binary_values import BinaryTensor, LevelTensor, ParityPlane
+
+    lo, step = -0.75, 0.5
+    x = np.linspace(-2, 2, 41, dtype=np.float32)[None]
+    thresholds = [np.full((1, 1), t, np.float32) for t in (-1.0, 0.0, 1.0)]
+    pad = None if pad_level is None else ([(0, 0), (0, 0), (1, 1), (1, 1)], lo + step * pad_level)
+    src = LevelTensor(None, [np.ones((1, 1), np.float32)] * 3, thresholds, lo, step, pad=pad)
+    planes = src.planes()
+    assert len(planes) == 2 and all(isinstance(p, ParityPlane) for p in planes)
+    level = sum((x >= t).astype(int) for t in thresholds)
+    total = 0.0
+    for p in planes:
+        assert all(isinstance(t, BinaryTensor) for t in p.tests)
+        bit = np.logical_xor.reduce([x * t.scale >= t.threshold for t in p.tests])
+        total = total + np.where(bit, p.high, p.low)
+    np.testing.assert_array_equal(total, lo + step * level)
+    if pad_level is not None:
+        assert sum(p.pad[1] for p in planes) == lo + step * pad_level
+        assert all(p.pad[1] in (p.low, p.high) for p in planes)

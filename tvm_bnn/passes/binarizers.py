@@ -15,7 +15,7 @@ import numpy as np
 from tvm import relax
 
 from .atoms import AtomAnalysis
-from .binary_values import BinaryTensor, Chain, LevelTensor, Refused, _Roots, analyse_chain, describe, negate_test
+from .binary_values import BinaryTensor, Chain, LevelTensor, ParityPlane, Refused, _Roots, analyse_chain, describe, negate_test
 from .graph import Graph, op_name, static_shape
 from .kernels import call_kernel
 from .weights import binary_weight_scale
@@ -286,7 +286,13 @@ def _compact(arr: np.ndarray) -> np.ndarray:
 
 def emit_packed(bb, new, source: BinaryTensor, rows: bool, extra_post=()):
     """Emit the packed bits of ``source`` (then ``extra_post``, e.g. a group's channel slice): ``bitpack_rows`` for
-    a dense input [M, K], ``bitpack_nchw`` for a conv input."""
+    a dense input [M, K], ``bitpack_nchw`` for a conv input; a :class:`ParityPlane`'s as the XOR of its tests'."""
+    if isinstance(source, ParityPlane):
+        words = [emit_packed(bb, new, test, rows, extra_post) for test in source.tests]
+        out = words[0]
+        for other in words[1:]:
+            out = bb.emit(relax.op.bitwise_xor(out, other))
+        return out
     op = "bitpack_rows" if rows else "bitpack_nchw"
     post = list(source.post) + list(extra_post)
     x = new(source.root)

@@ -56,7 +56,7 @@ from .describe import describe, render
 from .float_order import MAX_KEY, first_true, from_key, negate_test, next_up, to_key
 from .graph import Graph, op_name, static_shape, tensor_args
 
-__all__ = ["BinaryTensor", "Chain", "LevelTensor", "Refused", "analyse_chain", "describe", "first_true", "from_key", "negate_test",
+__all__ = ["BinaryTensor", "Chain", "LevelTensor", "ParityPlane", "Refused", "analyse_chain", "describe", "first_true", "from_key", "negate_test",
            "next_up", "to_key", "MAX_KEY"]
 
 UNKNOWN = 2  # a direction that could not be established
@@ -773,15 +773,52 @@ class LevelTensor:
                     raise Refused(f"it is padded with {value:g}, which is neither 0 nor one of its values "
                                   f"{', '.join(_fmt(v) for v in self.values)}")
                 pad_level = int(m)
-        out = []
+        steps = []  # the thermometer: plane j is m >= j
         for j, (scale, threshold) in enumerate(zip(self.scales, self.thresholds), start=1):
             low, high = (self.lo, self.lo + self.step) if j == 1 else (0.0, self.step)
             pad = None
             if self.pad is not None:
                 widths, value = self.pad
                 pad = (widths, 0.0 if pad_level is None else (high if pad_level >= j else low))
-            out.append(BinaryTensor(self.root, scale, threshold, low, high, list(self.post), pad))
+            steps.append(BinaryTensor(self.root, scale, threshold, low, high, list(self.post), pad))
+        if self.bits >= len(steps):
+            return steps
+        # the binary code, fewer planes: bit b of m is the parity of the steps j where bit b changes (m >= j rises
+        # through them in order), so each plane's packed bits are the XOR of those steps' packed bits
+        out = []
+        for b in range(self.bits):
+            low, high = (self.lo, self.lo + self.step) if b == 0 else (0.0, self.step * 2 ** b)
+            pad = None
+            if self.pad is not None:
+                widths, value = self.pad
+                pad = (widths, 0.0 if pad_level is None else (high if pad_level >> b & 1 else low))
+            tests = [steps[j - 1] for j in range(1, self.levels) if (j >> b & 1) != ((j - 1) >> b & 1)]
+            out.append(ParityPlane(tests, low, high, pad))
         return out
+
+
+@dataclass
+class ParityPlane:
+    """A two-valued plane of a few-level tensor in the binary code: its bit is the XOR of the bits of ``tests``
+    (thermometer planes of the same root and layout; their own two values are not used), ``high`` when set."""
+
+    tests: list
+    low: float
+    high: float
+    pad: tuple | None = None
+    bits = 1
+
+    @property
+    def half(self) -> float:
+        return (self.high - self.low) / 2
+
+    @property
+    def mid(self) -> float:
+        return (self.high + self.low) / 2
+
+    @property
+    def values(self) -> list:
+        return [self.low, self.high]
 
 
 def _space(root_shape: tuple, arrays) -> tuple:
