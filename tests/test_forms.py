@@ -241,6 +241,31 @@ def test_maxpool_on_binary_activations_is_bitwise():
     assert "binary_maxpool" in ops and "binary_conv2d_bits" in ops, ops
 
 
+@pytest.mark.parametrize("pool", ["max", "avg"])
+def test_pool_with_default_stride_and_ceil_mode(pool):
+    """``F.max_pool2d(x, 2, ceil_mode=True)``: torch.export writes the default stride as [] (the kernel size), which
+    TVM's importer alone rejects; the binary layers around it still binarize and the output is exact."""
+    torch.manual_seed(3)
+    pool_fn = F.max_pool2d if pool == "max" else F.avg_pool2d
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = bnn.BinaryConv2d(3, 37, 3, padding=1, bias=False)
+            self.bn = torch.nn.BatchNorm2d(37)
+            self.c2 = bnn.BinaryConv2d(37, 6, 3, padding=1, bias=False)
+
+        def forward(self, x):
+            return self.c2(pool_fn(self.bn(self.c1(x)), 2, ceil_mode=True))
+
+    model = randomize_batchnorm(Net())
+    x = torch.randn(2, 3, 11, 13)
+    cm = tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False)
+    assert sum(r.binarized for r in cm.report) == 2, str(cm.report)
+    with torch.no_grad():
+        assert_float_close(cm(x), model(x).numpy())
+
+
 @pytest.mark.parametrize("groups,cin,cout,padding", [(2, 4, 8, 0), (3, 75, 36, 1), (5, 135, 70, 1)])
 def test_grouped_binary_conv_exact(groups, cin, cout, padding):
     """Grouped convs with binary inputs and weights binarize (one kernel per group), exactly; their bits feed the

@@ -42,12 +42,27 @@ def _layer_names(ep) -> list:
     return names
 
 
+def _fill_pool_strides(ep) -> None:
+    """``F.max_pool2d(x, 2, ceil_mode=True)`` exports its default stride as ``[]`` (PyTorch: the kernel size), which
+    TVM's importer takes for a stride of rank 0 and rejects; write the kernel size in (same function)."""
+    changed = False
+    for node in ep.graph.nodes:
+        name = str(node.target)
+        if node.op == "call_function" and name.startswith(("aten.max_pool", "aten.avg_pool")) and (
+                len(node.args) > 2 and isinstance(node.args[2], (list, tuple)) and len(node.args[2]) == 0):
+            node.args = node.args[:2] + (list(node.args[1]),) + node.args[3:]
+            changed = True
+    if changed:
+        ep.graph_module.recompile()
+
+
 def import_torch(model, example_inputs) -> ImportedModel:
     from tvm.relax.frontend.torch import from_exported_program
 
     with warnings.catch_warnings():  # torch's deprecation chatter while exporting is not the user's business
         warnings.simplefilter("ignore", FutureWarning)
         ep = _export(model, example_inputs)
+    _fill_pool_strides(ep)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
