@@ -40,7 +40,7 @@ from brevitas_examples.bnn_pynq.models import get_model_cfg, model_impl
 
 import tvm_bnn
 
-from ..conftest import assert_float_close, randomize_batchnorm
+from ..conftest import assert_float_close, need, randomize_batchnorm
 
 
 # -- quantizers ------------------------------------------------------------------------------------------------------
@@ -347,6 +347,27 @@ def test_bnn_pynq_1w2a_in_bit_planes(route):
     cm, x, expected = compiled("bnn_pynq", "tfc_1w2a", route)
     assert [r.bits for r in cm.report] == ["W1A2"] * 4, str(cm.report)
     assert_float_close(cm(x), expected)
+
+
+@pytest.mark.parametrize("name,target", [("cnv_2w2a", "cortex-m4"), ("tfc_1w2a", "cortex-m4"),
+                                         ("cnv_1w2a", "aarch64"), ("tfc_2w2a", "aarch64")])
+def test_bnn_pynq_few_bit_on_emulated_targets(name, target):
+    """The few-bit BNN-PYNQ models on the Cortex-M4 board and aarch64 Linux (emulated): every 2-bit layer in planes,
+    the outputs equal to Brevitas' as on x86."""
+    from tvm_bnn.targets import qemu
+
+    if target == "aarch64":
+        need(qemu.linux_arch("aarch64").cc, qemu.linux_arch("aarch64").qemu)
+    else:
+        need("arm-none-eabi-gcc", "qemu-system-arm")
+    model, x = tie_free("bnn_pynq", name)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    cm = tvm_bnn.compile(model, target, example_inputs=(x.numpy(),), progress=False)
+    w_bits, a_bits = name.split("_")[1][0], name.split("_")[1][2]  # "2w2a": 2-bit weights, 2-bit activations
+    few_bit = [r.bits for r in cm.report if r.bits != "W32A32"]  # CNV's first conv takes the 8-bit image
+    assert few_bit == [f"W{w_bits}A{a_bits}"] * (8 if name.startswith("cnv") else 4), str(cm.report)
+    assert_float_close(cm(x.numpy()), expected)
 
 
 @pytest.mark.parametrize("route", ["onnx", "onnx-dynamo", "qonnx"])  # "ep" is the module route's own export
