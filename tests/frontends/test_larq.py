@@ -48,3 +48,34 @@ def test_one_padding_and_groups_on_every_target(name, target, tools):
     cm = tvm_bnn.compile(os.path.join(DATA, f"{name}.onnx"), target, progress=False)
     assert cm.report.num_binarized == len(_binary_layer_names(name)), str(cm.report)
     assert_float_close(cm(data["x"]), data["y"], rtol=2e-5 if target != "c" else 1e-5)
+
+
+# -- Larq DoReFa-Net (tests/data/larq_dorefa: larq_zoo's DoReFaNet blocks at a small size, through tf2onnx) ---------
+
+DOREFA = os.path.join(os.path.dirname(__file__), "..", "data", "larq_dorefa")
+DOREFA_MANIFEST = json.load(open(os.path.join(DOREFA, "manifest.json")))["models"]
+
+
+def _dorefa_bits(name):
+    """W1A2 for a sign kernel (2 values), W2A2 for DoReFa's 2-bit weights (4 values): every QuantConv2D/QuantDense's
+    input quantizer is DoReFa(k_bit=2), 4 levels."""
+    return [f"W{int(np.log2(layer['kernel_levels']))}A2" for layer in DOREFA_MANIFEST[name]["quant_layers"]]
+
+
+@pytest.mark.parametrize("target", ["x86", "cortex-m4", "aarch64"])
+@pytest.mark.parametrize("name", sorted(DOREFA_MANIFEST))
+def test_larq_dorefa_layers_compile_few_bit(name, target):
+    """Every 1W2A / 2W2A layer of the DoReFa models compiles in bit planes (DoReFa's 4 levels: 2 planes), the float
+    stem and classifier stay float with a reason, and the output equals Keras'."""
+    if target == "cortex-m4":
+        need("arm-none-eabi-gcc", "qemu-system-arm")
+    elif target == "aarch64":
+        need("aarch64-linux-gnu-gcc", "qemu-aarch64")
+    data = np.load(os.path.join(DOREFA, f"{name}.npz"))
+    cm = tvm_bnn.compile(os.path.join(DOREFA, f"{name}.onnx"), target, progress=False)
+    few_bit = [r for r in cm.report if r.bits != "W32A32"]
+    assert [r.bits for r in few_bit] == _dorefa_bits(name), str(cm.report)
+    for layer, record in zip(DOREFA_MANIFEST[name]["quant_layers"], few_bit):
+        assert f"/{layer['name']}/" in record.name, str(cm.report)  # tf2onnx names the node after the Keras layer
+    assert all(r.reason for r in cm.report if r.bits == "W32A32"), str(cm.report)
+    assert_float_close(cm(data["x"]), data["y"])

@@ -4,9 +4,8 @@ NOT run by the test-suite and not importable from tvm_bnn: it needs TensorFlow, 
 not depend on. Run it with the python of a separate virtual environment created outside the repository:
 
     python3.11 -m venv /work/larq-env
-    /work/larq-env/bin/pip install tensorflow-cpu==2.15.1 larq==0.13.3 tf2onnx==1.16.1 onnx==1.17.0 \\
-        onnxruntime==1.26.0 numpy==1.26.4 "typeguard<3"
-    /work/larq-env/bin/pip install --no-deps larq-zoo==2.3.2 zookeeper   # its protobuf pin conflicts with TF 2.15
+    /work/larq-env/bin/pip install tensorflow-cpu==2.16.2 tf-keras==2.16.0 larq==0.14.0 larq-zoo==2.4.0 \\
+        tf2onnx==1.17.0 onnx==1.17.0 onnxruntime==1.26.0 numpy==1.26.4 protobuf==3.20.3
     /work/larq-env/bin/python tests/data/larq_dorefa/regenerate.py                   # the small models, here
     /work/larq-env/bin/python tests/data/larq_dorefa/regenerate.py --full DIR        # + larq_zoo's DoReFaNet in DIR
 
@@ -31,6 +30,7 @@ import argparse
 import json
 import os
 
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # larq needs Keras 2 (tf-keras)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
@@ -110,7 +110,7 @@ def layer_table(model) -> list:
                 return None if q is None else getattr(q, "__name__", None) or repr(q.get_config())
             rows.append(dict(name=layer.name, cls=type(layer).__name__, input_quantizer=name(layer.input_quantizer),
                              kernel_quantizer=name(layer.kernel_quantizer),
-                             kernel_levels=int(len(np.unique(layer.kernel_quantizer(layer.kernel).numpy())))))
+                             kernel_levels=int(len(np.unique(layer.kernel_quantizer(tf.constant(layer.kernel.numpy())).numpy())))))
     return rows
 
 
