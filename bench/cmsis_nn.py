@@ -299,8 +299,8 @@ class OneBinaryConv(torch.nn.Module):
     """The one-layer model of part 1: ``bits`` "w1a1" (sign activations, sign weights), or the few-bit variants
     (issue 21): "w1a2" 3-level activations ``clamp(round(x), -1, 1)`` (Brevitas' 2-bit narrow range: two bit
     planes) with sign weights; "w2a2" the same activations with ternary weights (two weight planes: 4 binary
-    kernels); "w2a2-dorefa" DoReFa's 4-level ``round(clamp(x, 0, 1) * 3) / 3`` (three planes) with ternary weights
-    (6 binary kernels)."""
+    kernels); "w2a2-dorefa" DoReFa's 4-level ``round(clamp(x, 0, 1) * 3) / 3`` (two planes, binary code) with
+    ternary weights (4 binary kernels)."""
 
     def __init__(self, c, bits="w1a1"):
         super().__init__()

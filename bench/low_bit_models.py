@@ -65,7 +65,8 @@ def onnx_case(name: str, path: str) -> dict:
     ort = ort_session(path)
     return dict(name=name, report=cm.report, diff=float(np.abs(cm(x) - data["y"]).max()),
                 scale=float(np.abs(data["y"]).max()),
-                runs={"tvm_bnn": lambda: cm(x), "onnxruntime fp32": lambda: ort.run(None, {ort.get_inputs()[0].name: x})})
+                runs={"tvm_bnn": lambda: cm(x),
+                      "onnxruntime fp32": lambda: ort.run(None, {ort.get_inputs()[0].name: x})})
 
 
 def main(argv=None):

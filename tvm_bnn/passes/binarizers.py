@@ -15,7 +15,8 @@ import numpy as np
 from tvm import relax
 
 from .atoms import AtomAnalysis
-from .binary_values import BinaryTensor, Chain, LevelTensor, ParityPlane, Refused, _Roots, analyse_chain, describe, negate_test
+from .binary_values import (BinaryTensor, Chain, LevelTensor, ParityPlane, Refused, _Roots, analyse_chain, describe,
+                            negate_test)
 from .graph import Graph, op_name, static_shape
 from .kernels import call_kernel
 from .weights import binary_weight_scale

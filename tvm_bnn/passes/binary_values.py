@@ -56,8 +56,8 @@ from .describe import describe, render
 from .float_order import MAX_KEY, first_true, from_key, negate_test, next_up, to_key
 from .graph import Graph, op_name, static_shape, tensor_args
 
-__all__ = ["BinaryTensor", "Chain", "LevelTensor", "ParityPlane", "Refused", "analyse_chain", "describe", "first_true", "from_key", "negate_test",
-           "next_up", "to_key", "MAX_KEY"]
+__all__ = ["BinaryTensor", "Chain", "LevelTensor", "ParityPlane", "Refused", "analyse_chain", "describe", "first_true",
+           "from_key", "negate_test", "next_up", "to_key", "MAX_KEY"]
 
 UNKNOWN = 2  # a direction that could not be established
 MAX_LEVELS = 4  # an activation of up to this many equally spaced values (2 bits) is computed by planes

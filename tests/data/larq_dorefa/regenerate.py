@@ -108,9 +108,9 @@ def layer_table(model) -> list:
         if isinstance(layer, (lq.layers.QuantConv2D, lq.layers.QuantDense)):
             def name(q):
                 return None if q is None else getattr(q, "__name__", None) or repr(q.get_config())
+            kernel = layer.kernel_quantizer(tf.constant(layer.kernel.numpy())).numpy()
             rows.append(dict(name=layer.name, cls=type(layer).__name__, input_quantizer=name(layer.input_quantizer),
-                             kernel_quantizer=name(layer.kernel_quantizer),
-                             kernel_levels=int(len(np.unique(layer.kernel_quantizer(tf.constant(layer.kernel.numpy())).numpy())))))
+                             kernel_quantizer=name(layer.kernel_quantizer), kernel_levels=int(len(np.unique(kernel)))))
     return rows
 
 
