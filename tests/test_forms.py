@@ -241,6 +241,48 @@ def test_maxpool_on_binary_activations_is_bitwise():
     assert "binary_maxpool" in ops and "binary_conv2d_bits" in ops, ops
 
 
+class GatheredNet(torch.nn.Module):
+    """A sign of per-channel thresholds, ``index_select``-ed, a binary conv, then a pad in ``mode`` of its sign (of
+    a ReLU's output with ``relu``) and a second binary conv."""
+
+    def __init__(self, mode, relu):
+        super().__init__()
+        self.mode, self.relu = mode, relu
+        self.c1 = torch.nn.Conv2d(3, 40, 3)
+        self.bn = torch.nn.BatchNorm2d(40)
+        self.t = torch.randn(1, 40, 1, 1)
+        self.idx = torch.randperm(40)[:35]
+        self.w = torch.sign(torch.randn(37, 35, 3, 3))
+        self.w2 = torch.sign(torch.randn(9, 37, 3, 3))
+
+    def forward(self, x):
+        y = self.bn(self.c1(x))
+        z = torch.index_select(torch.sign(y - self.t), 1, self.idx)
+        y = F.conv2d(z, self.w, padding=1) - 0.5
+        y = F.relu(y) if self.relu else y
+        return F.conv2d(torch.sign(F.pad(y, (2, 1, 1, 2), mode=self.mode)), self.w2)
+
+
+@pytest.mark.parametrize("route", ["module", "onnx"])
+@pytest.mark.parametrize("mode,relu", [("reflect", False), ("replicate", False), ("reflect", True)])
+def test_gathered_activations_binarize(mode, relu, route, tmp_path):
+    """A reflect / replicate pad (``take`` with constant indices from torch.export; ONNX's edge / reflect Pad
+    imported as the same ``take``s) and an ``index_select`` of channels move elements only: a sign of them is still
+    two-valued (bits gathered like the floats, per-channel tests with them), and the ReLU's zeros they gather stay
+    the model's own (``{-1, 0, 1}``: W1A2), exact either way."""
+    torch.manual_seed(5)
+    model = randomize_batchnorm(GatheredNet(mode, relu))
+    x = torch.randn(2, 3, 11, 13)
+    source = model
+    if route == "onnx":
+        source = str(tmp_path / "gathered.onnx")
+        torch.onnx.export(model, (x,), source, dynamo=False)
+    cm = tvm_bnn.compile(source, "x86", example_inputs=(x.numpy(),), progress=False)
+    assert [r.bits for r in cm.report] == ["W32A32", "W1A1", "W1A2" if relu else "W1A1"], str(cm.report)
+    with torch.no_grad():
+        np.testing.assert_array_equal(cm(x.numpy()), model(x).numpy())
+
+
 @pytest.mark.parametrize("pool", ["max", "avg"])
 def test_pool_with_default_stride_and_ceil_mode(pool):
     """``F.max_pool2d(x, 2, ceil_mode=True)``: torch.export writes the default stride as [] (the kernel size), which

@@ -183,7 +183,8 @@ class BinConv:
     fpad: tuple = (0, 0, 0, 0)  # F.pad widths (left, right, top, bottom)
     fpad_pre: bool = False  # F.pad before the binarization (pads float 0 -> tie -> +1) instead of after (0 in +-1)
     fpad_fill: int = 0  # F.pad after the binarization pads with 0 (0), its high value (1), its low value (-1), or
-    # (2) a value that is neither 0 nor one of the two (halfway between the mid-point and the high value): refused
+    # (2) a value that is neither 0 nor one of the two (halfway between the mid-point and the high value): refused;
+    # (3) mode="replicate" (the edge values: a gather of the bits, no padding value)
     act: str = "where_ge"  # an ACT_FORMS key, or MODULE_FORM (tvm_bnn.nn.BinaryConv2d)
     wform: str = "sign"  # WEIGHT_FORMS key, or "xnor" / None scale for the module; "ternary" / "two_bit": 3-4 levels (W2)
     pool: tuple | None = None  # max-pool (kernel, stride, padding) of the binarized tensor
@@ -455,7 +456,7 @@ class BinConvMod(torch.nn.Module):
         else:
             self.binarize = Binarize(ctx, s.act, nonneg, channels=cin, seed=s.seed)
             low, high = self.binarize.values()
-            if s.fpad_fill and not s.fpad_pre and any(s.fpad):
+            if s.fpad_fill in (1, -1, 2) and not s.fpad_pre and any(s.fpad):
                 if s.fpad_fill == 2:  # neither 0 nor low/high: +-1 -> 0.5, {0, 1} -> 0.75, {-1, 3} -> 2, +-s -> s/2
                     self.pad_value = float(np.float32(0.5 * high + 0.25 * (low + high)))
                     self.refused_pad = "bad_pad"
@@ -498,7 +499,9 @@ class BinConvMod(torch.nn.Module):
             b = self.binarize(x)
             if s.pool is not None:
                 b = F.max_pool2d(b, s.pool[0], s.pool[1], s.pool[2])
-            if not s.fpad_pre:
+            if not s.fpad_pre and s.fpad_fill == 3:
+                b = F.pad(b, s.fpad, mode="replicate")
+            elif not s.fpad_pre:
                 b = F.pad(b, s.fpad, value=abs(self.pad_value) if mode == "abs" else self.pad_value)
             w = weight_of(s.wform, self.w, self.alpha)
             bias = self.b
@@ -1009,8 +1012,10 @@ def coverage(spec: NetSpec, built: Built) -> list:
     for s in (layer for br in spec.branches for layer in br.layers):
         if isinstance(s, BinConv) and s.groups > 1:
             tags.add("grouped binary conv")
-        if isinstance(s, BinConv) and s.fpad_fill and not s.fpad_pre and any(s.fpad):
+        if isinstance(s, BinConv) and s.fpad_fill in (1, -1) and not s.fpad_pre and any(s.fpad):
             tags.add("F.pad with one of the two values")
+        if isinstance(s, BinConv) and s.fpad_fill == 3 and not s.fpad_pre and any(s.fpad):
+            tags.add("replicate pad of the binarized tensor")
     if any(info.expect == "two_pads" for info in built.layers):
         tags.add("two padding values (refused)")
     if any(info.expect == "bad_pad" for info in built.layers):
@@ -1185,7 +1190,7 @@ def layer(draw, shape, domain, allow_refused=True):
             fpad_pre = module or draw(st.integers(0, 3)) == 0
             if not fpad_pre and any(fpad):
                 # zeros, one of the two values (a constant bit), now and then neither (refused)
-                fill = draw(st.sampled_from([0, 0, 1, -1, 1, -1, 2]))
+                fill = draw(st.sampled_from([0, 0, 1, -1, 1, -1, 2, 3]))
                 if fill in (1, -1) and draw(st.integers(0, 2)):
                     max_pad = 0  # mostly a valid combination: no zero padding of the conv's own
         elif not module and draw(st.integers(0, 5)) == 0 and min(h, w) >= 2:

@@ -199,7 +199,8 @@ def _pad_example():
     values, stays float: exact integers); a decreasing -sign(x) of them (ties: -sign(0) -> -1) before a max-pool
     (the test flips: packed after the pool); a grouped {-1, 3} conv with zero padding (mid *
     the valid taps per pixel); where(x < 0, 1, -1) padded with +1; Brevitas with a random scale -> BN -> x > 0; {0, 1}
-    padded with 0.75 (neither value: refused, stays float) -> a grouped zero-padded {-1, 3} conv."""
+    padded with 0.75 (neither value: refused, stays float) -> a grouped zero-padded {-1, 3} conv; replicate pads
+    (a gather of the bits) of {0, 1} and of per-channel sign(x - t), zero-padded by the conv too."""
     return NetSpec([Branch(1, (5, 9, 9), [
         BinConv(cout=6, kernel=(3, 3), stride=(1, 1), dilation=(1, 1), padding=(1, 1), fpad=(0, 1, 1, 0),
                 fpad_fill=-1, act="where_ones", seed=41),
@@ -215,7 +216,12 @@ def _pad_example():
             BinConv(cout=4, kernel=(3, 3), stride=(1, 1), dilation=(1, 1), padding=(0, 1), fpad=(1, 0, 2, 1),
                     fpad_fill=2, act="ge01", seed=50),
             BinConv(cout=6, kernel=(1, 3), stride=(1, 1), dilation=(1, 1), padding=(0, 1), act="where_m1_3",
-                    groups=2, seed=51)], input_seed=52, input_zeros=0.2)])
+                    groups=2, seed=51)], input_seed=52, input_zeros=0.2),
+        Branch(1, (4, 6, 7), [
+            BinConv(cout=7, kernel=(3, 3), stride=(1, 1), dilation=(1, 1), padding=(1, 1), fpad=(2, 1, 0, 1),
+                    fpad_fill=3, act="ge01", seed=53),
+            BinConv(cout=5, kernel=(3, 2), stride=(2, 1), dilation=(1, 1), padding=(0, 1), fpad=(1, 1, 1, 2),
+                    fpad_fill=3, act="sign_sub_t", bn=True, seed=54)], input_seed=55)])
 
 
 # explicit examples run on top of the generated ones: forms the generator draws rarely

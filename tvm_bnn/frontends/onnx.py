@@ -163,6 +163,31 @@ def _input_shapes(proto, example_inputs):
     return [i.name for i in inputs], shapes, dtypes
 
 
+_GATHER_PADS = {"edge": "edge", "reflect": "reflect", "wrap": "wrap"}  # ONNX Pad mode: numpy's name
+
+
+def _pad_as_gathers(bb, x, before, after, mode):
+    """An edge / reflect / wrap Pad as ``take``s with constant indices along each padded axis (the PyTorch route's
+    form: every element is one of the input's, which the binarization analysis sees through), or None (a crop, a
+    reflection wider than the axis, a dynamic shape: the importer's own lowering)."""
+    from tvm import relax
+
+    from ..passes.graph import static_shape
+
+    shape = static_shape(x)
+    if shape is None or len(before) != len(shape):
+        return None
+    out = x
+    for axis, (b, a, n) in enumerate(zip(before, after, shape)):
+        b, a = int(b), int(a)
+        if b < 0 or a < 0 or (mode == "reflect" and max(b, a) > n - 1):
+            return None
+        if b or a:
+            indices = np.pad(np.arange(n, dtype=np.int64), (b, a), mode=_GATHER_PADS[mode])
+            out = bb.emit(relax.op.take(out, relax.const(indices), axis=axis))
+    return out
+
+
 @contextlib.contextmanager
 def _relax_ops_for_pad_and_clip():
     """TVM's importer lowers a constant-mode Pad and every Clip to opaque TIR functions (``emit_te(topi...)``),
@@ -176,7 +201,11 @@ def _relax_ops_for_pad_and_clip():
     class RelaxPad(frontend.Pad):
         @classmethod
         def _lower_pad(cls, bb, inputs, attr, params, allowed_modes):
-            if attr.get("mode", b"constant").decode("utf-8") != "constant":
+            mode = attr.get("mode", b"constant").decode("utf-8")
+            if mode in _GATHER_PADS:
+                gathered = _pad_as_gathers(bb, inputs[0], *cls._parse_pads_and_axes(inputs, params)[:2], mode)
+                return super()._lower_pad(bb, inputs, attr, params, allowed_modes) if gathered is None else gathered
+            if mode != "constant":
                 return super()._lower_pad(bb, inputs, attr, params, allowed_modes)
             before, after, value = cls._parse_pads_and_axes(inputs, params)
             widths = [int(v) for pair in zip(before, after) for v in pair]

@@ -210,6 +210,9 @@ class AtomAnalysis:
             spatial = not any(widths[:4])
             pad = float(value.attrs.pad_value)
             return self._spatially_uniform(inputs[0], per_channel=spatial).union(point(pad, "a Pad"))
+        if name == "relax.take" and value.attrs.axis is not None:  # a gather (a reflect / replicate pad)
+            axis = int(value.attrs.axis) % max(len(static_shape(value) or ()), 1)
+            return self._spatially_uniform(inputs[0], per_channel=axis >= 2)
         if name == "relax.concat":
             out = NONE
             for a in inputs:

@@ -94,6 +94,10 @@ def _analyse(graph: Graph, expr) -> BinaryTensor:
         return _then(_analysed(graph, split.args[0]), _split_slice(split, int(value.index)))
     if name == "relax.nn.pad":
         return _padded(_analysed(graph, value.args[0]), value)
+    if name == "relax.take" and _gather(graph, value) is not None:
+        # a gather with constant indices (a reflect / replicate pad, index_select): each element is one of the
+        # input's, so the bits are the input's bits gathered the same way
+        return _then(_analysed(graph, value.args[0]), _gather(graph, value))
     if isinstance(value, relax.Var):
         raise Refused(f"it is {describe(value)}, a float tensor")
     root = _Roots(graph)(expr)
@@ -108,6 +112,24 @@ def _analyse(graph: Graph, expr) -> BinaryTensor:
         if chain is not None:
             return chain
     raise Refused(f"it is a float tensor computed by {describe(value, graph)}")
+
+
+@dataclass(frozen=True)
+class Gather:
+    """``take(x, indices, axis)`` with constant 1-D indices, as a layout op of the bits."""
+
+    axis: int
+    indices: tuple
+
+
+def _gather(graph: Graph, take) -> Gather | None:
+    indices = graph.constant(take.args[1])
+    shape = static_shape(take.args[0])
+    if indices is None or indices.ndim != 1 or take.attrs.axis is None or shape is None:
+        return None
+    axis = int(take.attrs.axis) % len(shape)
+    indices = indices.astype(np.int64) % shape[axis]  # take's negative indices count from the end
+    return Gather(axis, tuple(int(i) for i in indices))
 
 
 def _split_slice(split, index: int) -> Slice:
@@ -224,6 +246,8 @@ def emit_post(bb, new, source: BinaryTensor, x, post=None):
     for op in source.post if post is None else post:
         if isinstance(op, Slice):
             out = bb.emit(relax.op.strided_slice(out, axes=[op.axis], begin=[op.begin], end=[op.end]))
+        elif isinstance(op, Gather):
+            out = bb.emit(relax.op.take(out, relax.const(np.array(op.indices, np.int64)), axis=op.axis))
         elif op_name(op) == "relax.nn.pad":
             continue  # folded into the conv's padding
         else:
@@ -239,6 +263,14 @@ def _layout_numpy(op, arr: np.ndarray, batch_reduced: bool):
         index = [slice(None)] * arr.ndim
         index[op.axis] = slice(op.begin, op.end)
         return arr[tuple(index)]
+    if isinstance(op, Gather):
+        if op.axis == 0 and batch_reduced:
+            return None
+        if arr.shape[op.axis] == 1:  # uniform along the gathered axis
+            shape = list(arr.shape)
+            shape[op.axis] = len(op.indices)
+            return np.broadcast_to(arr, shape)
+        return np.take(arr, op.indices, axis=op.axis)
     name = op_name(op)
     out_shape = static_shape(op)
     if out_shape is None:
