@@ -406,3 +406,44 @@ def test_constant_padding_with_either_value_is_exact(route, tmp_path):
     cm = tvm_bnn.compile(source, "x86", example_inputs=(x,) if route == "module" else (x.numpy(),), progress=False)
     assert [r.binarized for r in cm.report] == [True, True], str(cm.report)
     np.testing.assert_array_equal(cm(x.numpy()), Net()(x).numpy())
+
+
+THREE_BIT = {  # 5-8 equally spaced levels: 3 planes in the binary code
+    "dorefa_k3": lambda x: torch.round(torch.clamp(x, 0, 1) * 7) / 7,  # 8 levels 0 .. 1
+    "round5": lambda x: torch.clamp(torch.round(x * 2), -2, 2),  # 5 levels -2 .. 2
+    "floor8_scaled": lambda x: torch.clamp(torch.floor(x * 3), -4, 3) * 0.25,  # 8 levels -1 .. 0.75
+}
+
+
+class ThreeBitNet(torch.nn.Module):
+    def __init__(self, quantize):
+        super().__init__()
+        self.quantize = quantize
+        self.w = torch.sign(torch.randn(37, 29, 3, 3))
+        self.w2 = torch.randn(11, 37, 3, 3).round().clamp(-1, 1)  # ternary: two weight planes
+        self.g, self.b = torch.randn(1, 37, 1, 1) * 0.05, torch.rand(1, 37, 1, 1)
+
+    def forward(self, x):
+        y = F.conv2d(self.quantize(x), self.w, padding=1) * self.g + self.b
+        return F.conv2d(self.quantize(F.max_pool2d(y, 2, 2, ceil_mode=True)), self.w2, padding=1)
+
+
+@pytest.mark.parametrize("form,target", [(form, "x86") for form in sorted(THREE_BIT)] + [
+    ("round5", "cortex-m4"), ("dorefa_k3", "aarch64")])  # the planes are the same binary kernels on every target
+def test_three_bit_activations_in_three_planes(form, target):
+    """A 3-bit activation (5-8 equally spaced levels, after a max-pool too) computes as 3 bit planes: W1A3 with
+    sign weights, W2A3 with ternary ones, outputs equal to PyTorch's to float rounding, on every kind of target."""
+    from .conftest import need
+    from tvm_bnn.targets import qemu
+
+    if target == "cortex-m4":
+        need("arm-none-eabi-gcc", "qemu-system-arm")
+    elif target == "aarch64":
+        need(qemu.linux_arch("aarch64").cc, qemu.linux_arch("aarch64").qemu)
+    torch.manual_seed(0)
+    model = ThreeBitNet(THREE_BIT[form]).eval()
+    x = torch.randn(2, 29, 11, 13)
+    cm = tvm_bnn.compile(model, target, example_inputs=(x,), progress=False)
+    assert [r.bits for r in cm.report] == ["W1A3", "W2A3"], str(cm.report)
+    with torch.no_grad():
+        assert_float_close(cm(x), model(x).numpy())

@@ -370,6 +370,27 @@ def test_bnn_pynq_few_bit_on_emulated_targets(name, target):
     assert_float_close(cm(x.numpy()), expected)
 
 
+def test_three_bit_quant_relu_and_identity_in_three_planes():
+    """Brevitas' 3-bit activations (QuantReLU: 8 levels 0 .. 7s; QuantIdentity with the signed narrow range: 7
+    levels) before 1-bit-weight convs: W1A3, three bit planes each, output equal to Brevitas'."""
+    from brevitas_examples.bnn_pynq.models.common import CommonActQuant, CommonWeightQuant
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 24, 3), torch.nn.BatchNorm2d(24), qnn.QuantReLU(bit_width=3),
+        qnn.QuantConv2d(24, 19, 3, padding=1, weight_quant=CommonWeightQuant, weight_bit_width=1, bias=False),
+        torch.nn.BatchNorm2d(19), qnn.QuantIdentity(act_quant=CommonActQuant, bit_width=3),
+        qnn.QuantConv2d(19, 7, 3, weight_quant=CommonWeightQuant, weight_bit_width=1, bias=False))
+    model = randomize_batchnorm(model).eval()
+    x = torch.randn(2, 3, 12, 11)
+    with torch.no_grad():
+        model(x)  # settles Brevitas' lazily initialised scales
+        expected = model(x).numpy()
+    cm = tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False)
+    assert [r.bits for r in cm.report] == ["W32A32", "W1A3", "W1A3"], str(cm.report)
+    assert_float_close(cm(x.numpy()), expected)
+
+
 @pytest.mark.parametrize("route", ["onnx", "onnx-dynamo", "qonnx"])  # "ep" is the module route's own export
 def test_bnn_pynq_tfc_1w1a_routes(route):
     cm, x, expected = compiled("bnn_pynq", "tfc_1w1a", route)

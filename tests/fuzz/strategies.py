@@ -93,13 +93,15 @@ ACT_FORMS = {
     "sign_sub_t": lambda x, b: torch.sign(x - b.threshold(x)),  # per-channel threshold t (some 0, some integers)
     "where_ge_t": lambda x, b: torch.where(x >= b.threshold(x), 1.0, -1.0),
     "gt01_t": lambda x, b: (x > b.threshold(x)).float(),
-    # few-level activations (computed in bit planes, W1A2): a 2-bit signed narrow quantizer {-1, 0, 1} (Brevitas'
-    # QuantIdentity at bit width 2) and DoReFa's 4 levels {0, 1/3, 2/3, 1}
+    # few-level activations (computed in bit planes, W1A2 / W1A3): a 2-bit signed narrow quantizer {-1, 0, 1}
+    # (Brevitas' QuantIdentity at bit width 2), DoReFa's 4 levels {0, 1/3, 2/3, 1} and its 3-bit 8 levels
     "round3": lambda x: torch.clamp(torch.round(x), -1, 1),
     "dorefa4": lambda x: torch.round(torch.clamp(x, 0, 1) * 3) / 3,
+    "dorefa8": lambda x: torch.round(torch.clamp(x, 0, 1) * 7) / 7,
 }
 # few-level forms: where their level changes (the values compared with 0 for the near-tie check)
-LEVEL_STEPS = {"round3": (-0.5, 0.5), "dorefa4": (1 / 6, 1 / 2, 5 / 6)}
+LEVEL_STEPS = {"round3": (-0.5, 0.5), "dorefa4": (1 / 6, 1 / 2, 5 / 6),
+               "dorefa8": tuple((k + 0.5) / 7 for k in range(7))}
 PARAM_FORMS = {"brevitas", "brevitas_rand", "sign_sub_t", "where_ge_t", "gt01_t"}
 THRESHOLD_FORMS = {"sign_sub_t", "where_ge_t", "gt01_t"}  # compare x - t with 0
 SCALE_FORMS = {"brevitas": 0.75, "brevitas_rand": None}  # None: random per layer
@@ -127,14 +129,15 @@ REF_FORMS = {
     "gt01_t": lambda x, b, sign: (x > b.threshold(x)).to(x.dtype),
     "round3": lambda x, b, sign: torch.clamp(torch.round(x), -1, 1),
     "dorefa4": lambda x, b, sign: torch.round(torch.clamp(x, 0, 1) * 3) / 3,
+    "dorefa8": lambda x, b, sign: torch.round(torch.clamp(x, 0, 1) * 7) / 7,
 }
 # the two values (low, high) of a form; default +-1
 VALUES = {"ge01": lambda b: (0.0, 1.0), "gt01_t": lambda b: (0.0, 1.0), "where_m1_3": lambda b: (-1.0, 3.0),
           "brevitas": lambda b: (-float(b.s), float(b.s)), "brevitas_rand": lambda b: (-float(b.s), float(b.s)),
-          "dorefa4": lambda b: (0.0, 1.0)}  # few-level forms: their lowest and highest levels
+          "dorefa4": lambda b: (0.0, 1.0), "dorefa8": lambda b: (0.0, 1.0)}  # few-level forms: lowest, highest
 # the output domain of a binary layer with +-1 weights and no bias/BN on this form: "int" (exact: integers, or
 # exact multiples of 0.75 / halves), "scaled" (float multiples of a random s, rounded); default "int"
-ACT_DOMAIN = {"brevitas_rand": "scaled", "dorefa4": "scaled"}
+ACT_DOMAIN = {"brevitas_rand": "scaled", "dorefa4": "scaled", "dorefa8": "scaled"}
 # the tvm_bnn.nn layers binarize internally with binary_sign
 MODULE_FORM = "tvm_bnn.nn"
 
@@ -1117,7 +1120,7 @@ NEW_FORM_FAMILIES = (
     ("ge01", "where_m1_3"),  # two values other than +-1: {0, 1}, {-1, 3}
     ("brevitas", "brevitas_rand"),  # +-s: Brevitas' clamp, compare, scale
     ("sign_sub_t", "where_ge_t", "gt01_t"),  # per-channel thresholds
-    ("round3", "dorefa4"),  # few levels: bit planes (W1A2)
+    ("round3", "dorefa4", "dorefa8"),  # few levels: bit planes (W1A2, W1A3)
 )
 NEW_FORMS = {f for family in NEW_FORM_FAMILIES for f in family}
 CLASSIC_FORMS = sorted(set(ACT_FORMS) - NEW_FORMS)

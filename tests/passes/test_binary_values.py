@@ -158,8 +158,8 @@ def test_values_and_direction():
 
 
 @pytest.mark.parametrize("build,reason", [
-    (lambda bb, x: bb.emit(relax.op.clip(bb.emit(relax.op.round(x)), -2.0, 2.0)),
-     "it takes 5 values (-2, -1, 0, 1, 2)"),
+    (lambda bb, x: bb.emit(relax.op.clip(bb.emit(relax.op.round(x)), -4.0, 4.0)),  # 9 levels: more than 3 bits
+     "it takes many values (from -4 to 4), not two (nor up to 8 levels, computed by bit planes)"),
     (lambda bb, x: bb.emit(relax.op.where(bb.emit(relax.op.greater(x, _c(0.0))), x, bb.emit(relax.op.negative(x)))),
      "it is a float tensor computed by a Where of greater(x, 0), x and neg(x)"),
     (lambda bb, x: bb.emit(relax.op.add(bb.emit(relax.op.multiply(x, x)), x)),  # x^2 + x: falls, then rises

@@ -60,7 +60,7 @@ __all__ = ["BinaryTensor", "Chain", "LevelTensor", "ParityPlane", "Refused", "an
            "from_key", "negate_test", "next_up", "to_key", "MAX_KEY"]
 
 UNKNOWN = 2  # a direction that could not be established
-MAX_LEVELS = 4  # an activation of up to this many equally spaced values (2 bits) is computed by planes
+MAX_LEVELS = 8  # an activation of up to this many equally spaced values (3 bits) is computed by bit planes
 LEVEL_ROUNDING = 2.0 ** -20  # levels this close to equally spaced are (1/3 and 2/3 in float32 are, to rounding)
 ROUNDING = 2.0 ** -18  # an op that maps a range this narrow (relative) to one value is rounding, not a clamp
 TINY = 2.0 ** -100  # values this small are 0 by chance (a product that underflows)
@@ -676,7 +676,8 @@ class Chain:
         span = "any float" if distinct[0] < -3e38 and distinct[-1] > 3e38 else \
             f"from {_fmt(distinct[0])} to {_fmt(distinct[-1])}"
         return Refused(f"it is a float tensor computed by {describe(self.graph.value(self.top), self.graph, self.root)}"
-                       f", x = {describe(self.graph.value(self.root))}: it takes many values ({span}), not two")
+                       f", x = {describe(self.graph.value(self.root))}: it takes many values ({span}), not two "
+                       f"(nor up to {MAX_LEVELS} levels, computed by bit planes)")
 
     def _exact_zero_note(self) -> str:
         for sign, (x0, x1, why) in self.exact_zeros.items():
@@ -1117,7 +1118,7 @@ def _staircase(chain: Chain, seg_starts, seg_vals, valid, distinct) -> LevelTens
     levels = int(np.round(m[-1])) + 1
     step = (float(distinct[-1]) - lo) / (levels - 1)  # 1/3 of a DoReFa range: the levels are its multiples to rounding
     if levels > MAX_LEVELS:
-        return f"it has {levels} levels, more than the {MAX_LEVELS} (2 bits) computed by bit planes"
+        return f"it has {levels} levels, more than the {MAX_LEVELS} (3 bits) computed by bit planes"
     level = np.where(valid, np.round((seg_vals - lo) / step), np.nan)  # the level index m of each segment
     filled = level.copy()
     for i in range(1, filled.shape[0]):  # the level of the last valid segment so far (sorted by start)
