@@ -935,14 +935,18 @@ def _analyse_from(graph: Graph, expr, root, consts, atoms_of, through_pad: bool)
                 break
         except Refused as why:
             # it switches more than once: maybe above a non-monotone op (|x|) it is a threshold of that op's result
-            cut = _non_monotone_node(chain) if str(why).startswith("it switches") and refusal is None else None
+            cut = None
+            if str(why).startswith("it switches") and refusal is None:
+                # the lowest one that can be cut: above it the chain may be exact (clip(round(prelu(x))) is a
+                # staircase of the PReLU's output, not of the Round's, whose integers TVM would hand over as floats)
+                cut = next((node for node in _non_monotone_nodes(chain)
+                            if _cuttable(graph, expr, root, node)), None)
             if cut is None:
                 raise refusal or why
             refusal = why
         # an op that is not monotone (|x|, a sum of functions moving in opposite ways): let TVM compute it as a
         # float tensor and analyse the ops above it, if it is a float32 tensor of the root's shape on every path
-        if cut.same_as(expr) or _dtype(cut) != "float32" or static_shape(cut) != static_shape(root) or \
-                not _only_through(graph, expr, cut):
+        if not _cuttable(graph, expr, root, cut):
             raise refusal or Refused(f"its values could not be determined exactly: "
                                      f"{describe(graph.value(cut), graph, root)} is not monotone in x between its "
                                      "breakpoints")
@@ -964,18 +968,25 @@ def _analyse_from(graph: Graph, expr, root, consts, atoms_of, through_pad: bool)
     return result
 
 
-def _non_monotone_node(chain: Chain):
-    """The float32 node nearest the top whose direction changes (|x|): above it the chain may be monotone."""
+def _non_monotone_nodes(chain: Chain) -> list:
+    """The nodes below the top whose direction changes (|x|, a PReLU of negative slope, and every op above one),
+    lowest first: above such a node the chain may be monotone."""
     order = {value: i for i, (_, value) in enumerate(chain.graph.order)}
-    best = None
+    found = []
     for value, (starts, dirs) in chain._pieces.items():
         if value.same_as(chain.graph.value(chain.top)) or not isinstance(value, relax.Call):
             continue
-        if not (np.any(np.any(dirs == 1, axis=0) & np.any(dirs == -1, axis=0))):
-            continue
-        if best is None or order.get(value, -1) > order.get(best, -1):
-            best = value
-    return chain.graph.var_of(best) if best is not None else None
+        if np.any(np.any(dirs == 1, axis=0) & np.any(dirs == -1, axis=0)):
+            found.append(value)
+    found.sort(key=lambda value: order.get(value, -1))
+    return [chain.graph.var_of(value) for value in found]
+
+
+def _cuttable(graph: Graph, expr, root, cut) -> bool:
+    """Can TVM compute ``cut`` as a float tensor for the chain above it: a float32 tensor of the root's shape
+    below the top, through which every path from the top to the root goes."""
+    return cut is not None and not cut.same_as(expr) and _dtype(cut) == "float32" and \
+        static_shape(cut) == static_shape(root) and _only_through(graph, expr, cut)
 
 
 _FLAT_OPS = ("relax.sign", "relax.nn.relu", "relax.nn.relu6", "relax.clip", "relax.floor", "relax.ceil",
