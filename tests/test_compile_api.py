@@ -42,6 +42,28 @@ def test_numpy_and_torch_inputs_give_same_numpy_output(small):
     np.testing.assert_array_equal(a, model(x).detach().numpy())
 
 
+def test_aligned_inputs_are_read_in_place_and_others_copied(small):
+    """An input in memory aligned as TVM's tensors (a torch tensor's, an aligned numpy array) is handed to the VM
+    without a copy and left unchanged; unaligned, read-only and strided inputs are copied. Same outputs for all."""
+    from tvm_bnn.backends.runtime_library import INPUT_ALIGNMENT, as_input_tensor
+
+    model, x, cm = small
+    want = model(x).detach().numpy()
+    aligned = x.numpy()
+    assert aligned.ctypes.data % INPUT_ALIGNMENT == 0  # torch allocates 64-byte aligned
+    kept = aligned.copy()
+    assert np.shares_memory(np.from_dlpack(as_input_tensor(aligned)), aligned)
+    unaligned = np.empty(aligned.size + 1, np.float32)[1:].reshape(aligned.shape)
+    unaligned[...] = aligned
+    assert not np.shares_memory(np.from_dlpack(as_input_tensor(unaligned)), unaligned)
+    read_only = aligned.copy()
+    read_only.flags.writeable = False
+    strided = np.repeat(aligned, 2, axis=3)[..., ::2]
+    for arr in (aligned, unaligned, read_only, strided, x):
+        np.testing.assert_array_equal(cm(arr), want)
+    np.testing.assert_array_equal(aligned, kept)
+
+
 def test_report_records_and_table(small):
     _, _, cm = small
     rep = cm.report

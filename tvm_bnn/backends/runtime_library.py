@@ -150,7 +150,7 @@ class LibraryModel(CompiledModel):
             f"target {self.target_name!r}"
 
     def _convert(self, args):
-        return [tvm.runtime.tensor(arr, tvm.cpu()) for arr in input_arrays(args, self.inputs)]
+        return [as_input_tensor(arr) for arr in input_arrays(args, self.inputs)]
 
     def __call__(self, *args):
         variant, machines = self._machines()
@@ -222,6 +222,21 @@ class LibraryModel(CompiledModel):
         if self.levels:
             text = text[:-1] + f" levels={self.levels}>"
         return text
+
+
+INPUT_ALIGNMENT = 64  # bytes: what TVM allocates its own tensors with, and what its kernels may assume
+
+
+def as_input_tensor(arr: np.ndarray):
+    """A model input as a TVM tensor: the array's own memory when it is C-contiguous and aligned as TVM's tensors
+    are (a torch tensor's memory, an aligned numpy array: the VM only reads its inputs, and the DLPack capsule keeps
+    the array alive for the call), else a copy. Saves a copy of the input per call (0.6 MB for a 224x224 image)."""
+    if arr.flags.c_contiguous and arr.ctypes.data % INPUT_ALIGNMENT == 0 and arr.size:
+        try:
+            return tvm.runtime.from_dlpack(arr)  # checks the 64-byte alignment and contiguity itself
+        except (BufferError, TypeError, ValueError):  # e.g. a read-only array: numpy exports no DLPack for it
+            pass
+    return tvm.runtime.tensor(arr, tvm.cpu())
 
 
 def _flatten(result):
