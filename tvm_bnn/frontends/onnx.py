@@ -184,7 +184,7 @@ def _pad_as_gathers(bb, x, before, after, mode):
             return None
         if b or a:
             indices = np.pad(np.arange(n, dtype=np.int64), (b, a), mode=_GATHER_PADS[mode])
-            out = bb.emit(relax.op.take(out, relax.const(indices), axis=axis))
+            out = bb.emit(relax.op.take(out, relax.const(indices), axis=axis, mode="clip"))
     return out
 
 

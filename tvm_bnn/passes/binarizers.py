@@ -247,7 +247,8 @@ def emit_post(bb, new, source: BinaryTensor, x, post=None):
         if isinstance(op, Slice):
             out = bb.emit(relax.op.strided_slice(out, axes=[op.axis], begin=[op.begin], end=[op.end]))
         elif isinstance(op, Gather):
-            out = bb.emit(relax.op.take(out, relax.const(np.array(op.indices, np.int64)), axis=op.axis))
+            out = bb.emit(relax.op.take(out, relax.const(np.array(op.indices, np.int64)), axis=op.axis,
+                                         mode="clip"))
         elif op_name(op) == "relax.nn.pad":
             continue  # folded into the conv's padding
         else:
