@@ -429,12 +429,13 @@ def test_zero_of_a_float_sum_that_cancels_is_a_near_tie():
         _replay(spec)
 
 
-@pytest.mark.parametrize("target", ["x86", "aarch64"])
-def test_level_quantizer_of_a_prelu_cuts_below_the_round(target):
-    """Found by the long aarch64 run (d1736ef): clamp(round(prelu(y)), -1, 1) with a negative PReLU slope is not
-    monotone in y, so the analysis lets TVM compute a float node and analyses the chain above it. It cut at the
-    node nearest the top (the Round), above which only a Clip of arbitrary floats was left: refused, the layer
-    float. The lowest cuttable node is the PReLU's output, of which the chain is a 3-level staircase: W1A2."""
+@pytest.mark.parametrize("target,units", [("x86", 2), ("aarch64", 2), ("x86", 3)])
+def test_level_quantizer_of_a_prelu_cuts_below_the_round(target, units):
+    """Found by the long aarch64 runs (d1736ef, 14561ed): clamp(round(prelu(y)), -1, 1) with a negative PReLU slope
+    is not monotone in y, so the analysis lets TVM compute a float node and analyses the chain above it. It cut at
+    the node nearest the top (the Round), above which only a Clip of arbitrary floats was left: refused, the layer
+    float; and with 3 units, where the chain takes all three levels, it tried no cut at all ("its level rises and
+    falls"). The lowest cuttable node is the PReLU's output, of which the chain is a 3-level staircase: W1A2."""
     from .strategies import BinDense, Branch, Elementwise, NetSpec
 
     if target == "aarch64":
@@ -444,8 +445,8 @@ def test_level_quantizer_of_a_prelu_cuts_below_the_round(target):
 
         need(qemu.linux_arch("aarch64").cc, qemu.linux_arch("aarch64").qemu)
     spec = NetSpec([Branch(1, (1, 1, 1), [
-        BinDense(out=2, act="BinarySign", wform="sign", flatten_first=False, bias=True, bn=True, tap=True, seed=0,
-                 matmul=True),
+        BinDense(out=units, act="BinarySign", wform="sign", flatten_first=False, bias=True, bn=True, tap=True,
+                 seed=0, matmul=True),
         Elementwise(op="prelu", seed=0),
         BinDense(out=1, act="round3", wform="sign", flatten_first=True, bias=True, bn=True, tap=True, seed=0,
                  matmul=True)], input_seed=0, input_zeros=0.0)])

@@ -934,11 +934,14 @@ def _analyse_from(graph: Graph, expr, root, consts, atoms_of, through_pad: bool)
                 result = _solve(chain)
                 break
         except Refused as why:
-            # it switches more than once: maybe above a non-monotone op (|x|) it is a threshold of that op's result
             cut = None
-            if str(why).startswith("it switches") and refusal is None:
-                # the lowest one that can be cut: above it the chain may be exact (clip(round(prelu(x))) is a
-                # staircase of the PReLU's output, not of the Round's, whose integers TVM would hand over as floats)
+            if refusal is None:
+                # it switches more than once, or its levels rise and fall: maybe above a non-monotone op (|x|, a
+                # PReLU of negative slope) it is a threshold or a staircase of that op's result. The lowest one
+                # that can be cut: clip(round(prelu(x))) is a staircase of the PReLU's output, not of the Round's,
+                # whose integers TVM would hand over as any floats. (The cut is exact: TVM computes the ops below
+                # it in float as the model does; if the chain above it is no binarizer either, the first reason
+                # is the one reported.)
                 cut = next((node for node in _non_monotone_nodes(chain)
                             if _cuttable(graph, expr, root, node)), None)
             if cut is None:
