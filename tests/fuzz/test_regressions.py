@@ -451,3 +451,19 @@ def test_level_quantizer_of_a_prelu_cuts_below_the_round(target, units):
         BinDense(out=1, act="round3", wform="sign", flatten_first=True, bias=True, bn=True, tap=True, seed=0,
                  matmul=True)], input_seed=0, input_zeros=0.0)])
     _replay(spec, target)
+
+
+def test_zero_width_pad_of_a_two_valued_tensor_pads_nothing():
+    """Found by the long x86 run (b370cab): a BatchNorm of a conv output that takes two values, then F.pad(x, (0, 0,
+    0, 0)) and a tvm_bnn.nn.BinaryConv2d with its own zero padding. The zero-width pad was read as a padding with 0
+    (mapped by the sign to +1), so the conv had "two padding values" and stayed float. It pads nothing: W1A1."""
+    from .strategies import BinConv, Branch, NetSpec, Residual
+
+    spec = NetSpec([Branch(3, (4, 7, 13), [
+        Residual(kernel=1, dilation=1, act="tvm_bnn.nn", wform=None, post=None, tap=True, seed=9529),
+        BinConv(cout=1, kernel=(2, 1), stride=(1, 1), dilation=(1, 1), padding=(0, 0), fpad=(0, 0, 0, 0),
+                fpad_pre=True, act="BinarySign", wform="ternary", bias=True, bn=True, tap=True, seed=749),
+        BinConv(cout=1, kernel=(1, 1), stride=(1, 1), dilation=(1, 1), padding=(0, 1), fpad=(0, 0, 0, 0),
+                fpad_pre=True, act="tvm_bnn.nn", wform=None, bias=True, bn=True, tap=True, seed=0)],
+        input_seed=0, input_zeros=0.0)])
+    _replay(spec)

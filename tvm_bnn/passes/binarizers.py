@@ -157,6 +157,8 @@ def _then(inner: BinaryTensor, op) -> BinaryTensor:
 
 def _padded(inner: BinaryTensor, pad) -> BinaryTensor:
     a = pad.attrs
+    if not any(int(v) for v in a.pad_width):
+        return inner  # F.pad(x, (0, 0, 0, 0)) pads nothing: no padding value to account for
     if str(a.pad_mode) != "constant":
         raise Refused(f"it is padded in mode {a.pad_mode!r} (only constant padding keeps it binary)")
     if inner.pad is not None:
