@@ -246,3 +246,29 @@ def test_four_levels_are_two_parity_planes_that_sum_to_each_level(pad_level):
     if pad_level is not None:
         assert sum(p.pad[1] for p in planes) == lo + step * pad_level
         assert all(p.pad[1] in (p.low, p.high) for p in planes)
+
+
+@pytest.mark.parametrize("mode,indices,expected", [
+    ("clip", [-1, 0, W + 2], [0, 0, W - 1]),  # clamped, as TVM's take computes
+    ("wrap", [-1, 0, W + 2], [W - 1, 0, 2]),
+    ("fast", [W - 1, 0, 2], [W - 1, 0, 2]),
+    ("fast", [-1, 0, 2], None),  # out of range in fast mode: undefined in TVM, not taken for a gather of bits
+])
+def test_gather_of_bits_follows_takes_index_mode(mode, indices, expected):
+    """A ``take`` with constant indices gathers the bits the way TVM's take gathers the floats, per its mode."""
+    from tvm_bnn.passes.binarizers import Gather
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((N, C, H, W), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            sign = bb.emit(relax.op.where(bb.emit(relax.op.greater_equal(x, _c(0.0))), _c(1.0), _c(-1.0)))
+            a = bb.emit(relax.op.take(sign, relax.const(np.array(indices, np.int64)), axis=3, mode=mode))
+            out = bb.emit_output(relax.op.nn.conv2d(a, _c(np.ones((2, C, 1, 1), np.float32))))
+        bb.emit_func_output(out)
+    src = binary_source(Graph(bb.get()["main"]), a)
+    if expected is None:
+        assert isinstance(src, str), src
+    else:
+        assert isinstance(src, BinaryTensor), src
+        assert src.post == [Gather(3, tuple(expected))]

@@ -94,10 +94,11 @@ def _analyse(graph: Graph, expr) -> BinaryTensor:
         return _then(_analysed(graph, split.args[0]), _split_slice(split, int(value.index)))
     if name == "relax.nn.pad":
         return _padded(_analysed(graph, value.args[0]), value)
-    if name == "relax.take" and _gather(graph, value) is not None:
+    gather = _gather(graph, value) if name == "relax.take" else None
+    if gather is not None:
         # a gather with constant indices (a reflect / replicate pad, index_select): each element is one of the
         # input's, so the bits are the input's bits gathered the same way
-        return _then(_analysed(graph, value.args[0]), _gather(graph, value))
+        return _then(_analysed(graph, value.args[0]), gather)
     if isinstance(value, relax.Var):
         raise Refused(f"it is {describe(value)}, a float tensor")
     root = _Roots(graph)(expr)
@@ -128,7 +129,13 @@ def _gather(graph: Graph, take) -> Gather | None:
     if indices is None or indices.ndim != 1 or take.attrs.axis is None or shape is None:
         return None
     axis = int(take.attrs.axis) % len(shape)
-    indices = indices.astype(np.int64) % shape[axis]  # take's negative indices count from the end
+    indices, n, mode = indices.astype(np.int64), shape[axis], str(take.attrs.mode)
+    if mode == "clip":
+        indices = np.clip(indices, 0, n - 1)
+    elif mode == "wrap":
+        indices = indices % n
+    elif indices.min(initial=0) < 0 or indices.max(initial=0) >= n:
+        return None  # "fast" with an index out of range: what TVM computes there is not defined
     return Gather(axis, tuple(int(i) for i in indices))
 
 
