@@ -192,21 +192,25 @@ def test_bias_scale_bn_prelu_residual_after_binary_layer():
     assert_float_close(cm(x), model(x).detach().numpy())
 
 
+class ConvBnConv(torch.nn.Module):
+    """BinaryConv2d -> BatchNorm -> ``between`` (identity by default) -> BinaryConv2d, 3x3, padding 1, no bias."""
+
+    def __init__(self, cin, mid, cout, between=None):
+        super().__init__()
+        self.c1 = bnn.BinaryConv2d(cin, mid, 3, padding=1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(mid)
+        self.c2 = bnn.BinaryConv2d(mid, cout, 3, padding=1, bias=False)
+        self.between = between
+
+    def forward(self, x):
+        y = self.bn(self.c1(x))
+        return self.c2(y if self.between is None else self.between(y))
+
+
 def test_threshold_with_negative_and_zero_gamma_exact():
     """conv -> BN(gamma < 0 and == 0 channels) -> sign -> conv: folded into integer thresholds, bit-exact."""
     torch.manual_seed(6)
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c1 = bnn.BinaryConv2d(29, 67, 3, padding=1, bias=False)
-            self.bn = torch.nn.BatchNorm2d(67)
-            self.c2 = bnn.BinaryConv2d(67, 5, 3, padding=1, bias=False)
-
-        def forward(self, x):
-            return self.c2(self.bn(self.c1(x)))
-
-    model = randomize_batchnorm(Net())
+    model = randomize_batchnorm(ConvBnConv(29, 67, 5))
     assert (model.bn.weight < 0).any() and (model.bn.weight == 0).any()
     x = torch.randn(3, 29, 6, 9)
     cm = tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False)
@@ -219,18 +223,7 @@ def test_threshold_with_negative_and_zero_gamma_exact():
 
 def test_maxpool_on_binary_activations_is_bitwise():
     torch.manual_seed(7)
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c1 = bnn.BinaryConv2d(3, 70, 3, padding=1, bias=False)
-            self.bn = torch.nn.BatchNorm2d(70)
-            self.c2 = bnn.BinaryConv2d(70, 6, 3, padding=1, bias=False)
-
-        def forward(self, x):
-            return self.c2(F.max_pool2d(self.bn(self.c1(x)), 3, stride=2, padding=1))
-
-    model = randomize_batchnorm(Net())
+    model = randomize_batchnorm(ConvBnConv(3, 70, 6, lambda y: F.max_pool2d(y, 3, stride=2, padding=1)))
     x = torch.randn(2, 3, 11, 13)
     cm = tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False)
     np.testing.assert_array_equal(cm(x), model(x).detach().numpy())
@@ -289,18 +282,7 @@ def test_pool_with_default_stride_and_ceil_mode(pool):
     TVM's importer alone rejects; the binary layers around it still binarize and the output is exact."""
     torch.manual_seed(3)
     pool_fn = F.max_pool2d if pool == "max" else F.avg_pool2d
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.c1 = bnn.BinaryConv2d(3, 37, 3, padding=1, bias=False)
-            self.bn = torch.nn.BatchNorm2d(37)
-            self.c2 = bnn.BinaryConv2d(37, 6, 3, padding=1, bias=False)
-
-        def forward(self, x):
-            return self.c2(pool_fn(self.bn(self.c1(x)), 2, ceil_mode=True))
-
-    model = randomize_batchnorm(Net())
+    model = randomize_batchnorm(ConvBnConv(3, 37, 6, lambda y: pool_fn(y, 2, ceil_mode=True)))
     x = torch.randn(2, 3, 11, 13)
     cm = tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False)
     assert sum(r.binarized for r in cm.report) == 2, str(cm.report)

@@ -774,13 +774,16 @@ class LevelTensor:
                     raise Refused(f"it is padded with {value:g}, which is neither 0 nor one of its values "
                                   f"{', '.join(_fmt(v) for v in self.values)}")
                 pad_level = int(m)
+
+        def plane_pad(on, low, high):  # a plane's padding: 0 (zero padding), or its value at the padding level
+            if self.pad is None:
+                return None
+            return self.pad[0], 0.0 if pad_level is None else (high if on(pad_level) else low)
+
         steps = []  # the thermometer: plane j is m >= j
         for j, (scale, threshold) in enumerate(zip(self.scales, self.thresholds), start=1):
             low, high = (self.lo, self.lo + self.step) if j == 1 else (0.0, self.step)
-            pad = None
-            if self.pad is not None:
-                widths, value = self.pad
-                pad = (widths, 0.0 if pad_level is None else (high if pad_level >= j else low))
+            pad = plane_pad(lambda m: m >= j, low, high)
             steps.append(BinaryTensor(self.root, scale, threshold, low, high, list(self.post), pad))
         if self.bits >= len(steps):
             return steps
@@ -789,10 +792,7 @@ class LevelTensor:
         out = []
         for b in range(self.bits):
             low, high = (self.lo, self.lo + self.step) if b == 0 else (0.0, self.step * 2 ** b)
-            pad = None
-            if self.pad is not None:
-                widths, value = self.pad
-                pad = (widths, 0.0 if pad_level is None else (high if pad_level >> b & 1 else low))
+            pad = plane_pad(lambda m: m >> b & 1, low, high)
             tests = [steps[j - 1] for j in range(1, self.levels) if (j >> b & 1) != ((j - 1) >> b & 1)]
             out.append(ParityPlane(tests, low, high, pad))
         return out
@@ -949,7 +949,7 @@ def _analyse_from(graph: Graph, expr, root, consts, atoms_of, through_pad: bool)
             refusal = why
         # an op that is not monotone (|x|, a sum of functions moving in opposite ways): let TVM compute it as a
         # float tensor and analyse the ops above it, if it is a float32 tensor of the root's shape on every path
-        if not _cuttable(graph, expr, root, cut):
+        if not _cuttable(graph, expr, root, cut):  # (the culprit; a node found above already is)
             raise refusal or Refused(f"its values could not be determined exactly: "
                                      f"{describe(graph.value(cut), graph, root)} is not monotone in x between its "
                                      "breakpoints")
