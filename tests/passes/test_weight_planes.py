@@ -115,3 +115,23 @@ def test_low_bit_layers_on_emulated_targets(target):
     assert [r.bits for r in cm.report] == ["W2A1", "W2A1", "W2A2"], str(cm.report)
     with torch.no_grad():
         assert_float_close(cm(x), model(x).numpy())
+
+
+@pytest.mark.parametrize("name", ["ternary", "two_bit_symmetric", "off_grid"])
+def test_each_activation_plane_is_packed_once(name):
+    """A layer with several weight planes runs one kernel per (activation plane, weight plane), but packs each
+    activation plane once: the kernels of one plane read the same packed tensor."""
+    from tvm_bnn.core.pipeline import analyse
+
+    from ..conftest import kernel_ops
+
+    w = torch.tensor(_random_weights(LEVEL_SETS[name][0], (7, 5, 3, 3), 0, seed=4))
+
+    class TwoBitActivations(torch.nn.Module):
+        def forward(self, x):  # DoReFa's 4 levels: two planes in the binary code, each the XOR of its tests
+            return F.conv2d(torch.round(torch.clamp(x, 0, 1) * 3) / 3, w, padding=1)
+
+    ops = kernel_ops(analyse(TwoBitActivations(), (torch.randn(1, 5, 6, 6),)).optimized)
+    n_weight_planes = len(weight_planes(w.numpy(), 0).signs)
+    assert ops.count("binary_conv2d") == 2 * n_weight_planes, ops
+    assert ops.count("bitpack_nchw") == 3, ops  # the three thermometer tests, XORed into the two planes

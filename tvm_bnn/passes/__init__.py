@@ -19,6 +19,9 @@ def binarize_module(mod: tvm.IRModule, layer_names=None):
     mod = SimplifyStraightThrough(mod)
     binarize = BinarizeLayers(layer_names)
     mod = binarize(mod)
+    # one packing per plane: every (activation plane, weight plane) kernel emits its own, as do two layers that
+    # read the same activation
+    mod = relax.transform.EliminateCommonSubexpr()(mod)
     for p in (PackBeforeMaxPool, FuseOutputTransform, FuseThreshold):
         mod = p(mod)
     mod = relax.transform.DeadCodeElimination()(mod)
