@@ -298,9 +298,9 @@ def baseline_text(board: str) -> int:
 class OneBinaryConv(torch.nn.Module):
     """The one-layer model of part 1: ``bits`` "w1a1" (sign activations, sign weights), or the few-bit variants
     (issue 21): "w1a2" 3-level activations ``clamp(round(x), -1, 1)`` (Brevitas' 2-bit narrow range: two bit
-    planes) with sign weights; "w2a2" the same activations with ternary weights (two weight planes: 4 binary
-    kernels); "w2a2-dorefa" DoReFa's 4-level ``round(clamp(x, 0, 1) * 3) / 3`` (two planes, binary code) with
-    ternary weights (4 binary kernels)."""
+    planes) with sign weights; "w2a2" the same activations with ternary weights (two weight planes, which the C
+    bundle runs as one ternary kernel per activation plane: 2 kernels); "w2a2-dorefa" DoReFa's 4-level
+    ``round(clamp(x, 0, 1) * 3) / 3`` (two planes, binary code) with ternary weights (2 ternary kernels)."""
 
     def __init__(self, c, bits="w1a1"):
         super().__init__()
@@ -378,7 +378,8 @@ def part1_low_bit(lib: CmsisLib, shapes, variants) -> None:
                   f"{s8 / total:>5.2f}x {tb['conv']:>11,.0f} {s8 / tb['conv']:>5.2f}x"
                   + (f"  (|bundle - torch| {tb['err']:.0e})" if tb["err"] else ""))
     print("  ratio = CMSIS-NN / tvm_bnn (> 1: tvm_bnn executes fewer instructions). A few-bit layer is one binary conv "
-          "per (activation plane, weight plane), their outputs summed in float.")
+          "per (activation plane, weight plane),\n  a ternary filter's two planes one ternary kernel; their outputs "
+          "summed in float.")
 
 
 def part1(lib: CmsisLib, shapes) -> None:

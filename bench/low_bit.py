@@ -2,9 +2,10 @@
 
 * W1A1: ``sign(x)`` activations, ``sign(w)`` weights (one binary kernel);
 * W1A2: 3-level activations ``clamp(round(x), -1, 1)`` (Brevitas' 2-bit narrow range: two bit planes), sign weights;
-* W2A2: the same activations, ternary weights (two weight planes: 4 binary kernels);
+* W2A2: the same activations, ternary weights (two weight planes; on x86 with vpopcntq or popcnt one ternary kernel
+  per activation plane, schedules/ternary_pairs.py; 4 binary kernels on AVX2);
 * W2A2-DoReFa: DoReFa's 4 levels ``round(clamp(x, 0, 1) * 3) / 3`` (two planes in the binary code), ternary weights
-  (4 kernels);
+  (2 ternary kernels, or 4 binary);
 
 each compiled by ``tvm_bnn.compile(model, "x86")`` and timed as the user calls it (``cm(x)``: packing, the plane
 kernels, their sum, the NCHW float output), against, in the same run, onnxruntime int8 (the W2A2 model's conv as a

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tvm import te
 
-from tvm_bnn.ops import binary_conv2d, binary_dense, bitpack, epilogue
+from tvm_bnn.ops import binary_conv2d, binary_dense, bitpack, epilogue, ternary_conv2d
 from tvm_bnn.passes.kernels import TE_BUILDERS
 from tvm_bnn.schedules import cortexm
 from tvm_bnn.targets.c_codegen import generate_c, harness_main
@@ -62,6 +62,25 @@ def test_conv2d_float_output(tmp_path, rng, c, o, h, w, kernel, strides, padding
     expected = epilogue.float_reference(binary_conv2d.reference_dot(x, wt, geo), scale, bias, channel_axis=1)
     sources, out, _ = kernel_sources("binary_conv2d", conv_params(c, kernel, strides, padding, dilation), [
         ("xp", bitpack.reference_nchw(x)), ("wp", binary_conv2d.pack_weights(wt)), ("scale", scale), ("bias", bias)])
+    run_everywhere(tmp_path, sources, out, expected)
+
+
+@pytest.mark.parametrize("c,o,h,w,kernel,strides,padding,dilation", CONV_CASES)
+def test_ternary_conv2d(tmp_path, rng, c, o, h, w, kernel, strides, padding, dilation):
+    """Ternary filters as sign and mask words, ``(x ^ s) & m`` counted in the byte-count form; zero padding in
+    the even cases, +1 padding (a constant bit: no correction) in the odd ones."""
+    pad_value = 0 if c % 2 == 0 else 1
+    geo = binary_conv2d.Conv2dGeometry(c, kernel, strides, padding, dilation, pad_value)
+    x = pm1(rng, (1, c, h, w))
+    wt = rng.choice(np.array([-1.0, 0.0, 1.0], np.float32), (o, c) + kernel, p=[0.35, 0.3, 0.35])
+    scale = rng.uniform(0.1, 2, o).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    expected = epilogue.float_reference(ternary_conv2d.reference_dot(x, wt, geo), scale, bias, channel_axis=1)
+    wp = ternary_conv2d.pack_weights(wt)
+    params = dict(conv_params(c, kernel, strides, padding, dilation), pad_value=pad_value)
+    sources, out, _ = kernel_sources("ternary_conv2d", params, [
+        ("xp", bitpack.reference_nchw(x)), ("wp", wp), ("scale", scale), ("bias", bias),
+        ("corr", ternary_conv2d.correction_table(wp, geo, (h, w)))])
     run_everywhere(tmp_path, sources, out, expected)
 
 

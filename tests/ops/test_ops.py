@@ -5,7 +5,7 @@ import torch
 import tvm
 from tvm import te
 
-from tvm_bnn.ops import binary_conv2d, binary_dense, binary_maxpool, bitpack, epilogue
+from tvm_bnn.ops import binary_conv2d, binary_dense, binary_maxpool, bitpack, epilogue, ternary_conv2d
 
 
 def run_te(inputs, build_out, out_dtype=None):
@@ -74,6 +74,31 @@ def test_binary_conv2d_op_matches_reference(rng, c, o, h, w, kernel, strides, pa
     bits = run_te([xp, wp, direction, threshold], lambda a, b, d, t: binary_conv2d.compute_bits(a, b, d, t, geo))
     np.testing.assert_array_equal(bits, epilogue.bits_reference(np.transpose(dot, (0, 2, 3, 1)), direction,
                                                                 threshold))
+
+
+@pytest.mark.parametrize("pad_value", [0, 1, -1])
+@pytest.mark.parametrize("c,o,h,w,kernel,strides,padding,dilation", CONV_CASES)
+def test_ternary_conv2d_op_matches_reference(rng, c, o, h, w, kernel, strides, padding, dilation, pad_value):
+    """Ternary filters (sign and mask planes) against the plain conv, under zero and constant-bit padding."""
+    geo = binary_conv2d.Conv2dGeometry(c, kernel, strides, padding, dilation, pad_value)
+    x = pm1(rng, (2, c, h, w))
+    wt = rng.choice(np.array([-1.0, 0.0, 1.0], np.float32), (o, c) + kernel, p=[0.3, 0.4, 0.3])
+    wt[0] = 0.0  # a filter of zeros only
+    padded = torch.nn.functional.pad(torch.tensor(x), (padding[1], padding[3], padding[0], padding[2]),
+                                     value=float(pad_value))
+    expected = torch.nn.functional.conv2d(padded, torch.tensor(wt), stride=strides, dilation=dilation).numpy()
+    np.testing.assert_array_equal(ternary_conv2d.reference_dot(x, wt, geo), expected)
+    scale = rng.uniform(0.1, 2, o).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    wp = ternary_conv2d.pack_weights(wt * 0.25)
+    # the same filter from the two +-1 planes whose mean it is (w1 = sign with 0 -> +1, w2 = sign with 0 -> -1)
+    w1, w2 = (binary_conv2d.pack_weights(np.where(wt == 0, z, wt)) for z in (1.0, -1.0))
+    np.testing.assert_array_equal(ternary_conv2d.from_plane_pair(w1, w2, c), wp)
+    corr = ternary_conv2d.correction_table(wp, geo, (h, w))
+    got = run_te([bitpack.reference_nchw(x), wp, scale, bias, corr],
+                 lambda a, b, s, t, k: ternary_conv2d.compute(a, b, s, t, k, geo))
+    np.testing.assert_array_equal(got, epilogue.float_reference(expected.astype(np.int64), scale, bias,
+                                                                channel_axis=1))
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 200, 10), (4, 64, 65), (2, 1000, 130)])

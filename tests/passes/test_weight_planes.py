@@ -117,6 +117,22 @@ def test_low_bit_layers_on_emulated_targets(target):
         assert_float_close(cm(x), model(x).numpy())
 
 
+def test_ternary_layers_on_cortex_m_are_ternary_kernels():
+    """On the C bundle a ternary layer's two weight planes (equal scales) run as one ternary kernel per activation
+    plane (schedules/ternary_pairs.py); the model still equals PyTorch, zero padding and groups included."""
+    need("arm-none-eabi-gcc", "qemu-system-arm")
+    torch.manual_seed(2)
+    model = LowBitNet(LEVEL_SETS["ternary"][0], groups=1, seed=5).eval()
+    x = torch.randn(2, 6, 9, 7)
+    cm = tvm_bnn.compile(model, "cortex-m4", example_inputs=(x,), progress=False)
+    assert [r.bits for r in cm.report] == ["W2A1", "W2A1", "W2A2"], str(cm.report)
+    kernels = [k for k in cm.bundle.kernels if "conv2d" in k]
+    # conv 1 (sign input) and conv 2 ({0, 1} input): one ternary kernel each, no binary pair left
+    assert len(kernels) == 2 and all("ternary" in k for k in kernels), cm.bundle.kernels
+    with torch.no_grad():
+        assert_float_close(cm(x), model(x).numpy())
+
+
 @pytest.mark.parametrize("name", ["ternary", "two_bit_symmetric", "off_grid"])
 def test_each_activation_plane_is_packed_once(name):
     """A layer with several weight planes runs one kernel per (activation plane, weight plane), but packs each

@@ -11,7 +11,7 @@ import pytest
 import tvm
 from tvm import te
 
-from tvm_bnn.ops import binary_conv2d, binary_dense, binary_maxpool, bitpack, epilogue
+from tvm_bnn.ops import binary_conv2d, binary_dense, binary_maxpool, bitpack, epilogue, ternary_conv2d
 from tvm_bnn.schedules import x86
 from tvm_bnn.targets import resolve_target
 
@@ -144,6 +144,70 @@ def test_weight_layout_pass_lays_out_each_targets_weights():
         assert params.get("flavour") == (flavour if prepared else None), name
         assert x86._has_block(convs[0], "weights_t") != prepared, name
         assert x86._has_block(convs[0], "pad_adjust") != prepared, name
+
+
+@pytest.mark.parametrize("target", ["x86", "x86-avx512", "x86-popcnt"])
+@pytest.mark.parametrize("pad_value", [0, -1])
+@pytest.mark.parametrize("n,c,o,h,w,kernel,strides,padding,dilation", CONV)
+def test_ternary_conv2d_kernels_exact(rng, target, pad_value, n, c, o, h, w, kernel, strides, padding, dilation):
+    """The ternary conv (sign and mask filters, output channels innermost: "HWIO") under the channel-vectorised
+    schedule equals the plain conv with weights in {-1, 0, 1}."""
+    geo = binary_conv2d.Conv2dGeometry(c, kernel, strides, padding, dilation, pad_value)
+    x = pm1(rng, (n, c, h, w))
+    wt = rng.choice(np.array([-1.0, 0.0, 1.0], np.float32), (o, c) + kernel)
+    dot = ternary_conv2d.reference_dot(x, wt, geo)
+    packed = ternary_conv2d.pack_weights(wt)
+    corr = ternary_conv2d.correction_table(packed, geo, (h, w))
+    scale, bias = exact_affine(rng, o)
+    params = dict(geo.params(), layout="HWIO")
+    got = _run(target, "ternary_conv2d", [bitpack.reference_nchw(x), ternary_conv2d.to_layout(packed, "HWIO"), scale,
+                                          bias, corr],
+               lambda a, b, s, t, k: ternary_conv2d.compute(a, b, s, t, k, geo, "HWIO"), params=params)
+    np.testing.assert_array_equal(got, epilogue.float_reference(dot, scale, bias, channel_axis=1))
+
+
+def test_ternary_pairs_become_ternary_kernels_where_the_target_has_them():
+    """A ternary layer (two weight planes of equal scale) is one ternary kernel per activation plane on the x86
+    levels whose binary conv vectorises over output channels (vpopcntq, scalar popcnt), a pair of binary convs on
+    AVX2 (byte-lane kernels); the AVX-512 kernel counts ``(x ^ s) & m`` with vpternlogq and vpopcntq."""
+    import torch
+    import torch.nn.functional as F
+
+    from tvm_bnn.core.pipeline import analyse, fuse_pipeline
+
+    w = torch.randn(70, 5, 3, 3, generator=torch.Generator().manual_seed(0))
+    w = torch.where(w.abs() < 0.5, 0.0, torch.sign(w))
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return F.conv2d(torch.clamp(torch.round(x), -1, 1), w, padding=1)  # 3 levels: two activation planes
+
+    analysed = analyse(Net(), (torch.randn(1, 5, 9, 7),))
+    for name, want in [("x86-avx512", "ternary_conv2d"), ("x86-popcnt", "ternary_conv2d"),
+                       ("x86-avx2", "binary_conv2d")]:
+        spec = resolve_target(name)
+        with spec.target:
+            fused = fuse_pipeline(spec.target)(analysed.optimized)
+        calls = []
+        for block in fused["main"].body.blocks:
+            for binding in block.bindings:
+                v = binding.value
+                if isinstance(v, tvm.relax.Call) and getattr(v.op, "name", "") == "relax.call_tir":
+                    attrs = fused[v.args[0]].attrs
+                    if attrs is not None and "conv2d" in str(attrs.get("tvm_bnn.op", "")):
+                        calls.append(str(attrs["tvm_bnn.op"]))
+        assert calls == [want] * (2 if want == "ternary_conv2d" else 4), (name, calls)
+
+    geo = binary_conv2d.Conv2dGeometry(70, (3, 3), (1, 1), (1, 1, 1, 1))
+    phs = [te.placeholder((1, 9, 7, 2), "uint64"), te.placeholder((2, 3, 3, 2, 70), "uint64"),
+           te.placeholder((70,), "float32"), te.placeholder((70,), "float32"), te.placeholder((3, 3, 70), "int32")]
+    func = te.create_prim_func(phs + [ternary_conv2d.compute(*phs, geo, "HWIO")]).with_attr(
+        "tvm_bnn.op", "ternary_conv2d").with_attr("tvm_bnn.params", json.dumps(dict(geo.params(), layout="HWIO")))
+    target = resolve_target("x86-avx512").target
+    with target:
+        scheduled = x86.schedule_kernel(func, "ternary_conv2d", 2)
+    asm = tvm.compile(tvm.IRModule({"main": scheduled}), target=target).mod.inspect_source("asm")
+    assert "vpternlogq" in asm and "vpopcntq" in asm
 
 
 DENSE = [(1, 1, 1), (3, 63, 10), (4, 65, 65), (2, 130, 130), (5, 300, 7), (8, 1024, 64)]

@@ -15,14 +15,18 @@ from ..passes import binarize_module, cleanup
 from ..passes.graph import static_shape
 from ..report import Report
 from ..schedules import ScheduleKernels
-from ..schedules.weight_layout import LayOutConvWeights
+from ..schedules.ternary_pairs import FuseTernaryPairs
+from ..schedules.weight_layout import LayOutConvWeights, layout_for
 
 
 def fuse_pipeline(target=None) -> tvm.transform.Pass:
     """Legalize the float ops to TIR and fuse them; the PrimFuncs of the result are the tuning tasks. With a
     ``target``, the binary convs whose weights that target's kernels read in another layout get it at compile time
-    first (schedules/weight_layout.py)."""
+    first (schedules/weight_layout.py), and where its kernels have a ternary form, pairs of weight planes become
+    ternary kernels (schedules/ternary_pairs.py)."""
     layout = [LayOutConvWeights(target)] if target is not None else []
+    if layout_for(target) == "generic":  # its binary conv's layout has a ternary form (schedules/ternary_pairs.py)
+        layout = [FuseTernaryPairs("HWIO")] + layout
     return tvm.transform.Sequential(
         layout + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                   relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),

@@ -48,6 +48,7 @@ import tvm
 
 from ..core.pipeline import fuse_pipeline
 from ..errors import BundleError
+from ..schedules.ternary_pairs import FuseTernaryPairs
 from ..targets import qemu
 from ..targets.c_codegen import _CTYPES, c_array, generate_c
 from ..targets.llvm_object import generate_object
@@ -231,7 +232,10 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
         raise BundleError(f"input_shape={tuple(input_shape)} but the model's input is {in_shapes[0]}")
 
     with tvm.target.Target({"kind": "c"}), tvm.transform.PassContext(opt_level=3):
-        # an LLVM (ARM) bundle's binary convs read their weights laid out at compile time, as its kernels want them
+        # an LLVM (ARM) bundle's binary convs read their weights laid out at compile time, as its kernels want them;
+        # the C kernels count bits in software: a ternary layer's two weight planes as one ternary kernel
+        if not llvm:
+            optimized_mod = FuseTernaryPairs()(optimized_mod)
         fused = fuse_pipeline(target.target if llvm else None)(optimized_mod)
     calls = kernel_calls(fused, in_shapes, lean)
     in_tensors, out_tensors, consts, steps = calls.in_tensors, calls.out_tensors, calls.consts, calls.steps

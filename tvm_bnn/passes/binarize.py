@@ -131,19 +131,26 @@ class BinarizeLayers:
             # one copy of each weight plane, read by every activation plane's kernel
             weights = [[relax.const(p) for p in groups_packed] for groups_packed in packed_planes]
             total = None
-            for plane, j, geometry, scale, bias, offset in plans:
-                outs = []
-                for g, packed in enumerate(weights[j]):
-                    chans = [Slice(1, g * int(cg), (g + 1) * int(cg))] if groups > 1 else []
-                    xp = emit_packed(bb, new, plane, rows=False, extra_post=chans)
-                    part = slice(g * og, (g + 1) * og)
-                    args = [xp, packed, relax.const(scale[part]), relax.const(bias[part])]
-                    call = call_kernel(bb, "binary_conv2d", args, **geometry.params())
-                    outs.append(call if single and offset is None else bb.emit(call))
-                out = outs[0] if groups == 1 else bb.emit(relax.op.concat(outs, axis=1))
-                if offset is not None:
-                    out = relax.op.add(out, relax.const(offset))
-                total = out if total is None else relax.op.add(bb.emit(total), bb.emit(out))
+            # summed per activation plane first: the kernels of one plane read one packed input, and a pair of
+            # them with equal scales is one ternary kernel where a target has one (schedules/ternary_pairs.py)
+            for plane in planes:
+                part, offsets = None, []
+                for _, j, geometry, scale, bias, offset in (p for p in plans if p[0] is plane):
+                    outs = []
+                    for g, packed in enumerate(weights[j]):
+                        chans = [Slice(1, g * int(cg), (g + 1) * int(cg))] if groups > 1 else []
+                        xp = emit_packed(bb, new, plane, rows=False, extra_post=chans)
+                        cut = slice(g * og, (g + 1) * og)
+                        args = [xp, packed, relax.const(scale[cut]), relax.const(bias[cut])]
+                        call = call_kernel(bb, "binary_conv2d", args, **geometry.params())
+                        outs.append(call if single and offset is None else bb.emit(call))
+                    out = outs[0] if groups == 1 else bb.emit(relax.op.concat(outs, axis=1))
+                    part = out if part is None else relax.op.add(bb.emit(part), bb.emit(out))
+                    if offset is not None:
+                        offsets.append(offset.astype(np.float64))
+                if offsets:
+                    part = relax.op.add(bb.emit(part), relax.const(np.sum(offsets, axis=0).astype(np.float32)))
+                total = part if total is None else relax.op.add(bb.emit(total), bb.emit(part))
             return total
 
         return record, recipe

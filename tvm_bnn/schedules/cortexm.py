@@ -41,6 +41,7 @@ from tvm import s_tir, te, tirx
 from . import lean
 from ..ops import WORD_BITS, epilogue, num_words
 from ..ops import bitpack as ops_bitpack
+from ..ops import ternary_conv2d
 from ..ops.binary_conv2d import Conv2dGeometry, ConvFrame
 
 MAX_BLOCK = 4  # output channels per register block (measured on the M4: 4 beats 2 and 1 by 2-4 %)
@@ -56,6 +57,7 @@ _REGISTER_BUFFERS = ("nibbles", "bytes", "popcount", "binary_conv2d_bits_halves"
                      "bitpack_halves")
 
 _CONV_OPS = ("binary_conv2d", "binary_conv2d_bits")
+_TERNARY_OPS = ("ternary_conv2d",)
 _DENSE_OPS = ("binary_dense", "binary_dense_bits")
 _BITPACK_OPS = ("bitpack_nchw", "bitpack_rows")
 
@@ -136,6 +138,19 @@ def _popcount_stages(shape, word, axes, low: bool):
 # computes (same results as ops.binary_conv2d / ops.binary_dense, M-profile form of the popcount)
 
 
+def ternary_dot(xp: te.Tensor, wp: te.Tensor, corr: te.Tensor, geo: Conv2dGeometry) -> te.Tensor:
+    """uint64[N,H,W,CW] x uint64[2,O,KH,KW,CW] -> int32[N, OH, OW, O] (NHWC), as ``ternary_conv2d.compute_dot``:
+    the words are ``(x ^ sign) & mask``, counted as the binary conv counts ``x ^ w``."""
+    f = ternary_conv2d.frame(xp, wp, geo)
+    xs, sh, sw, dh, dw = f.xs, f.sh, f.sw, f.dh, f.dw
+
+    def word(n, oh, ow, o, kh, kw, cw):
+        return (xs[n, oh * sh + kh * dh, ow * sw + kw * dw, cw] ^ wp[0, o, kh, kw, cw]) & wp[1, o, kh, kw, cw]
+
+    pop = _popcount_stages((f.n, f.oh, f.ow, f.o), word, (f.kh, f.kw, f.cw), f.cw == 1 and f.c <= 32)
+    return ternary_conv2d.dot_from_counts(f, pop, corr)
+
+
 def conv_dot(xp: te.Tensor, wp: te.Tensor, geo: Conv2dGeometry, out_extent: int | None = None) -> te.Tensor:
     """uint64[N,H,W,CW] x uint64[O,KH,KW,CW] -> int32[N, OH, OW, out_extent] (NHWC), as ``binary_conv2d.compute_dot``
     (zero padding skipped exactly, channels past O reuse the last filter)."""
@@ -213,6 +228,14 @@ def kernel_compute(op: str, params: dict, args):
     """The M-profile TE of one of our binary kernels: ``args`` placeholders -> output tensor."""
     if op in _BITPACK_OPS:
         return bitpack(args[0], 1, "bitpack", *args[1:])
+    if op in _TERNARY_OPS:
+        if params.get("layout", "OHWI") != "OHWI":
+            raise ValueError(f"{op}: filters in layout {params['layout']} (the M-profile form reads OHWI)")
+        xp, wp, p2, p3, corr = args
+        dot = ternary_dot(xp, wp, corr, Conv2dGeometry.from_params(params))
+        n_, oh_, ow_, o_ = (int(d) for d in dot.shape)
+        return te.compute((n_, o_, oh_, ow_), lambda n, o, oh, ow: dot[n, oh, ow, o].astype("float32") * p2[o]
+                          + p3[o], name=op)
     xp, wp, p2, p3 = args
     if op in _CONV_OPS:
         geo = Conv2dGeometry.from_params(params)
@@ -295,7 +318,7 @@ def _schedule(sch: s_tir.Schedule, op: str, block_size: int):
     else:
         out = sch.get_sblock(op)
         loops = sch.get_loops(out)
-        if op == "binary_conv2d":  # (n, o, oh, ow) -> (n, oh, ow, o)
+        if op in ("binary_conv2d",) + _TERNARY_OPS:  # (n, o, oh, ow) -> (n, oh, ow, o)
             n, o, oh, ow = loops
             sch.reorder(n, oh, ow, o)
         else:
@@ -358,7 +381,7 @@ def schedule_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc:
     memory-lean schedule of ``schedules.lean`` only (so does a kernel whose schedule fails to build)."""
     attrs = func.attrs
     op = str(attrs["tvm_bnn.op"]) if attrs is not None and "tvm_bnn.op" in attrs else None
-    if op not in _CONV_OPS + _DENSE_OPS + _BITPACK_OPS:
+    if op not in _CONV_OPS + _TERNARY_OPS + _DENSE_OPS + _BITPACK_OPS:
         if _has_block(func, FLOAT_CONV_BLOCK):
             try:
                 return schedule_float_conv(func)
@@ -387,7 +410,7 @@ def build_kernel(func: tirx.PrimFunc, op: str, params: dict, block_size: int | N
     if "global_symbol" not in func.attrs:
         new = new.without_attr("global_symbol")
     channels = int(out.shape[-1]) * WORD_BITS if op.endswith("_bits") else int(
-        out.shape[1] if op == "binary_conv2d" else out.shape[-1])
+        out.shape[1] if op in ("binary_conv2d",) + _TERNARY_OPS else out.shape[-1])
     sch = s_tir.Schedule(new)
     _schedule(sch, op, block_size or _block(channels))
     return _finish(sch)

@@ -33,7 +33,8 @@ from . import simd_bytes
 from .loops import fuse_row_tasks, loop_kinds, parallelize_outer, register_block
 
 L1_BYTES = 32 * 1024
-BINARY_OPS = ("binary_conv2d", "binary_conv2d_bits", "binary_dense", "binary_dense_bits")
+BINARY_OPS = ("binary_conv2d", "binary_conv2d_bits", "binary_dense", "binary_dense_bits", "ternary_conv2d")
+FLOAT_CONV_OPS = ("binary_conv2d", "ternary_conv2d")  # conv kernels with a float NCHW output
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,8 @@ def is_arm(target) -> bool:
 
 
 def default_knobs(op: str, func, target=None) -> Knobs:
-    """The default (untuned) knobs, measured on Zen 4 for each popcount ISA (bench/kernels.py):
+    """The default (untuned) knobs, measured on Zen 4 for each popcount ISA (bench/kernels.py; the ternary conv on
+    Zen 5):
 
     * conv (vectorised over output channels): avx512 8 pixels (fit_knobs shrinks them to a divisor of OW: 7 for
       28/14/7, 8 for 56) x 16 channels in 2 zmm for the bits output and 7x7 maps, x 8 channels for the float
@@ -136,11 +138,15 @@ def default_knobs(op: str, func, target=None) -> Knobs:
     isa = popcount_isa(target)
     if isa == "neon":
         wide = str(target.attrs.get("mtriple", "")).startswith("aarch64")
-        if op.startswith("binary_conv2d") and _channels(func):
+        if op.startswith(FLOAT_CONV_OPS) and _channels(func):
             return Knobs(tile_p=4 if wide else 2, tile_o=8, vector=2)
         return Knobs(tile_p=2, tile_o=4, vector=_divisor_le(_reduction_words(func), 2))
     words = _reduction_words(func)
-    if op.startswith("binary_conv2d") and _channels(func):
+    if op.startswith(FLOAT_CONV_OPS) and _channels(func):
+        if isa == "avx512" and op == "ternary_conv2d":
+            # two filter vectors (sign, mask) per word: more pixels share them (28x28x256 on Zen 5: 14 x 8 in
+            # 0.126 ms, 7 x 8 0.157, 7 x 16 0.208)
+            return Knobs(tile_p=16, tile_o=8, vector=8)
         if isa == "avx512":
             # float output (NCHW stores): 8 channels per block, unless one pixel tile covers the row (7x7 maps)
             sch = s_tir.Schedule(func)
@@ -163,7 +169,7 @@ def tuning_form(func, target=None):
     (``simd_flavour``), so that the design space (``simd_bytes.design_space``) and the database records are of the
     kernel the build uses; ``func`` itself otherwise (and for every other PrimFunc)."""
     attrs = func.attrs
-    if attrs is None or str(attrs.get("tvm_bnn.op", "")) not in BINARY_OPS or simd_bytes.FORM_ATTR in attrs or \
+    if attrs is None or str(attrs.get("tvm_bnn.op", "")) not in simd_bytes.OPS or simd_bytes.FORM_ATTR in attrs or \
             not _has_block(func, "dot"):
         return func
     flavour = simd_flavour(target)
@@ -179,8 +185,10 @@ def _channels(func) -> bool:
     """A conv vectorised over output channels: it transposes its filters (``weights_t``) or reads them transposed
     at compile time (schedules/weight_layout.py)."""
     attrs = func.attrs
-    if attrs is not None and "tvm_bnn.params" in attrs and json.loads(str(attrs["tvm_bnn.params"])).get("prepared"):
-        return True
+    if attrs is not None and "tvm_bnn.params" in attrs:
+        params = json.loads(str(attrs["tvm_bnn.params"]))
+        if params.get("prepared") or params.get("layout") == "HWIO":  # ternary filters: output channels innermost
+            return True
     return _has_block(func, "weights_t")
 
 
@@ -344,7 +352,7 @@ def _apply(sch, op: str, how, num_cores: int, unroll: bool = True):
         sch.reorder(mo, w, bo, mi, bi)
         outer = sch.fuse(mo, w)
         tile_loop = bo
-    elif op == "binary_conv2d" and channels:
+    elif op in FLOAT_CONV_OPS and channels:
         n, o, oh, ow = sch.get_loops(epi)
         oo, ob, ov = sch.split(o, how.o3(sch, o))
         wo, wi = sch.split(ow, how.p(sch, ow))
@@ -409,7 +417,7 @@ def fit_knobs(sch, op: str, knobs: Knobs) -> Knobs:
         p_ext, o_ext = spatial[0], spatial[1]
     elif op == "binary_dense_bits":
         p_ext, o_ext = spatial[0], 64
-    elif op == "binary_conv2d":
+    elif op in FLOAT_CONV_OPS:
         p_ext, o_ext = int(out.iter_vars[3].dom.extent), int(out.iter_vars[1].dom.extent)
     else:
         p_ext, o_ext = int(out.iter_vars[2].dom.extent), 64
@@ -501,7 +509,7 @@ def schedule_kernel(func, op: str, num_cores: int, target=None, knobs: Knobs | N
     if op in BINARY_OPS:
         if not _has_block(func, "dot"):
             return func  # already scheduled (``dot`` is always inlined), e.g. a PrimFunc from a tuning database
-        flavour = simd_flavour(target)
+        flavour = simd_flavour(target) if op != "ternary_conv2d" else None
         if flavour is not None:  # byte-lane counters: AVX2 without VPOPCNTDQ, NEON
             simd = None if knobs is None else simd_bytes.Knobs(knobs.tile_p, knobs.tile_o, knobs.vector, knobs.unroll)
             scheduled = simd_bytes.schedule_kernel(func, op, flavour, num_cores, simd)

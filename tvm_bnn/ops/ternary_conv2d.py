@@ -1,0 +1,135 @@
+"""ternary_conv2d: conv2d of channel-packed ±1 activations with ternary weights {-1, 0, +1}, one popcount per word.
+
+A ternary filter is kept as two bit planes: ``sign`` (bit = w > 0) and ``mask`` (bit = w != 0), packed like
+binary_conv2d's filters and stacked: uint64[2, O, KH, KW, CW]. A tap contributes ``sum_c m * x * s``, which is
+``popcount(m) - 2 * popcount((x ^ s) & m)``: one popcount per (input word, filter word), where the same layer as two
+±1 weight planes (ternary = (w1 + w2) / 2, passes/weights.weight_planes) takes two.
+
+``dot = corr[row class, column class, o] - 2 * popcount`` over the zero-padded input (``ConvFrame``): ``corr`` holds,
+per border class of output pixels, the nonzero weights of the taps inside the image plus twice the mismatches a
+padding word (0) was counted for on the others (``2 * popcount(s & m)``): the padded taps contribute exactly 0, as
+the float conv's zeros do. Constant-bit padding (``pad_value`` +1 / -1) is an ordinary ±1 input: one class, every
+tap counted. ``corr`` depends on the weights only and is computed at compile time (:func:`correction_table`).
+"""
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+
+from . import WORD_BITS
+from .binary_conv2d import Conv2dGeometry, ConvFrame, pack_weights as pack_binary
+
+
+def pack_weights(w: np.ndarray) -> np.ndarray:
+    """OIHW weights in {-a, 0, +a} (any a > 0 per channel) -> uint64[2, O, KH, KW, CW]: sign plane, mask plane."""
+    w = np.asarray(w)
+    return np.stack([pack_binary(np.where(w > 0, 1.0, -1.0)), pack_binary(np.where(w != 0, 1.0, -1.0))])
+
+
+def from_plane_pair(w1: np.ndarray, w2: np.ndarray, channels: int) -> np.ndarray:
+    """Two packed ±1 filter planes (binary_conv2d.pack_weights) -> the packed ternary filter of ``(w1 + w2) / 2``:
+    nonzero where the planes agree, with their sign. The mask keeps only the ``channels`` real bits of each word."""
+    w1, w2 = (np.ascontiguousarray(w, dtype=np.uint64) for w in (w1, w2))
+    valid = np.zeros(w1.shape[-1], np.uint64)
+    for q in range(w1.shape[-1]):
+        bits = min(WORD_BITS, channels - q * WORD_BITS)
+        valid[q] = np.uint64((1 << bits) - 1) if bits < WORD_BITS else np.uint64(2 ** 64 - 1)
+    mask = ~(w1 ^ w2) & valid
+    return np.stack([w1 & w2 & mask, mask])
+
+
+def _popcounts(words: np.ndarray) -> np.ndarray:
+    """Bit count of each uint64, summed over the last axis (the words of a tap)."""
+    return np.unpackbits(np.ascontiguousarray(words).view(np.uint8), axis=-1).reshape(
+        words.shape[:-1] + (-1,)).sum(axis=-1).astype(np.int64)
+
+
+# filter layouts: "OHWI" uint64[2, O, KH, KW, CW] (as packed; the C kernels), "HWIO" uint64[2, KH, KW, CW, O] (output
+# channels innermost: x86's kernel vectorises over them, as binary_conv2d's transposed ``weights_t``)
+LAYOUTS = ("OHWI", "HWIO")
+
+
+def filter_shape(wp, layout: str = "OHWI") -> tuple:
+    """(O, KH, KW, CW) of stacked ternary filters in ``layout``."""
+    dims = tuple(int(d) for d in wp.shape[1:])
+    if layout not in LAYOUTS:
+        raise ValueError(f"ternary filter layout {layout!r}: one of {LAYOUTS}")
+    return dims if layout == "OHWI" else (dims[3],) + dims[:3]
+
+
+def to_layout(wp: np.ndarray, layout: str) -> np.ndarray:
+    """Packed OHWI filters (:func:`pack_weights`) in ``layout``."""
+    filter_shape(wp, layout)
+    return wp if layout == "OHWI" else np.ascontiguousarray(np.transpose(wp, (0, 2, 3, 4, 1)))
+
+
+def frame(xp: te.Tensor, wp, geo: Conv2dGeometry, layout: str = "OHWI") -> ConvFrame:
+    """The ConvFrame of input ``xp`` and stacked ternary filters ``wp`` (of which it reads the shape only)."""
+    return ConvFrame(xp, te.placeholder(filter_shape(wp, layout), "uint64", name="filters"), geo)
+
+
+def correction_table(wp: np.ndarray, geo: Conv2dGeometry, in_hw: tuple) -> np.ndarray:
+    """int32[row classes, column classes, O]: ``corr`` of the module docstring, for an input of ``in_hw``."""
+    wp = np.ascontiguousarray(wp, dtype=np.uint64)
+    h, w = (int(v) for v in in_hw)
+    f = frame(te.placeholder((1, h, w, wp.shape[-1]), "uint64"), wp, geo)
+    nnz = _popcounts(wp[1])  # [O, KH, KW]
+    counted = _popcounts(wp[0] & wp[1])  # mismatches of a tap against a 0 word
+    if not f.needs_adjust:
+        return nnz.sum(axis=(1, 2)).astype(np.int32)[None, None]
+    corr = np.zeros((len(f.reps_h), len(f.reps_w), wp.shape[1]), np.int64)
+    for a, rh in enumerate(f.reps_h):
+        for b, rw in enumerate(f.reps_w):
+            for i in range(f.kh):
+                for j in range(f.kw):
+                    ih, iw = rh * f.sh - f.pt + i * f.dh, rw * f.sw - f.pl + j * f.dw
+                    inside = 0 <= ih < h and 0 <= iw < w
+                    corr[a, b] += nnz[:, i, j] if inside else 2 * counted[:, i, j]
+    return corr.astype(np.int32)
+
+
+def dot_from_counts(f: ConvFrame, pop, corr: te.Tensor) -> te.Tensor:
+    """int32[N, OH, OW, O]: ``corr[class] - 2 * pop(n, oh, ow, o)`` (the row and column classes when padding is
+    corrected, else the one entry)."""
+    if f.needs_adjust:
+        return te.compute((f.n, f.oh, f.ow, f.o), lambda n, oh, ow, o: corr[f.cls_h(oh), f.cls_w(ow), o] - 2 * pop(
+            n, oh, ow, o).astype("int32"), name="dot")
+    return te.compute((f.n, f.oh, f.ow, f.o), lambda n, oh, ow, o: corr[0, 0, o] - 2 * pop(
+        n, oh, ow, o).astype("int32"), name="dot")
+
+
+def compute_dot(xp: te.Tensor, wp: te.Tensor, corr: te.Tensor, geo: Conv2dGeometry,
+                layout: str = "OHWI") -> te.Tensor:
+    """uint64[N,H,W,CW] x stacked filters (``layout``) (+ corr) -> exact int32 dot, NHWC: int32[N, OH, OW, O]. As
+    binary_conv2d's: over a flattened output-pixel axis (tiles need not divide OW), the reduction over (KH, KW, CW)
+    words, accumulated in uint64 lanes."""
+    f = frame(xp, wp, geo, layout)
+    xs, ow_, sh, sw, dh, dw = f.xs, f.ow, f.sh, f.sw, f.dh, f.dw
+    rkh = te.reduce_axis((0, f.kh), name="rkh")
+    rkw = te.reduce_axis((0, f.kw), name="rkw")
+    rcw = te.reduce_axis((0, f.cw), name="rcw")
+
+    def filt(plane, o):
+        return wp[plane, o, rkh, rkw, rcw] if layout == "OHWI" else wp[plane, rkh, rkw, rcw, o]
+
+    pop = te.compute((f.n, f.oh * ow_, f.o), lambda n, p, o: te.sum(tirx.popcount(
+        (xs[n, (p // ow_) * sh + rkh * dh, (p % ow_) * sw + rkw * dw, rcw] ^ filt(0, o)) & filt(1, o)),
+        axis=[rkh, rkw, rcw]), name="popcount")
+    return dot_from_counts(f, lambda n, oh, ow, o: pop[n, oh * ow_ + ow, o], corr)
+
+
+def compute(xp, wp, scale, bias, corr, geo: Conv2dGeometry, layout: str = "OHWI") -> te.Tensor:
+    """Float output, NCHW: ``dot * scale[o] + bias[o]`` as float32[N, O, OH, OW]."""
+    dot = compute_dot(xp, wp, corr, geo, layout)
+    n_, oh_, ow_, o_ = (int(d) for d in dot.shape)
+    return te.compute((n_, o_, oh_, ow_),
+                      lambda n, o, oh, ow: dot[n, oh, ow, o].astype("float32") * scale[o] + bias[o],
+                      name="ternary_conv2d")
+
+
+def reference_dot(x_pm1: np.ndarray, w_ternary: np.ndarray, geo: Conv2dGeometry) -> np.ndarray:
+    """±1 float NCHW input and OIHW weights in {-1, 0, 1} -> exact int64 conv padded with ``geo.pad_value``, NCHW
+    (numpy reference: the plain conv, the zeros of the weights and of zero padding multiplying as zeros)."""
+    from .binary_conv2d import reference_dot as conv_reference
+
+    return conv_reference(x_pm1, w_ternary, geo)
