@@ -1,4 +1,6 @@
 """Each TE operator against its numpy reference, and the references against PyTorch."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -99,6 +101,26 @@ def test_ternary_conv2d_op_matches_reference(rng, c, o, h, w, kernel, strides, p
                  lambda a, b, s, t, k: ternary_conv2d.compute(a, b, s, t, k, geo))
     np.testing.assert_array_equal(got, epilogue.float_reference(expected.astype(np.int64), scale, bias,
                                                                 channel_axis=1))
+
+
+@pytest.mark.parametrize("shifts,pad_bits", [((0, 0), (1, -1)), ((0, 1), (-1, -1)), ((0, 1, 2), (0, 1, -1))])
+@pytest.mark.parametrize("c,o,h,w,kernel,strides,padding,dilation", CONV_CASES[:4])
+def test_ternary_conv2d_planes_match_reference(rng, c, o, h, w, kernel, strides, padding, dilation, shifts,
+                                               pad_bits):
+    """Activation planes stacked, each padded with its own value: ``sum_p 2^shift_p * conv(plane_p)``."""
+    geo = binary_conv2d.Conv2dGeometry(c, kernel, strides, padding, dilation)
+    xs = [pm1(rng, (2, c, h, w)) for _ in shifts]
+    wt = rng.choice(np.array([-1.0, 0.0, 1.0], np.float32), (o, c) + kernel)
+    want = sum((1 << k) * ternary_conv2d.reference_dot(x, wt, replace(geo, pad_value=b))
+               for x, k, b in zip(xs, shifts, pad_bits))
+    wp = ternary_conv2d.pack_weights(wt)
+    corr = ternary_conv2d.planes_correction(wp, geo, (h, w), shifts, pad_bits)
+    scale, bias = np.ones(o, np.float32), np.zeros(o, np.float32)
+    stacked = np.stack([bitpack.reference_nchw(x) for x in xs])
+    for layout in ternary_conv2d.LAYOUTS:
+        got = run_te([stacked, ternary_conv2d.to_layout(wp, layout), scale, bias, corr],
+                     lambda a, b, s, t, k: ternary_conv2d.compute(a, b, s, t, k, geo, layout, shifts))
+        np.testing.assert_array_equal(got, want.astype(np.float32), err_msg=layout)
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 200, 10), (4, 64, 65), (2, 1000, 130)])

@@ -151,3 +151,41 @@ def test_each_activation_plane_is_packed_once(name):
     n_weight_planes = len(weight_planes(w.numpy(), 0).signs)
     assert ops.count("binary_conv2d") == 2 * n_weight_planes, ops
     assert ops.count("bitpack_nchw") == 3, ops  # the three thermometer tests, XORed into the two planes
+
+
+ACTIVATIONS = {  # few-level activations, as their planes pad under the conv's zero padding
+    "three_levels": lambda x: torch.clamp(torch.round(x), -1, 1),  # planes pad with their constant bits +1, -1
+    "dorefa": lambda x: torch.round(torch.clamp(x, 0, 1) * 3) / 3,  # binary code: shifts 0 and 1
+    "offset_levels": lambda x: torch.clamp(torch.round(x), 0, 2) + 0.5,  # 0 is no level: zero padding, offsets
+}
+
+
+@pytest.mark.parametrize("act", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("target", ["x86", "cortex-m4"])
+def test_ternary_layer_of_few_level_activations_is_one_kernel(target, act):
+    """Ternary weights on a 2-bit activation: one ternary kernel per activation plane in the C bundle, one kernel
+    over the stacked planes on x86 with vpopcntq or popcnt; equal to PyTorch."""
+    from tvm_bnn.schedules.x86 import popcount_isa
+    from tvm_bnn.targets import resolve_target
+
+    if target == "cortex-m4":
+        need("arm-none-eabi-gcc", "qemu-system-arm")
+    w = torch.tensor(_random_weights(LEVEL_SETS["ternary"][0], (9, 7, 3, 3), 0, seed=6))
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return F.conv2d(ACTIVATIONS[act](x), w, padding=1, stride=(1, 2))
+
+    x = torch.randn(2, 7, 9, 11) * 1.5
+    cm = tvm_bnn.compile(Net(), target, example_inputs=(x,), progress=False)
+    assert [r.bits for r in cm.report] == ["W2A2"], str(cm.report)
+    with torch.no_grad():
+        assert_float_close(cm(x), Net()(x).numpy())
+    if target == "cortex-m4":
+        convs = [k for k in cm.bundle.kernels if "conv2d" in k]
+        assert len(convs) == 2 and all("ternary" in k for k in convs), convs
+        return
+    if popcount_isa(resolve_target("x86").target) not in ("avx512", "scalar"):
+        return  # AVX2: the byte-lane kernels keep the binary plane pairs
+    convs = [k.name for k in cm.profile() if "conv2d" in k.name]
+    assert len(convs) == 1 and "ternary" in convs[0], convs

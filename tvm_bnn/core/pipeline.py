@@ -26,7 +26,7 @@ def fuse_pipeline(target=None) -> tvm.transform.Pass:
     ternary kernels (schedules/ternary_pairs.py)."""
     layout = [LayOutConvWeights(target)] if target is not None else []
     if layout_for(target) == "generic":  # its binary conv's layout has a ternary form (schedules/ternary_pairs.py)
-        layout = [FuseTernaryPairs("HWIO")] + layout
+        layout = [FuseTernaryPairs("HWIO", stack_planes=True)] + layout
     return tvm.transform.Sequential(
         layout + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                   relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),

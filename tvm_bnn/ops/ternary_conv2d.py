@@ -10,8 +10,16 @@ per border class of output pixels, the nonzero weights of the taps inside the im
 padding word (0) was counted for on the others (``2 * popcount(s & m)``): the padded taps contribute exactly 0, as
 the float conv's zeros do. Constant-bit padding (``pad_value`` +1 / -1) is an ordinary ±1 input: one class, every
 tap counted. ``corr`` depends on the weights only and is computed at compile time (:func:`correction_table`).
+
+**Activation planes** (``shifts``): a few-level activation is a sum of ±1 planes, ``sum_p 2^shift_p * plane_p``
+(thermometer planes: all shifts 0; the binary code: 0, 1, 2). Given the planes stacked, uint64[P, N, H, W, CW], the
+kernel counts ``sum_p popcount((x_p ^ s) & m) << shift_p`` in one pass, each sign and mask word loaded once for all
+planes, and returns ``sum_p 2^shift_p * dot_p``. The stacked input is padded with zero words; what a padded tap of
+plane p is (0, or its constant bit +1 / -1: ``pad_bits``) is in ``corr``.
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 from tvm import te, tirx
@@ -68,15 +76,20 @@ def frame(xp: te.Tensor, wp, geo: Conv2dGeometry, layout: str = "OHWI") -> ConvF
     return ConvFrame(xp, te.placeholder(filter_shape(wp, layout), "uint64", name="filters"), geo)
 
 
-def correction_table(wp: np.ndarray, geo: Conv2dGeometry, in_hw: tuple) -> np.ndarray:
-    """int32[row classes, column classes, O]: ``corr`` of the module docstring, for an input of ``in_hw``."""
+def correction_table(wp: np.ndarray, geo: Conv2dGeometry, in_hw: tuple, pad_bit: int | None = None) -> np.ndarray:
+    """int32[row classes, column classes, O]: ``corr`` of the module docstring, for an input of ``in_hw``.
+    ``pad_bit``: for a plane of a stacked kernel (padded with zero words), the value its padded taps take (0, +1 or
+    -1); None: a single input, padded as ``geo.pad_value`` says."""
     wp = np.ascontiguousarray(wp, dtype=np.uint64)
     h, w = (int(v) for v in in_hw)
-    f = frame(te.placeholder((1, h, w, wp.shape[-1]), "uint64"), wp, geo)
+    zero_words = geo if pad_bit is None else replace(geo, pad_value=0)
+    f = frame(te.placeholder((1, h, w, wp.shape[-1]), "uint64"), wp, zero_words)
     nnz = _popcounts(wp[1])  # [O, KH, KW]
-    counted = _popcounts(wp[0] & wp[1])  # mismatches of a tap against a 0 word
+    counted = _popcounts(wp[0] & wp[1])  # mismatches of a tap against a 0 word: its positive weights
     if not f.needs_adjust:
         return nnz.sum(axis=(1, 2)).astype(np.int32)[None, None]
+    # a padded tap: the kernel's count of it taken back out, what the tap is added (b * (positive - negative))
+    padded = 2 * counted + int(pad_bit or 0) * (2 * counted - nnz)
     corr = np.zeros((len(f.reps_h), len(f.reps_w), wp.shape[1]), np.int64)
     for a, rh in enumerate(f.reps_h):
         for b, rw in enumerate(f.reps_w):
@@ -84,8 +97,14 @@ def correction_table(wp: np.ndarray, geo: Conv2dGeometry, in_hw: tuple) -> np.nd
                 for j in range(f.kw):
                     ih, iw = rh * f.sh - f.pt + i * f.dh, rw * f.sw - f.pl + j * f.dw
                     inside = 0 <= ih < h and 0 <= iw < w
-                    corr[a, b] += nnz[:, i, j] if inside else 2 * counted[:, i, j]
+                    corr[a, b] += nnz[:, i, j] if inside else padded[:, i, j]
     return corr.astype(np.int32)
+
+
+def planes_correction(wp: np.ndarray, geo: Conv2dGeometry, in_hw: tuple, shifts, pad_bits) -> np.ndarray:
+    """``corr`` of a stacked kernel: ``sum_p 2^shift_p * corr_p`` (each plane's padding value ``pad_bits[p]``)."""
+    return np.sum([np.int64(1 << int(k)) * correction_table(wp, geo, in_hw, b).astype(np.int64)
+                   for k, b in zip(shifts, pad_bits)], axis=0).astype(np.int32)
 
 
 def dot_from_counts(f: ConvFrame, pop, corr: te.Tensor) -> te.Tensor:
@@ -98,13 +117,43 @@ def dot_from_counts(f: ConvFrame, pop, corr: te.Tensor) -> te.Tensor:
         n, oh, ow, o).astype("int32"), name="dot")
 
 
+def stacked_frame(xp: te.Tensor, wp, geo: Conv2dGeometry, layout: str = "OHWI", shifts=None):
+    """(ConvFrame, plane_words): the frame of one input (of the planes ``xp[p]`` when ``shifts`` is given: then padded
+    with zero words, ``corr`` says what the padding is) and ``plane_words(n, ih, iw, q)`` -> the padded input's
+    words at that position, one per plane (one for a single input)."""
+    if shifts is None:
+        f = frame(xp, wp, geo, layout)
+        return f, lambda n, ih, iw, q: [f.xs[n, ih, iw, q]]
+    f = frame(te.placeholder(tuple(int(d) for d in xp.shape[1:]), "uint64"), wp, replace(geo, pad_value=0), layout)
+    if f.xs is f.xp:
+        return f, lambda n, ih, iw, q: [xp[p, n, ih, iw, q] for p in range(len(shifts))]
+    hp, wpd = (int(d) for d in f.xs.shape[1:3])
+    pt, pl, h_, w_ = f.pt, f.pl, f.h, f.w
+    xs = te.compute((len(shifts), f.n, hp, wpd, f.cw), lambda p, n, i, j, q: tirx.if_then_else(
+        tirx.all(i >= pt, i < pt + h_, j >= pl, j < pl + w_), xp[p, n, i - pt, j - pl, q],
+        tirx.const(0, "uint64")), name="pad")
+    return f, lambda n, ih, iw, q: [xs[p, n, ih, iw, q] for p in range(len(shifts))]
+
+
+def weighted_sum(values, shifts):
+    """``sum_p values[p] << shifts[p]`` (``values[0]`` for a single input)."""
+    if shifts is None:
+        return values[0]
+    out = None
+    for v, k in zip(values, shifts):
+        term = v if int(k) == 0 else v << tirx.const(int(k), "uint64")  # popcounts of uint64 words
+        out = term if out is None else out + term
+    return out
+
+
 def compute_dot(xp: te.Tensor, wp: te.Tensor, corr: te.Tensor, geo: Conv2dGeometry,
-                layout: str = "OHWI") -> te.Tensor:
-    """uint64[N,H,W,CW] x stacked filters (``layout``) (+ corr) -> exact int32 dot, NHWC: int32[N, OH, OW, O]. As
-    binary_conv2d's: over a flattened output-pixel axis (tiles need not divide OW), the reduction over (KH, KW, CW)
-    words, accumulated in uint64 lanes."""
-    f = frame(xp, wp, geo, layout)
-    xs, ow_, sh, sw, dh, dw = f.xs, f.ow, f.sh, f.sw, f.dh, f.dw
+                layout: str = "OHWI", shifts=None) -> te.Tensor:
+    """uint64[N,H,W,CW] (or the planes, uint64[P,N,H,W,CW] with ``shifts``) x stacked filters (``layout``) (+ corr)
+    -> exact int32 dot, NHWC: int32[N, OH, OW, O]. As binary_conv2d's: over a flattened output-pixel axis (tiles
+    need not divide OW), the reduction over (KH, KW, CW) words, accumulated in uint64 lanes; the planes of a word
+    position are counted in one step (each filter word loaded once)."""
+    f, words = stacked_frame(xp, wp, geo, layout, shifts)
+    ow_, sh, sw, dh, dw = f.ow, f.sh, f.sw, f.dh, f.dw
     rkh = te.reduce_axis((0, f.kh), name="rkh")
     rkw = te.reduce_axis((0, f.kw), name="rkw")
     rcw = te.reduce_axis((0, f.cw), name="rcw")
@@ -112,15 +161,19 @@ def compute_dot(xp: te.Tensor, wp: te.Tensor, corr: te.Tensor, geo: Conv2dGeomet
     def filt(plane, o):
         return wp[plane, o, rkh, rkw, rcw] if layout == "OHWI" else wp[plane, rkh, rkw, rcw, o]
 
-    pop = te.compute((f.n, f.oh * ow_, f.o), lambda n, p, o: te.sum(tirx.popcount(
-        (xs[n, (p // ow_) * sh + rkh * dh, (p % ow_) * sw + rkw * dw, rcw] ^ filt(0, o)) & filt(1, o)),
-        axis=[rkh, rkw, rcw]), name="popcount")
+    def count(n, p, o):
+        sign, mask = filt(0, o), filt(1, o)
+        xw = words(n, (p // ow_) * sh + rkh * dh, (p % ow_) * sw + rkw * dw, rcw)
+        return weighted_sum([tirx.popcount((x ^ sign) & mask) for x in xw], shifts)
+
+    pop = te.compute((f.n, f.oh * ow_, f.o), lambda n, p, o: te.sum(count(n, p, o), axis=[rkh, rkw, rcw]),
+                     name="popcount")
     return dot_from_counts(f, lambda n, oh, ow, o: pop[n, oh * ow_ + ow, o], corr)
 
 
-def compute(xp, wp, scale, bias, corr, geo: Conv2dGeometry, layout: str = "OHWI") -> te.Tensor:
+def compute(xp, wp, scale, bias, corr, geo: Conv2dGeometry, layout: str = "OHWI", shifts=None) -> te.Tensor:
     """Float output, NCHW: ``dot * scale[o] + bias[o]`` as float32[N, O, OH, OW]."""
-    dot = compute_dot(xp, wp, corr, geo, layout)
+    dot = compute_dot(xp, wp, corr, geo, layout, shifts)
     n_, oh_, ow_, o_ = (int(d) for d in dot.shape)
     return te.compute((n_, o_, oh_, ow_),
                       lambda n, o, oh, ow: dot[n, oh, ow, o].astype("float32") * scale[o] + bias[o],

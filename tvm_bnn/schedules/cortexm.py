@@ -229,8 +229,9 @@ def kernel_compute(op: str, params: dict, args):
     if op in _BITPACK_OPS:
         return bitpack(args[0], 1, "bitpack", *args[1:])
     if op in _TERNARY_OPS:
-        if params.get("layout", "OHWI") != "OHWI":
-            raise ValueError(f"{op}: filters in layout {params['layout']} (the M-profile form reads OHWI)")
+        if params.get("layout", "OHWI") != "OHWI" or params.get("shifts"):
+            raise ValueError(f"{op}: filters in layout {params.get('layout')} or stacked planes (the M-profile form "
+                             "reads one input and OHWI filters)")
         xp, wp, p2, p3, corr = args
         dot = ternary_dot(xp, wp, corr, Conv2dGeometry.from_params(params))
         n_, oh_, ow_, o_ = (int(d) for d in dot.shape)
