@@ -378,8 +378,8 @@ def part1_low_bit(lib: CmsisLib, shapes, variants) -> None:
                   f"{s8 / total:>5.2f}x {tb['conv']:>11,.0f} {s8 / tb['conv']:>5.2f}x"
                   + (f"  (|bundle - torch| {tb['err']:.0e})" if tb["err"] else ""))
     print("  ratio = CMSIS-NN / tvm_bnn (> 1: tvm_bnn executes fewer instructions). A few-bit layer is one binary conv "
-          "per (activation plane, weight plane),\n  a ternary filter's two planes one ternary kernel; their outputs "
-          "summed in float.")
+          "per (activation plane, weight plane),\n  a ternary filter's two planes one ternary kernel; the planes "
+          "packed in one pass, their outputs summed in float.")
 
 
 def part1(lib: CmsisLib, shapes) -> None:

@@ -197,6 +197,19 @@ def test_bitpack_nchw(tmp_path, rng, channels, shape):
     run_everywhere(tmp_path, sources, out, bitpack.reference_nchw(x))
 
 
+@pytest.mark.parametrize("planes", [2, 3])
+@pytest.mark.parametrize("channels,shape", [(3, (1, 3, 3, 4)), (32, (1, 32, 2, 3)), (65, (2, 65, 3, 2))])
+def test_bitpack_planes(tmp_path, rng, planes, channels, shape):
+    """A few-level activation's planes packed in one pass: plane p is bitpack_nchw with its own (scale, threshold):
+    thresholds on the values themselves (ties), a decreasing test (scale -1) and a constant bit (scale 0)."""
+    x = np.round(rng.standard_normal(shape) * 2).astype(np.float32) / 2
+    scale = rng.choice(np.array([1.0, 1.0, -1.0, 0.0], np.float32), (planes, channels))
+    threshold = rng.choice(np.array([-1.0, -0.5, 0.0, 0.5, 1.0], np.float32), (planes, channels))
+    sources, out, _ = kernel_sources("bitpack_planes", {}, [("x", x), ("scale", scale), ("threshold", threshold)],
+                                     check_bytesum=False)
+    run_everywhere(tmp_path, sources, out, bitpack.reference_planes(x, scale, threshold))
+
+
 @pytest.mark.parametrize("m,k", [(1, 1), (2, 64), (3, 100), (1, 8192)])
 def test_bitpack_rows(tmp_path, rng, m, k):
     x = rng.standard_normal((m, k)).astype(np.float32)

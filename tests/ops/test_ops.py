@@ -37,6 +37,15 @@ def test_bitpack_nchw_matches_reference(rng, channels):
     np.testing.assert_array_equal(back, np.transpose(np.where(x >= 0, 1, -1), (0, 2, 3, 1)))
 
 
+def test_bitpack_planes_matches_reference(rng):
+    x = np.round(rng.standard_normal((2, 70, 3, 4)) * 2).astype(np.float32) / 2
+    scale = rng.choice(np.array([1.0, -1.0, 0.0], np.float32), (3, 70))
+    threshold = rng.choice(np.array([-0.5, 0.0, 0.5], np.float32), (3, 70))
+    got = run_te([x, scale, threshold], bitpack.compute_planes)
+    np.testing.assert_array_equal(got, bitpack.reference_planes(x, scale, threshold))
+    np.testing.assert_array_equal(got[..., 1], bitpack.reference_nchw(x, scale[1], threshold[1]))
+
+
 def test_bitpack_rows_matches_reference(rng):
     x = rng.standard_normal((3, 200)).astype(np.float32)
     np.testing.assert_array_equal(run_te([x], bitpack.compute_rows), bitpack.reference_rows(x))

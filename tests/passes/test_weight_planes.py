@@ -163,8 +163,9 @@ ACTIVATIONS = {  # few-level activations, as their planes pad under the conv's z
 @pytest.mark.parametrize("act", sorted(ACTIVATIONS))
 @pytest.mark.parametrize("target", ["x86", "cortex-m4"])
 def test_ternary_layer_of_few_level_activations_is_one_kernel(target, act):
-    """Ternary weights on a 2-bit activation: one ternary kernel per activation plane in the C bundle, one kernel
-    over the stacked planes on x86 with vpopcntq or popcnt; equal to PyTorch."""
+    """Ternary weights on a 2-bit activation: one ternary kernel per activation plane in the C bundle (the planes
+    packed in one pass, the plane sum in the second kernel's epilogue), one kernel over the stacked planes on x86
+    with vpopcntq or popcnt; equal to PyTorch."""
     from tvm_bnn.schedules.x86 import popcount_isa
     from tvm_bnn.targets import resolve_target
 
@@ -181,9 +182,12 @@ def test_ternary_layer_of_few_level_activations_is_one_kernel(target, act):
     assert [r.bits for r in cm.report] == ["W2A2"], str(cm.report)
     with torch.no_grad():
         assert_float_close(cm(x), Net()(x).numpy())
-    if target == "cortex-m4":
+    if target == "cortex-m4":  # one pass packs the planes, the second plane's kernel adds the first one's output
         convs = [k for k in cm.bundle.kernels if "conv2d" in k]
         assert len(convs) == 2 and all("ternary" in k for k in convs), convs
+        assert sum("bitpack_planes" in k for k in cm.bundle.kernels) == 1, cm.bundle.kernels
+        assert not any("bitpack_nchw" in k for k in cm.bundle.kernels), cm.bundle.kernels
+        assert act == "offset_levels" or not any(k.endswith("add") for k in cm.bundle.kernels), cm.bundle.kernels
         return
     if popcount_isa(resolve_target("x86").target) not in ("avx512", "scalar"):
         return  # AVX2: the byte-lane kernels keep the binary plane pairs

@@ -48,6 +48,7 @@ import tvm
 
 from ..core.pipeline import fuse_pipeline
 from ..errors import BundleError
+from ..schedules.pack_planes import PackPlanesTogether
 from ..schedules.ternary_pairs import FuseTernaryPairs
 from ..targets import qemu
 from ..targets.c_codegen import _CTYPES, c_array, generate_c
@@ -233,9 +234,10 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
 
     with tvm.target.Target({"kind": "c"}), tvm.transform.PassContext(opt_level=3):
         # an LLVM (ARM) bundle's binary convs read their weights laid out at compile time, as its kernels want them;
-        # the C kernels count bits in software: a ternary layer's two weight planes as one ternary kernel
+        # the C kernels count bits in software: a ternary layer's two weight planes as one ternary kernel, and the
+        # planes of a few-level activation packed in one pass
         if not llvm:
-            optimized_mod = FuseTernaryPairs()(optimized_mod)
+            optimized_mod = PackPlanesTogether(FuseTernaryPairs()(optimized_mod))
         fused = fuse_pipeline(target.target if llvm else None)(optimized_mod)
     calls = kernel_calls(fused, in_shapes, lean)
     in_tensors, out_tensors, consts, steps = calls.in_tensors, calls.out_tensors, calls.consts, calls.steps

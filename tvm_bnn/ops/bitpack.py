@@ -36,6 +36,22 @@ def compute_nchw(x: te.Tensor, scale: te.Tensor | None = None, threshold: te.Ten
     return te.compute((n_, h_, w_, num_words(c_)), word, name="bitpack")
 
 
+def compute_planes(x: te.Tensor, scale: te.Tensor, threshold: te.Tensor) -> te.Tensor:
+    """float[N, C, H, W] and P packing tests (``scale``, ``threshold``: float32[P, C]) -> uint64[N, H, W, ceil(C/64),
+    P]: the bit planes of a few-level activation packed in one pass over ``x`` (plane p is ``compute_nchw(x,
+    scale[p], threshold[p])``)."""
+    n_, c_, h_, w_ = (int(d) for d in x.shape)
+    p_ = int(scale.shape[0])
+    b = te.reduce_axis((0, WORD_BITS), name="b")
+
+    def word(n, h, w, cw, p):
+        c = cw * WORD_BITS + b
+        on = tirx.if_then_else(c < c_, x[n, c, h, w] * scale[p, c] >= threshold[p, c], tirx.const(False))
+        return te.sum(bit_if(on, b), axis=b)
+
+    return te.compute((n_, h_, w_, num_words(c_), p_), word, name="bitpack_planes")
+
+
 def compute_rows(x: te.Tensor, scale: te.Tensor | None = None, threshold: te.Tensor | None = None) -> te.Tensor:
     """float[M, K] -> uint64[M, ceil(K/64)]."""
     m_, k_ = (int(d) for d in x.shape)
@@ -83,3 +99,7 @@ def unpack_reference(words: np.ndarray, bits: int) -> np.ndarray:
     as_bytes = np.ascontiguousarray(words).view(np.uint8)
     flat = np.unpackbits(as_bytes, axis=-1, bitorder="little")[..., :bits]
     return flat.astype(np.float32) * 2 - 1
+
+
+def reference_planes(x: np.ndarray, scale, threshold) -> np.ndarray:
+    return np.stack([reference_nchw(x, s, t) for s, t in zip(scale, threshold)], axis=-1)

@@ -171,13 +171,22 @@ def compute_dot(xp: te.Tensor, wp: te.Tensor, corr: te.Tensor, geo: Conv2dGeomet
     return dot_from_counts(f, lambda n, oh, ow, o: pop[n, oh * ow_ + ow, o], corr)
 
 
-def compute(xp, wp, scale, bias, corr, geo: Conv2dGeometry, layout: str = "OHWI", shifts=None) -> te.Tensor:
-    """Float output, NCHW: ``dot * scale[o] + bias[o]`` as float32[N, O, OH, OW]."""
-    dot = compute_dot(xp, wp, corr, geo, layout, shifts)
+def float_output(dot: te.Tensor, scale, bias, acc: te.Tensor | None = None, name: str = "ternary_conv2d"):
+    """float32[N, O, OH, OW]: ``dot * scale[o] + bias[o]``, plus ``acc`` (another kernel's output of the same shape:
+    the float sum of two kernels, rounded as the separate ``add`` would) when given."""
     n_, oh_, ow_, o_ = (int(d) for d in dot.shape)
-    return te.compute((n_, o_, oh_, ow_),
-                      lambda n, o, oh, ow: dot[n, oh, ow, o].astype("float32") * scale[o] + bias[o],
-                      name="ternary_conv2d")
+
+    def out(n, o, oh, ow):
+        value = dot[n, oh, ow, o].astype("float32") * scale[o] + bias[o]
+        return value if acc is None else value + acc[n, o, oh, ow]
+
+    return te.compute((n_, o_, oh_, ow_), out, name=name)
+
+
+def compute(xp, wp, scale, bias, corr, geo: Conv2dGeometry, layout: str = "OHWI", shifts=None,
+            acc: te.Tensor | None = None) -> te.Tensor:
+    """Float output, NCHW: ``dot * scale[o] + bias[o] (+ acc)`` as float32[N, O, OH, OW]."""
+    return float_output(compute_dot(xp, wp, corr, geo, layout, shifts), scale, bias, acc)
 
 
 def reference_dot(x_pm1: np.ndarray, w_ternary: np.ndarray, geo: Conv2dGeometry) -> np.ndarray:

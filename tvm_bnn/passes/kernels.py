@@ -51,10 +51,11 @@ def _conv(op, compute):
 TE_BUILDERS = {
     "bitpack_nchw": lambda p: bitpack.compute_nchw,
     "bitpack_rows": lambda p: bitpack.compute_rows,
+    "bitpack_planes": lambda p: bitpack.compute_planes,
     "binary_conv2d": _conv("binary_conv2d", binary_conv2d.compute),
     "binary_conv2d_bits": _conv("binary_conv2d_bits", binary_conv2d.compute_bits),
-    "ternary_conv2d": lambda p: lambda xp, w, a, b, corr: ternary_conv2d.compute(
-        xp, w, a, b, corr, _conv_geo(p), p.get("layout", "OHWI"), p.get("shifts")),
+    "ternary_conv2d": lambda p: lambda xp, w, a, b, corr, *acc: ternary_conv2d.compute(
+        xp, w, a, b, corr, _conv_geo(p), p.get("layout", "OHWI"), p.get("shifts"), *acc),
     "binary_dense": lambda p: lambda xp, wp, s, b: binary_dense.compute(xp, wp, s, b, p["k"]),
     "binary_dense_bits": lambda p: lambda xp, wp, d, t: binary_dense.compute_bits(xp, wp, d, t, p["k"]),
     "binary_maxpool": lambda p: lambda xp: binary_maxpool.compute(xp, _pool_geo(p)),

@@ -59,7 +59,7 @@ _REGISTER_BUFFERS = ("nibbles", "bytes", "popcount", "binary_conv2d_bits_halves"
 _CONV_OPS = ("binary_conv2d", "binary_conv2d_bits")
 _TERNARY_OPS = ("ternary_conv2d",)
 _DENSE_OPS = ("binary_dense", "binary_dense_bits")
-_BITPACK_OPS = ("bitpack_nchw", "bitpack_rows")
+_BITPACK_OPS = ("bitpack_nchw", "bitpack_rows", "bitpack_planes")
 
 
 def _extern(name, *args):
@@ -224,19 +224,38 @@ def bitpack(x: te.Tensor, channel_axis: int, name: str, scale=None, threshold=No
         halves[i + (1,)].astype("uint64") << tirx.const(32, "uint64")), name=name)
 
 
+def bitpack_planes(x: te.Tensor, scale: te.Tensor, threshold: te.Tensor) -> te.Tensor:
+    """``ops.bitpack.compute_planes`` with each 64-bit word gathered as two 32-bit halves per plane; the planes are
+    the innermost axis, so one load of an element serves every plane's test."""
+    n_, c_, h_, w_ = (int(d) for d in x.shape)
+    p_ = int(scale.shape[0])
+    b = te.reduce_axis((0, 32), name="b")
+
+    def half(n, h, w, q, hh, p):
+        c = q * WORD_BITS + hh * 32 + b
+        cc = tirx.min(c, c_ - 1)
+        on = tirx.all(c < c_, x[n, cc, h, w] * scale[p, cc] >= threshold[p, cc])
+        return te.sum(tirx.Select(on, tirx.const(1, "uint32") << b.astype("uint32"), tirx.const(0, "uint32")), axis=b)
+
+    words = num_words(c_)
+    halves = te.compute((n_, h_, w_, words, 2, p_), half, name="bitpack_halves")
+    return te.compute((n_, h_, w_, words, p_), lambda n, h, w, q, p: halves[n, h, w, q, 0, p].astype("uint64") | (
+        halves[n, h, w, q, 1, p].astype("uint64") << tirx.const(32, "uint64")), name="bitpack")
+
+
 def kernel_compute(op: str, params: dict, args):
     """The M-profile TE of one of our binary kernels: ``args`` placeholders -> output tensor."""
+    if op == "bitpack_planes":
+        return bitpack_planes(*args)
     if op in _BITPACK_OPS:
         return bitpack(args[0], 1, "bitpack", *args[1:])
     if op in _TERNARY_OPS:
         if params.get("layout", "OHWI") != "OHWI" or params.get("shifts"):
             raise ValueError(f"{op}: filters in layout {params.get('layout')} or stacked planes (the M-profile form "
                              "reads one input and OHWI filters)")
-        xp, wp, p2, p3, corr = args
+        xp, wp, p2, p3, corr, *acc = args
         dot = ternary_dot(xp, wp, corr, Conv2dGeometry.from_params(params))
-        n_, oh_, ow_, o_ = (int(d) for d in dot.shape)
-        return te.compute((n_, o_, oh_, ow_), lambda n, o, oh, ow: dot[n, oh, ow, o].astype("float32") * p2[o]
-                          + p3[o], name=op)
+        return ternary_conv2d.float_output(dot, p2, p3, *acc, name=op)
     xp, wp, p2, p3 = args
     if op in _CONV_OPS:
         geo = Conv2dGeometry.from_params(params)
@@ -297,8 +316,14 @@ def _schedule(sch: s_tir.Schedule, op: str, block_size: int):
     if op in _BITPACK_OPS:  # the halves per word, their 32 bits unrolled (constant shifts, no test left)
         out = sch.get_sblock("bitpack")
         halves = sch.get_sblock("bitpack_halves")
-        sch.compute_at(halves, sch.get_loops(out)[-1])
-        h, b = sch.get_loops(halves)[-2:]
+        if op == "bitpack_planes":  # per word: the bits outside, the planes inside (one load, P tests)
+            sch.compute_at(halves, sch.get_loops(out)[-2])
+            h, p, b = sch.get_loops(halves)[-3:]
+            sch.reorder(h, b, p)
+            sch.unroll(p)
+        else:
+            sch.compute_at(halves, sch.get_loops(out)[-1])
+            h, b = sch.get_loops(halves)[-2:]
         sch.unroll(h)
         if UNROLL_BITPACK:
             sch.unroll(b)

@@ -171,19 +171,44 @@ def _plan_planes(mod, graph):
     return recipes
 
 
+def _plan_accumulate(mod, graph):
+    """``add(a, b)`` of two single-use single-input ternary kernels of one shape -> ``b`` reading ``a``'s output as
+    its accumulator (``ternary_conv2d.float_output``: the same float sum, without a pass of its own)."""
+    recipes = {}
+    for _, value in graph.order:
+        if not is_op(value, "add"):
+            continue
+        found = [_bound(mod, graph, arg, "ternary_conv2d") for arg in value.args]
+        if any(f is None for f in found):
+            continue
+        (va, a), (vb, b) = found
+        if va.same_as(vb) or not (graph.single_use(va) and graph.single_use(vb)) or len(b.args) != 5 or \
+                b.params.get("shifts") or static_shape(va) != static_shape(vb) or static_shape(va) is None:
+            continue
+
+        def recipe(bb, new, va=va, b=b):
+            return call_kernel(bb, "ternary_conv2d", [new(arg) for arg in b.args] + [new(va)], **b.params)
+
+        recipes[value] = recipe
+    return recipes
+
+
 def FuseTernaryPairs(layout: str = "OHWI", stack_planes: bool = False):  # noqa: N802 - TVM pass naming
     """The pass, emitting filters in ``layout`` (ops/ternary_conv2d.LAYOUTS): "OHWI" for the C kernels, "HWIO" for
     x86's kernel vectorised over output channels; with ``stack_planes`` the planes of each layer then stacked into
     one kernel (x86: a 2-plane W2A2 conv at 28x28x256 in 0.22 ms against 2 x 0.125; on the M4 the stacked byte-count
     form measured 2-17 % more instructions than two kernels, its registers spilling, so the C bundle keeps one
-    kernel per plane)."""
+    kernel per plane, each adding the previous plane's output in its epilogue)."""
     pairs = rewrite_pass("tvm_bnn.FuseTernaryPairs", lambda mod, graph: _plan_pairs(mod, graph, layout))
     planes = rewrite_pass("tvm_bnn.FuseTernaryPlanes", _plan_planes)
+    accumulate = rewrite_pass("tvm_bnn.AccumulateTernaryPlanes", _plan_accumulate)
 
     @tvm.transform.module_pass(opt_level=0, name="tvm_bnn.FuseTernaryPairs")
     def _pass(mod, _ctx):
         mod = pairs(mod)
-        for _ in range(3 if stack_planes else 0):  # one more plane per round (at most 3 planes: 8 levels)
+        if not stack_planes:  # one kernel per plane, each adding its output to the previous plane's
+            return accumulate(mod)
+        for _ in range(3):  # one more plane per round (at most 3 planes: 8 levels)
             before = mod
             mod = planes(mod)
             if mod.same_as(before):
