@@ -467,3 +467,35 @@ def test_zero_width_pad_of_a_two_valued_tensor_pads_nothing():
                 fpad_pre=True, act="tvm_bnn.nn", wform=None, bias=True, bn=True, tap=True, seed=0)],
         input_seed=0, input_zeros=0.0)])
     _replay(spec)
+
+
+def test_padding_kept_in_the_float_root_when_carried_it_would_be_a_second_padding():
+    """``sign(F.pad(y, 0))`` of a few-level ``y`` (a ternary conv's BatchNorm): the analysis carried the padding to
+    the bits as a padding value (sign(0) = +1), which with the conv's own zero padding is two padding values in one
+    conv, and refused the layer. The padded float tensor packs exactly (its padding's bits are the test of 0), as it
+    does when ``y`` is any float tensor: binarized now. Found by the x86 fuzzer (seed 1300000)."""
+    from .strategies import BinConv, Branch, NetSpec, Residual
+
+    _replay(NetSpec([Branch(1, (4, 1, 1), [
+        Residual(kernel=1, dilation=1, act="tvm_bnn.nn", wform=None, post=None, tap=True, seed=0),
+        BinConv(cout=1, kernel=(1, 1), stride=(1, 1), dilation=(1, 1), padding=(0, 0), fpad_pre=True,
+                act="BinarySign", wform="ternary", bias=True, bn=True, tap=True, seed=749),
+        BinConv(cout=1, kernel=(1, 1), stride=(1, 1), dilation=(1, 1), padding=(0, 1), fpad=(0, 0, 2, 0),
+                fpad_pre=True, act="tvm_bnn.nn", wform=None, bias=True, bn=True, tap=True, seed=0)],
+        input_seed=0)]))
+
+
+def test_dense_of_a_padded_binary_tensor_packs_the_padded_float_tensor():
+    """A dense layer has no padding to fold a padding value into: ``where(F.pad(y, 1) > 0.5, 1, -1) @ W`` of a
+    two-valued ``y`` was refused ("the activation of a dense layer is padded"); its padded float tensor packs
+    exactly. Same fix as the conv case above."""
+    w = torch.sign(torch.randn(5, 12, generator=torch.Generator().manual_seed(0)))
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return torch.where(F.pad((x >= 0).float(), (1, 1)) > 0.5, 1.0, -1.0) @ w.T
+
+    x = torch.randn(3, 10, generator=torch.Generator().manual_seed(1))
+    cm = tvm_bnn.compile(Net(), "x86", example_inputs=(x,), progress=False)
+    assert [r.binarized for r in cm.report] == [True], str(cm.report)
+    assert_float_close(cm(x), Net()(x).numpy())

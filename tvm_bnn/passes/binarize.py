@@ -24,7 +24,7 @@ from ..ops.binary_conv2d import Conv2dGeometry
 from ..ops.binary_conv2d import pack_weights as pack_conv_weights
 from ..ops.bitpack import pack_bits_last_axis
 from ..report import LayerRecord
-from .binarizers import Slice, binary_source, emit_packed
+from .binarizers import Slice, binary_source, emit_packed, padded_root_source
 from .binary_values import LevelTensor, Refused
 from .graph import Graph, is_op, static_shape
 from .kernels import call_kernel
@@ -97,13 +97,19 @@ class BinarizeLayers:
         wplanes = weight_planes(w, 0)
         if isinstance(wplanes, str) or isinstance(source, str):
             return refuse("; ".join(r for r in (source, wplanes) if isinstance(r, str)))
+        planes = _planes(source)
+        if isinstance(planes, str):
+            return refuse(planes)
+        if source.pad is not None and any(isinstance(conv_padding(p, [int(v) for v in attrs.padding]), str)
+                                          for p in planes):
+            # the padding value it carries and the conv's cannot be one padding: pack the padded float tensor
+            alternative = padded_root_source(graph, data)
+            if alternative is not None and not isinstance(_planes(alternative), str):
+                source, planes = alternative, _planes(alternative)
         groups = int(attrs.groups)
         o, cg, kh, kw = w.shape
         og = o // groups
         plans = []  # per (activation plane, weight plane): which weights, geometry, output transform, offset
-        planes = _planes(source)
-        if isinstance(planes, str):
-            return refuse(planes)
         terms = wplanes.terms(0)
         for plane in planes:
             padding = conv_padding(plane, [int(p) for p in attrs.padding])
@@ -197,6 +203,8 @@ class BinarizeLayers:
         wplanes = weight_planes(w, 1)
         if isinstance(wplanes, str) or isinstance(source, str):
             return refuse("; ".join(r for r in (source, wplanes) if isinstance(r, str)))
+        if source.pad is not None:  # a padding value has no place in a dense layer: the padded float tensor, packed
+            source = padded_root_source(graph, data) or source
         if source.pad is not None:
             return refuse("the activation of a dense layer is padded")
         k = int(w.shape[0])

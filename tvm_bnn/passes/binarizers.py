@@ -42,6 +42,17 @@ def binary_source(graph: Graph, expr) -> BinaryTensor | str:
         return f"activation input is not binarized: {why}"
 
 
+def padded_root_source(graph: Graph, expr):
+    """The bits of ``expr`` as a threshold test of a float root that keeps any padding inside it (a binarizer of
+    ``pad(y)``: the padded float tensor is packed, the padding's bits are the test's of the padding value), or None.
+    The alternative when the padding, carried to the bits as a padding value, cannot be one conv's padding."""
+    try:
+        chain = analyse_chain(graph, expr, atoms_of(graph))
+    except Refused:
+        return None
+    return chain if isinstance(chain, (BinaryTensor, LevelTensor)) and chain.pad is None else None
+
+
 def _analysed(graph: Graph, expr) -> BinaryTensor:
     """_analyse, memoised per graph (a layer's analysis needs the previous layers': the exact values of a binary
     layer's output, atoms.py)."""
