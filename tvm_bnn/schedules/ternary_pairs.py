@@ -45,18 +45,24 @@ def _bound(mod, graph, expr, op: str):
     return expr, call
 
 
-def _plan_pairs(mod, graph, layout: str):
-    recipes = {}
+def _sums_of(mod, graph, op: str):
+    """(binding value, (var a, call a), (var b, call b)) per ``add(a, b)`` of two distinct single-use calls of our
+    kernel ``op``."""
     for _, value in graph.order:
         if not is_op(value, "add"):
             continue
-        found = [_bound(mod, graph, arg, "binary_conv2d") for arg in value.args]
+        found = [_bound(mod, graph, arg, op) for arg in value.args]
         if any(f is None for f in found):
             continue
-        (va, a), (vb, b) = found
-        if not (graph.single_use(va) and graph.single_use(vb)) or va.same_as(vb) or a.params != b.params:
-            continue
-        if not a.args[0].same_as(b.args[0]):
+        (va, _), (vb, _) = found
+        if not va.same_as(vb) and graph.single_use(va) and graph.single_use(vb):
+            yield value, found[0], found[1]
+
+
+def _plan_pairs(mod, graph, layout: str):
+    recipes = {}
+    for value, (_, a), (_, b) in _sums_of(mod, graph, "binary_conv2d"):
+        if a.params != b.params or not a.args[0].same_as(b.args[0]):
             continue
         w1, s1, b1, w2, s2, b2 = (graph.constant(arg) for arg in a.args[1:4] + b.args[1:4])
         x_shape = static_shape(a.args[0])
@@ -175,15 +181,9 @@ def _plan_accumulate(mod, graph):
     """``add(a, b)`` of two single-use single-input ternary kernels of one shape -> ``b`` reading ``a``'s output as
     its accumulator (``ternary_conv2d.float_output``: the same float sum, without a pass of its own)."""
     recipes = {}
-    for _, value in graph.order:
-        if not is_op(value, "add"):
-            continue
-        found = [_bound(mod, graph, arg, "ternary_conv2d") for arg in value.args]
-        if any(f is None for f in found):
-            continue
-        (va, a), (vb, b) = found
-        if va.same_as(vb) or not (graph.single_use(va) and graph.single_use(vb)) or len(b.args) != 5 or \
-                b.params.get("shifts") or static_shape(va) != static_shape(vb) or static_shape(va) is None:
+    for value, (va, _), (vb, b) in _sums_of(mod, graph, "ternary_conv2d"):
+        if len(b.args) != 5 or b.params.get("shifts") or static_shape(va) != static_shape(vb) or \
+                static_shape(va) is None:
             continue
 
         def recipe(bb, new, va=va, b=b):
