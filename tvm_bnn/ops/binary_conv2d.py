@@ -114,6 +114,15 @@ class ConvFrame:
                 fill(q)), name="pad")
         self.needs_adjust = self.needs_pad and self.geo.pad_value == 0
 
+    def taps_inside(self) -> np.ndarray:
+        """bool[row classes, column classes, KH, KW]: which taps of each border class's representative output pixel
+        fall inside the image (the others are in the padding). The tables of the padding corrections are sums over
+        them."""
+        rows = np.asarray(self.reps_h)[:, None] * self.sh - self.pt + np.arange(self.kh)[None, :] * self.dh
+        cols = np.asarray(self.reps_w)[:, None] * self.sw - self.pl + np.arange(self.kw)[None, :] * self.dw
+        in_h, in_w = (rows >= 0) & (rows < self.h), (cols >= 0) & (cols < self.w)  # [classes, taps]
+        return in_h[:, None, :, None] & in_w[None, :, None, :]
+
     def oc(self, o):
         """Output channel ``o`` of a padded channel axis: channels past O reuse the last filter."""
         return o if self.ext == self.o else tirx.min(o, self.o - 1)
@@ -263,15 +272,8 @@ def prepared_weights(wp: np.ndarray, geo: Conv2dGeometry, in_hw: tuple, out_exte
     if not f.needs_adjust:
         return wt, None
     popw = np.unpackbits(wp.view(np.uint8), axis=-1).reshape(o, kh, kw, -1).sum(axis=-1).astype(np.int64)
-    adjust = np.zeros((len(f.reps_h), len(f.reps_w), o), np.int64)
-    for a, rh in enumerate(f.reps_h):
-        for b, rw in enumerate(f.reps_w):
-            for i in range(kh):
-                for j in range(kw):
-                    ih, iw = rh * f.sh - f.pt + i * f.dh, rw * f.sw - f.pl + j * f.dw
-                    if not (0 <= ih < h and 0 <= iw < w):
-                        adjust[a, b] += 2 * popw[:, i, j] - f.c
-    return wt, adjust.astype(np.int32)
+    outside = (~f.taps_inside()).astype(np.int64)
+    return wt, np.einsum("abij,oij->abo", outside, 2 * popw - f.c).astype(np.int32)
 
 
 def reference_dot(x_pm1: np.ndarray, w_pm1: np.ndarray, geo: Conv2dGeometry) -> np.ndarray:

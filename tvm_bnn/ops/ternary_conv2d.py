@@ -90,15 +90,8 @@ def correction_table(wp: np.ndarray, geo: Conv2dGeometry, in_hw: tuple, pad_bit:
         return nnz.sum(axis=(1, 2)).astype(np.int32)[None, None]
     # a padded tap: the kernel's count of it taken back out, what the tap is added (b * (positive - negative))
     padded = 2 * counted + int(pad_bit or 0) * (2 * counted - nnz)
-    corr = np.zeros((len(f.reps_h), len(f.reps_w), wp.shape[1]), np.int64)
-    for a, rh in enumerate(f.reps_h):
-        for b, rw in enumerate(f.reps_w):
-            for i in range(f.kh):
-                for j in range(f.kw):
-                    ih, iw = rh * f.sh - f.pt + i * f.dh, rw * f.sw - f.pl + j * f.dw
-                    inside = 0 <= ih < h and 0 <= iw < w
-                    corr[a, b] += nnz[:, i, j] if inside else padded[:, i, j]
-    return corr.astype(np.int32)
+    inside = f.taps_inside().astype(np.int64)
+    return (np.einsum("abij,oij->abo", inside, nnz) + np.einsum("abij,oij->abo", 1 - inside, padded)).astype(np.int32)
 
 
 def planes_correction(wp: np.ndarray, geo: Conv2dGeometry, in_hw: tuple, shifts, pad_bits) -> np.ndarray:

@@ -20,19 +20,20 @@ from ..passes.rewrite import rewrite_pass
 
 
 def _plan(mod, graph):
-    groups = {}  # the packed tensor -> [(binding value, scale, threshold)] in program order
-    for _, value in graph.order:
-        call = kernel_of(mod, value)
-        if call is None or call.op != "bitpack_nchw" or len(call.args) != 3:
-            continue
-        scale, threshold = graph.constant(call.args[1]), graph.constant(call.args[2])
-        x = call.args[0]
-        if scale is None or threshold is None or static_shape(x) is None:
-            continue
-        key = next((k for k in groups if k.same_as(x)), x)
-        groups.setdefault(key, []).append((value, scale, threshold))
+    groups = {}  # (block, the packed tensor) -> [(binding value, scale, threshold)] in program order
+    for block_index, block in enumerate(graph.func.body.blocks):  # a block's vars are not seen by the next one's
+        for binding in block.bindings:
+            call = kernel_of(mod, binding.value)
+            if call is None or call.op != "bitpack_nchw" or len(call.args) != 3:
+                continue
+            scale, threshold = graph.constant(call.args[1]), graph.constant(call.args[2])
+            x = call.args[0]
+            if scale is None or threshold is None or static_shape(x) is None:
+                continue
+            key = next((k for k in groups if k[0] == block_index and k[1].same_as(x)), (block_index, x))
+            groups.setdefault(key, []).append((binding.value, scale, threshold))
     recipes = {}
-    for x, members in groups.items():
+    for (_, x), members in groups.items():
         if len(members) < 2:
             continue
         scales = np.stack([s.astype(np.float32) for _, s, _ in members])

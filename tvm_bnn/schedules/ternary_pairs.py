@@ -85,9 +85,6 @@ def _plan_pairs(mod, graph, layout: str):
     return recipes
 
 
-MAX_PLANE_WEIGHT = 15  # sum of 2^shift over the planes: the M-profile byte counts (16 per word each) fit a byte
-
-
 def _plane_term(mod, graph, expr):
     """A summand of a layer's planes: (ternary var, its KernelCall, constant offset or None), through aliases and
     one ``add`` of a constant; or None."""
@@ -155,8 +152,6 @@ def _plan_planes(mod, graph):
         if k < 0:  # the smaller scale is the unit: the other's planes count 2^|k| times
             (planes_a, sa), (planes_b, k) = (planes_b, sb), (planes_a, -k)
         planes = planes_a + [(v, shift + k, bit) for v, shift, bit in planes_b]
-        if sum(1 << shift for _, shift, _ in planes) > MAX_PLANE_WEIGHT:
-            continue
         layout = a.params.get("layout", "OHWI")
         ohwi = fa if layout == "OHWI" else np.ascontiguousarray(np.transpose(fa, (0, 4, 1, 2, 3)))
         geo = Conv2dGeometry.from_params(a.params)
