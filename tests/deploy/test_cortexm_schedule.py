@@ -18,13 +18,13 @@ from tvm_bnn.targets.c_codegen import generate_c, harness_main
 from .test_bare_metal_kernels import pm1, run_everywhere
 
 
-def kernel_sources(op, params, inputs, block_size=None, check_bytesum=True):
+def kernel_sources(op, params, inputs, block_size=None, check_bytesum=True, mve=False):
     """The kernel as the bundle makes it (TE of the op -> cortexm.build_kernel -> C) + a main running it once."""
     phs = [te.placeholder(a.shape, str(a.dtype), name=n) for n, a in inputs]
     func = te.create_prim_func(phs + [TE_BUILDERS[op](params)(*phs)])
     func = func.with_attr("tvm_bnn.op", op).with_attr("tvm_bnn.params", json.dumps(params))
-    src = generate_c({"kernel": cortexm.build_kernel(func, op, params, block_size)})
-    if check_bytesum:
+    src = generate_c({"kernel": cortexm.build_kernel(func, op, params, block_size, mve=mve)})
+    if check_bytesum and not mve:
         assert "tvm_bnn_bytesum(" in src.code  # the M-profile form, not the generic one
     kernel = src.kernels["kernel"]
     out = kernel.params[len(inputs)]
@@ -159,6 +159,100 @@ def test_helper_variants_and_boards(tmp_path, rng, board, defines, c):
         need("gcc")
         res = qemu.run_on_host(sources, "gcc", workdir=tmp_path / "gcc", defines=defines)
         np.testing.assert_array_equal(np.frombuffer(res.output, out.dtype).reshape(out.shape), expected)
+
+
+MVE_CASES = [  # output channels in blocks of 4: each block one Helium vector
+    (32, 8, 6, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),  # 32-bit halves
+    (3, 4, 7, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    (64, 12, 5, 5, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    (65, 8, 7, 6, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),  # 2 words per pixel, stride 2
+    (330, 4, 4, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),  # 18 words per row: byte counts widened within a row
+    (40, 4, 7, 7, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2)),  # dilation: the taps of a row are not contiguous
+    (20, 8, 6, 7, (5, 1), (1, 1), (2, 0, 2, 0), (1, 1)),
+]
+
+
+def _run_mve(tmp_path, sources, out, expected):
+    """On the M55 (the Helium branch of tvm_bnn_popcount4) and on the M4 and the host (its portable branch)."""
+    run_everywhere(tmp_path / "m55", sources, out, expected, board="cortex-m55", host=False)
+    run_everywhere(tmp_path / "m4", sources, out, expected, board="cortex-m4")
+
+
+@pytest.mark.parametrize("c,o,h,w,kernel,strides,padding,dilation", MVE_CASES)
+def test_mve_conv2d(tmp_path, rng, c, o, h, w, kernel, strides, padding, dilation):
+    """Binary (float output), ternary and bits-output convs with the 4-channel blocks as MVE calls: exact."""
+    geo = binary_conv2d.Conv2dGeometry(c, kernel, strides, padding, dilation)
+    params = conv_params(c, kernel, strides, padding, dilation)
+    x, wt = pm1(rng, (1, c, h, w)), pm1(rng, (o, c) + kernel)
+    xp = bitpack.reference_nchw(x)
+    scale = rng.uniform(0.1, 2, o).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    sources, out, src = kernel_sources("binary_conv2d", params, [
+        ("xp", xp), ("wp", binary_conv2d.pack_weights(wt)), ("scale", scale), ("bias", bias)], mve=True)
+    assert "tvm_bnn_popcount4(" in src.code.split("TVM_BNN_POPCOUNT_DEFINED */")[1]
+    _run_mve(tmp_path / "f", sources, out,
+             epilogue.float_reference(binary_conv2d.reference_dot(x, wt, geo), scale, bias, channel_axis=1))
+
+    wt3 = rng.choice(np.array([-1.0, 0.0, 1.0], np.float32), (o, c) + kernel, p=[0.35, 0.3, 0.35])
+    wp3 = ternary_conv2d.pack_weights(wt3)
+    sources, out, src = kernel_sources("ternary_conv2d", dict(params, pad_value=0), [
+        ("xp", xp), ("wp", wp3), ("scale", scale), ("bias", bias),
+        ("corr", ternary_conv2d.correction_table(wp3, geo, (h, w)))], mve=True)
+    assert "tvm_bnn_popcount4(" in src.code.split("TVM_BNN_POPCOUNT_DEFINED */")[1]
+    _run_mve(tmp_path / "t", sources, out,
+             epilogue.float_reference(ternary_conv2d.reference_dot(x, wt3, geo), scale, bias, channel_axis=1))
+
+    o64 = 64  # a bits output: whole words of channels
+    wt64 = pm1(rng, (o64, c) + kernel)
+    direction = rng.choice([-1, 0, 1], o64).astype(np.int32)
+    threshold = rng.integers(-5, 6, o64).astype(np.int32)
+    dot = binary_conv2d.reference_dot(x, wt64, geo)
+    sources, out, src = kernel_sources("binary_conv2d_bits", params, [
+        ("xp", xp), ("wp", binary_conv2d.pack_weights(wt64)), ("direction", direction), ("threshold", threshold)],
+        mve=True)
+    assert "tvm_bnn_popcount4(" in src.code.split("TVM_BNN_POPCOUNT_DEFINED */")[1]
+    _run_mve(tmp_path / "b", sources, out,
+             epilogue.bits_reference(np.transpose(dot, (0, 2, 3, 1)), direction, threshold))
+
+
+@pytest.mark.parametrize("m,k,n,vector", [(1, 32, 8, False), (3, 200, 12, True), (1, 1100, 4, True),
+                                          (2, 130, 10, False)])
+def test_mve_dense(tmp_path, rng, m, k, n, vector):
+    """Dense rows in blocks of 4 as MVE calls (1100 inputs: 18 words, the byte counts widened within the row);
+    a single word per row (32 inputs) and 10 outputs (blocks of 2) keep the scalar form."""
+    x, wt = pm1(rng, (m, k)), pm1(rng, (n, k))
+    scale = rng.uniform(0.1, 2, n).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    sources, out, src = kernel_sources("binary_dense", {"k": k}, [
+        ("xp", bitpack.reference_rows(x)), ("wp", bitpack.reference_rows(wt)), ("scale", scale), ("bias", bias)],
+        mve=True)
+    assert ("tvm_bnn_popcount4(" in src.code.split("TVM_BNN_POPCOUNT_DEFINED */")[1]) == vector
+    _run_mve(tmp_path, sources, out,
+             epilogue.float_reference(binary_dense.reference_dot(x, wt), scale, bias, channel_axis=1))
+
+
+def test_mve_call_is_checked_not_assumed():
+    """A marked loop nest that is not a 4-lane popcount sum of affine addresses keeps its loops (and loses the mark)."""
+    from tvm import tirx
+
+    from tvm_bnn.schedules import cortexm_mve
+
+    acc = tirx.decl_buffer((4,), "uint32", name="acc")
+    x = tirx.decl_buffer((16,), "uint64", name="x")
+    w = tirx.decl_buffer((4, 16), "uint64", name="w")
+    r, lane = tirx.Var("r", "int32"), tirx.Var("lane", "int32")
+
+    def nest(x_index):
+        count = tirx.Cast("uint32", tirx.call_pure_extern("uint64", "tvm_bnn_popcount64",
+                                                          x[x_index] ^ w[lane, r]))
+        store = tirx.BufferStore(acc, acc[lane] + count, [lane])
+        inner = tirx.For(lane, 0, 4, tirx.ForKind.SERIAL, store)
+        return tirx.For(r, 0, 3, tirx.ForKind.SERIAL, inner, annotations={cortexm_mve.ANNOTATION: 1})
+
+    call = cortexm_mve.popcount4_call(nest(r * 2))
+    assert call is not None and "tvm_bnn_popcount4" in str(call)
+    assert cortexm_mve.popcount4_call(nest(r * r)) is None  # not affine
+    assert cortexm_mve.popcount4_call(nest(r + lane)) is None  # the input word differs per lane
 
 
 def test_accumulators_stay_in_the_kernel_and_arena_is_unchanged(rng):

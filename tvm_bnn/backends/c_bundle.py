@@ -123,7 +123,9 @@ class CBundleBackend(Backend):
 
     def build(self, spec, analysed, tuning_db):
         llvm = spec.target.kind.name == "llvm"  # a thumbv7em LLVM target: kernels from TVM's LLVM codegen
-        bundle = build_bundle(analysed.optimized, new_bundle_dir(), overwrite=True, target=spec if llvm else None)
+        mve = spec.board is not None and qemu.board(spec.board).mve
+        bundle = build_bundle(analysed.optimized, new_bundle_dir(), overwrite=True, target=spec if llvm else None,
+                              mve=mve)
         model = BundleModel(bundle, spec, analysed.inputs, analysed.report)
         owned_bundle_dir(model, bundle)
         return model

@@ -210,10 +210,11 @@ def _serial_schedule(func, spec):
 
 
 def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_shape=None, *,
-                 overwrite: bool = False, lean: bool = True, target=None) -> Bundle:
+                 overwrite: bool = False, lean: bool = True, target=None, mve: bool = False) -> Bundle:
     """Write a standalone C bundle of ``optimized_mod`` (from ``tvm_bnn.core.pipeline.analyse``) into ``out_dir``.
 
     ``lean``: inline the kernels' injective intermediate stages (``schedules.lean``), which shrinks the arena.
+    ``mve``: the C kernels are for a core with Helium (Cortex-M55; they still compile and run without it).
     ``target``: None for plain C kernels (TVM's C codegen), or a ``TargetSpec`` of family "arm": the kernels then
     get our vectorised schedules (serial: a bundle has no thread pool) and TVM's LLVM codegen compiles them into
     ``kernels.o`` (``targets.llvm_object``); ``model.c`` only declares and calls them."""
@@ -239,7 +240,7 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
         if not llvm:
             optimized_mod = PackPlanesTogether(FuseTernaryPairs()(optimized_mod))
         fused = fuse_pipeline(target.target if llvm else None)(optimized_mod)
-    calls = kernel_calls(fused, in_shapes, lean)
+    calls = kernel_calls(fused, in_shapes, lean, mve and not llvm)
     in_tensors, out_tensors, consts, steps = calls.in_tensors, calls.out_tensors, calls.consts, calls.steps
     if output_shape is not None and tuple(output_shape) != tuple(out_tensors[0].shape):
         raise BundleError(f"output_shape={tuple(output_shape)} but the model's output is {out_tensors[0].shape}")

@@ -73,8 +73,9 @@ def input_shapes(optimized_mod: tvm.IRModule) -> list:
     return in_shapes
 
 
-def kernel_calls(fused: tvm.IRModule, in_shapes: list, lean: bool) -> KernelCalls:
-    """The calls of ``fused`` (the module after ``core.pipeline.fuse_pipeline``) in binding order."""
+def kernel_calls(fused: tvm.IRModule, in_shapes: list, lean: bool, mve: bool = False) -> KernelCalls:
+    """The calls of ``fused`` (the module after ``core.pipeline.fuse_pipeline``) in binding order (``mve``: the
+    M-profile kernels for a core with Helium)."""
     main = fused["main"]
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
@@ -159,7 +160,7 @@ def kernel_calls(fused: tvm.IRModule, in_shapes: list, lean: bool) -> KernelCall
             if gv.name_hint not in c_names:
                 c_names[gv.name_hint] = _c_name(gv.name_hint, used)
                 from ..schedules.cortexm import schedule_kernel  # M-profile kernels; schedules.lean for the rest
-                funcs[c_names[gv.name_hint]] = schedule_kernel(func) if lean else func
+                funcs[c_names[gv.name_hint]] = schedule_kernel(func, mve) if lean else func
             raw_funcs[c_names[gv.name_hint]] = func
             out = Tensor(var.name, dtype, shape, Storage("arena", 0))
             out.storage.nbytes = out.nbytes

@@ -38,7 +38,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
-from . import lean
+from . import cortexm_mve, lean
 from ..ops import WORD_BITS, epilogue, num_words
 from ..ops import bitpack as ops_bitpack
 from ..ops import ternary_conv2d
@@ -53,7 +53,7 @@ UNROLL_WORDS = 16  # unroll a group's word loop up to this many words
 
 # the accumulators of a register block: left in their nested blocks, where the C codegen declares them as small local
 # arrays (indexed by constants after unrolling: the C compiler keeps them in registers)
-_REGISTER_BUFFERS = ("nibbles", "bytes", "popcount", "binary_conv2d_bits_halves", "binary_dense_bits_halves",
+_REGISTER_BUFFERS = ("nibbles", "bytes", "popcount", "counts", "binary_conv2d_bits_halves", "binary_dense_bits_halves",
                      "bitpack_halves")
 
 _CONV_OPS = ("binary_conv2d", "binary_conv2d_bits")
@@ -80,7 +80,7 @@ def _block(extent: int) -> int:
     return _largest_divisor(extent, MAX_BLOCK)
 
 
-def _popcount_stages(shape, word, axes, low: bool):
+def _popcount_stages(shape, word, axes, low: bool, mve: bool = False):
     """The mismatch count ``sum over the reduction axes of popcount(word(*idx, *red))`` as TE stages, for an output
     of ``shape``; ``axes`` are the reduction extents, outermost first (conv: KH, KW, CW; dense: KW).
 
@@ -89,7 +89,19 @@ def _popcount_stages(shape, word, axes, low: bool):
     * ``bytes``: byte counts summed over as many words as fit (all of them when possible, else the innermost axes or
       a divisor of them), reduced to an integer with ``tvm_bnn_bytesum``;
     * ``popcount``: the sum of those integers when there is more than one byte group.
+    With ``mve`` (Helium: schedules/cortexm_mve.py counts a block of 4 outputs as one vector, in its own byte
+    groups) one stage ``counts`` sums the plain popcounts of all words.
     Returns ``pop(*idx) -> uint32 expr``."""
+    if mve:
+        rs = [te.reduce_axis((0, a), name=f"r{k}") for k, a in enumerate(axes)]
+
+        def count(w):
+            if low:
+                return _extern("tvm_bnn_popcount32", tirx.Cast("uint32", w))
+            return tirx.Cast("uint32", tirx.call_pure_extern("uint64", "tvm_bnn_popcount64", w))
+
+        counts = te.compute(tuple(shape), lambda *i: te.sum(count(word(*i, *rs)), axis=rs), name="counts")
+        return lambda *i: counts[i]
     per_word = 8 if low else 16
     limit = 255 // per_word
     total = int(np.prod(axes))
@@ -138,7 +150,7 @@ def _popcount_stages(shape, word, axes, low: bool):
 # computes (same results as ops.binary_conv2d / ops.binary_dense, M-profile form of the popcount)
 
 
-def ternary_dot(xp: te.Tensor, wp: te.Tensor, corr: te.Tensor, geo: Conv2dGeometry) -> te.Tensor:
+def ternary_dot(xp: te.Tensor, wp: te.Tensor, corr: te.Tensor, geo: Conv2dGeometry, mve: bool = False) -> te.Tensor:
     """uint64[N,H,W,CW] x uint64[2,O,KH,KW,CW] -> int32[N, OH, OW, O] (NHWC), as ``ternary_conv2d.compute_dot``:
     the words are ``(x ^ sign) & mask``, counted as the binary conv counts ``x ^ w``."""
     f = ternary_conv2d.frame(xp, wp, geo)
@@ -147,11 +159,12 @@ def ternary_dot(xp: te.Tensor, wp: te.Tensor, corr: te.Tensor, geo: Conv2dGeomet
     def word(n, oh, ow, o, kh, kw, cw):
         return (xs[n, oh * sh + kh * dh, ow * sw + kw * dw, cw] ^ wp[0, o, kh, kw, cw]) & wp[1, o, kh, kw, cw]
 
-    pop = _popcount_stages((f.n, f.oh, f.ow, f.o), word, (f.kh, f.kw, f.cw), f.cw == 1 and f.c <= 32)
+    pop = _popcount_stages((f.n, f.oh, f.ow, f.o), word, (f.kh, f.kw, f.cw), f.cw == 1 and f.c <= 32, mve)
     return ternary_conv2d.dot_from_counts(f, pop, corr)
 
 
-def conv_dot(xp: te.Tensor, wp: te.Tensor, geo: Conv2dGeometry, out_extent: int | None = None) -> te.Tensor:
+def conv_dot(xp: te.Tensor, wp: te.Tensor, geo: Conv2dGeometry, out_extent: int | None = None,
+             mve: bool = False) -> te.Tensor:
     """uint64[N,H,W,CW] x uint64[O,KH,KW,CW] -> int32[N, OH, OW, out_extent] (NHWC), as ``binary_conv2d.compute_dot``
     (zero padding skipped exactly, channels past O reuse the last filter)."""
     f = ConvFrame(xp, wp, geo, out_extent)
@@ -161,13 +174,14 @@ def conv_dot(xp: te.Tensor, wp: te.Tensor, geo: Conv2dGeometry, out_extent: int 
         return xs[n, oh * sh + kh * dh, ow * sw + kw * dw, cw] ^ wp[oc(o), kh, kw, cw]
 
     low = f.cw == 1 and f.c <= 32
-    pop = _popcount_stages((f.n, f.oh, f.ow, f.ext), word, (f.kh, f.kw, f.cw), low)
+    # (channels past O clamp their filter index: not an affine lane stride, the MVE form would not apply)
+    pop = _popcount_stages((f.n, f.oh, f.ow, f.ext), word, (f.kh, f.kw, f.cw), low, mve and f.ext == f.o)
     rc = te.reduce_axis((0, f.cw), name="rc")
     return f.dot(pop, lambda: te.compute((f.kh, f.kw, f.o), lambda i, j, o: te.sum(
         tirx.popcount(wp[o, i, j, rc]).astype("int32"), axis=rc), name="popw"))
 
 
-def dense_dot(xp: te.Tensor, wp: te.Tensor, k: int, out_extent: int | None = None) -> te.Tensor:
+def dense_dot(xp: te.Tensor, wp: te.Tensor, k: int, out_extent: int | None = None, mve: bool = False) -> te.Tensor:
     """uint64[M, KW] x uint64[N, KW] -> int32[M, out_extent], as ``binary_dense.compute_dot``."""
     m_, kw_ = (int(d) for d in xp.shape)
     n_ = int(wp.shape[0])
@@ -176,7 +190,8 @@ def dense_dot(xp: te.Tensor, wp: te.Tensor, k: int, out_extent: int | None = Non
     def row(n):
         return n if ext == n_ else tirx.min(n, n_ - 1)
 
-    pop = _popcount_stages((m_, ext), lambda m, n, j: xp[m, j] ^ wp[row(n), j], (kw_,), kw_ == 1 and int(k) <= 32)
+    pop = _popcount_stages((m_, ext), lambda m, n, j: xp[m, j] ^ wp[row(n), j], (kw_,), kw_ == 1 and int(k) <= 32,
+                           mve and ext == n_)
     return te.compute((m_, ext), lambda m, n: int(k) - 2 * pop(m, n).astype("int32"), name="dot")
 
 
@@ -243,8 +258,9 @@ def bitpack_planes(x: te.Tensor, scale: te.Tensor, threshold: te.Tensor) -> te.T
         halves[n, h, w, q, 1, p].astype("uint64") << tirx.const(32, "uint64")), name="bitpack")
 
 
-def kernel_compute(op: str, params: dict, args):
-    """The M-profile TE of one of our binary kernels: ``args`` placeholders -> output tensor."""
+def kernel_compute(op: str, params: dict, args, mve: bool = False):
+    """The M-profile TE of one of our binary kernels: ``args`` placeholders -> output tensor (``mve``: the popcount
+    stages in the form schedules/cortexm_mve.py vectorises)."""
     if op == "bitpack_planes":
         return bitpack_planes(*args)
     if op in _BITPACK_OPS:
@@ -254,22 +270,23 @@ def kernel_compute(op: str, params: dict, args):
             raise ValueError(f"{op}: filters in layout {params.get('layout')} or stacked planes (the M-profile form "
                              "reads one input and OHWI filters)")
         xp, wp, p2, p3, corr, *acc = args
-        dot = ternary_dot(xp, wp, corr, Conv2dGeometry.from_params(params))
+        dot = ternary_dot(xp, wp, corr, Conv2dGeometry.from_params(params), mve)
         return ternary_conv2d.float_output(dot, p2, p3, *acc, name=op)
     xp, wp, p2, p3 = args
     if op in _CONV_OPS:
         geo = Conv2dGeometry.from_params(params)
         if op == "binary_conv2d":
-            dot = conv_dot(xp, wp, geo)
+            dot = conv_dot(xp, wp, geo, mve=mve)
             n_, oh_, ow_, o_ = (int(d) for d in dot.shape)
             return te.compute((n_, o_, oh_, ow_), lambda n, o, oh, ow: dot[n, oh, ow, o].astype("float32") * p2[o]
                               + p3[o], name="binary_conv2d")
         padded = num_words(int(wp.shape[0])) * WORD_BITS
-        return bits_output(conv_dot(xp, wp, geo, padded), p2, p3, name="binary_conv2d_bits")
+        return bits_output(conv_dot(xp, wp, geo, padded, mve), p2, p3, name="binary_conv2d_bits")
     if op == "binary_dense":
-        return epilogue.float_output(dense_dot(xp, wp, params["k"]), p2, p3, channel_axis=1, name="binary_dense")
+        return epilogue.float_output(dense_dot(xp, wp, params["k"], mve=mve), p2, p3, channel_axis=1,
+                                     name="binary_dense")
     padded = num_words(int(wp.shape[0])) * WORD_BITS
-    return bits_output(dense_dot(xp, wp, params["k"], padded), p2, p3, name="binary_dense_bits")
+    return bits_output(dense_dot(xp, wp, params["k"], padded, mve), p2, p3, name="binary_dense_bits")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -312,7 +329,8 @@ def _exists(sch, name) -> bool:
 
 def _schedule(sch: s_tir.Schedule, op: str, block_size: int):
     """Channel blocks of ``block_size`` under the output pixel, the popcount stages computed per block with the
-    reduction loops outside the block (each loaded input word serves the whole block), everything inside unrolled."""
+    reduction loops outside the block (each loaded input word serves the whole block), everything inside unrolled.
+    The reduction loop of a block's ``counts`` (the MVE form) is marked for schedules/cortexm_mve.py."""
     if op in _BITPACK_OPS:  # the halves per word, their 32 bits unrolled (constant shifts, no test left)
         out = sch.get_sblock("bitpack")
         halves = sch.get_sblock("bitpack_halves")
@@ -351,7 +369,7 @@ def _schedule(sch: s_tir.Schedule, op: str, block_size: int):
             o = loops[-1]
         anchor, inner = sch.split(o, [None, block_size])
         unroll.append(inner)
-    for name in ("popcount", "bytes", "nibbles"):
+    for name in ("popcount", "bytes", "nibbles", "counts"):
         if not _exists(sch, name):
             continue
         blk = sch.get_sblock(name)
@@ -363,7 +381,9 @@ def _schedule(sch: s_tir.Schedule, op: str, block_size: int):
             sch.reorder(*reduce_, *spatial)  # the channel block inside the reduction: one load per word
         unroll += spatial
         words = int(np.prod([_extent(sch, lp) for lp in reduce_])) if reduce_ else 1
-        if name != "popcount" and words <= UNROLL_WORDS:
+        if name == "counts" and reduce_:  # one Helium vector for the block (one word, no loop: stays scalar)
+            sch.annotate(reduce_[0], cortexm_mve.ANNOTATION, 1)
+        elif name != "popcount" and words <= UNROLL_WORDS:
             unroll += reduce_
         if reduce_:
             decompose.append((blk, reduce_[0]))
@@ -393,18 +413,20 @@ def _signature(func) -> list:
 
 def _finish(sch: s_tir.Schedule) -> tirx.PrimFunc:
     """Lower the blocks as ``schedules.lean`` does and lift every intermediate but the register-block accumulators to
-    the root block (scratch arguments in the arena)."""
+    the root block (scratch arguments in the arena); the loops marked for MVE become their vector calls."""
     mod = sch.mod
     for p in (s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
               s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation()):
         mod = p(mod)
-    return lean.lift_nested_allocs(mod["main"], keep=lambda buf: str(buf.name) in _REGISTER_BUFFERS)
+    func = lean.lift_nested_allocs(mod["main"], keep=lambda buf: str(buf.name) in _REGISTER_BUFFERS)
+    return cortexm_mve.lower_lane_blocks(func)
 
 
-def schedule_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc:
+def schedule_kernel(func: tirx.PrimFunc, mve: bool = False) -> tirx.PrimFunc:
     """``func`` scheduled for the C bundle on an M-profile core: our binary conv/dense/bitpack kernels in their
     M-profile form, a float conv (the stem) register-blocked (:func:`schedule_float_conv`); anything else gets the
-    memory-lean schedule of ``schedules.lean`` only (so does a kernel whose schedule fails to build)."""
+    memory-lean schedule of ``schedules.lean`` only (so does a kernel whose schedule fails to build). ``mve``: the
+    core has Helium (Cortex-M55): the binary kernels' channel blocks are counted as vectors."""
     attrs = func.attrs
     op = str(attrs["tvm_bnn.op"]) if attrs is not None and "tvm_bnn.op" in attrs else None
     if op not in _CONV_OPS + _TERNARY_OPS + _DENSE_OPS + _BITPACK_OPS:
@@ -416,17 +438,27 @@ def schedule_kernel(func: tirx.PrimFunc) -> tirx.PrimFunc:
                               "memory-lean one", stacklevel=2)
         return lean.inline_intermediates(func)
     try:
-        return build_kernel(func, op, json.loads(str(attrs["tvm_bnn.params"])))
+        return build_kernel(func, op, json.loads(str(attrs["tvm_bnn.params"])), mve=mve)
     except Exception as exc:  # noqa: BLE001 - an unforeseen shape: the generic (exact, slower) form
         warnings.warn(f"tvm_bnn: no M-profile schedule for {op} ({exc}); using the generic one", stacklevel=2)
         return lean.inline_intermediates(func)
 
 
-def build_kernel(func: tirx.PrimFunc, op: str, params: dict, block_size: int | None = None) -> tirx.PrimFunc:
-    """The M-profile PrimFunc of kernel ``func`` (same parameters in the same order), scheduled."""
+def _channels(op: str, out_shape) -> int:
+    """The output channels of a kernel whose output has ``out_shape`` (a bits output: its words' bits)."""
+    if op.endswith("_bits"):
+        return int(out_shape[-1]) * WORD_BITS
+    return int(out_shape[1] if op in ("binary_conv2d",) + _TERNARY_OPS else out_shape[-1])
+
+
+def build_kernel(func: tirx.PrimFunc, op: str, params: dict, block_size: int | None = None,
+                 mve: bool = False) -> tirx.PrimFunc:
+    """The M-profile PrimFunc of kernel ``func`` (same parameters in the same order), scheduled; ``mve``: for a core
+    with Helium (its 4-channel blocks counted as vectors, schedules/cortexm_mve.py)."""
     sig = _signature(func)
     phs = [te.placeholder(shape, dtype, name=name) for name, shape, dtype in sig[:-1]]
-    out = kernel_compute(op, params, phs)
+    block_size = block_size or _block(_channels(op, sig[-1][1]))
+    out = kernel_compute(op, params, phs, mve and block_size == cortexm_mve.LANES)
     new = te.create_prim_func(phs + [out])
     if [s[1:] for s in _signature(new)] != [s[1:] for s in sig]:
         raise ValueError(f"{op}: M-profile form has parameters {_signature(new)}, the kernel {sig}")
@@ -435,10 +467,8 @@ def build_kernel(func: tirx.PrimFunc, op: str, params: dict, block_size: int | N
             new = new.with_attr(key, value)
     if "global_symbol" not in func.attrs:
         new = new.without_attr("global_symbol")
-    channels = int(out.shape[-1]) * WORD_BITS if op.endswith("_bits") else int(
-        out.shape[1] if op in ("binary_conv2d",) + _TERNARY_OPS else out.shape[-1])
     sch = s_tir.Schedule(new)
-    _schedule(sch, op, block_size or _block(channels))
+    _schedule(sch, op, block_size)
     return _finish(sch)
 
 

@@ -127,11 +127,15 @@ def lift_nested_allocs(func: tirx.PrimFunc, keep=None) -> tirx.PrimFunc:
 _lift_nested_allocs = lift_nested_allocs
 
 
-def map_stores(func: tirx.PrimFunc, fn) -> tirx.PrimFunc:
-    """``func`` with every BufferStore ``s`` replaced by ``fn(s)`` (this TVM exposes no TIR mutator to Python; the
-    statements a scheduled, lowered kernel has are rebuilt here)."""
+def map_statements(func: tirx.PrimFunc, fn) -> tirx.PrimFunc:
+    """``func`` with every statement ``s`` for which ``fn(s)`` is not None replaced by ``fn(s)``, the others rebuilt
+    around their children (this TVM exposes no TIR mutator to Python; the statements a scheduled, lowered kernel has
+    are rebuilt here)."""
 
     def visit(stmt):
+        new = fn(stmt)
+        if new is not None:
+            return new
         if isinstance(stmt, s_tir.SBlockRealize):
             return s_tir.SBlockRealize(stmt.iter_values, stmt.predicate, visit(stmt.block))
         if isinstance(stmt, s_tir.SBlock):
@@ -146,11 +150,14 @@ def map_stores(func: tirx.PrimFunc, fn) -> tirx.PrimFunc:
         if isinstance(stmt, tirx.IfThenElse):
             return tirx.IfThenElse(stmt.condition, visit(stmt.then_case),
                                    visit(stmt.else_case) if stmt.else_case is not None else None)
-        if isinstance(stmt, tirx.BufferStore):
-            return fn(stmt)
         return stmt
 
     return func.with_body(visit(func.body))
+
+
+def map_stores(func: tirx.PrimFunc, fn) -> tirx.PrimFunc:
+    """``func`` with every BufferStore ``s`` replaced by ``fn(s)``."""
+    return map_statements(func, lambda s: fn(s) if isinstance(s, tirx.BufferStore) else None)
 
 
 def inline_intermediates(func: tirx.PrimFunc, keep_prefixes=("pad",), shrink_reductions: bool = True) -> tirx.PrimFunc:

@@ -136,6 +136,81 @@ static inline __attribute__((unused)) float tvm_bnn_mla(float acc, float a, floa
 #else
 static inline __attribute__((unused)) float tvm_bnn_mla(float acc, float a, float b) { return acc + a * b; }
 #endif
+/* tvm_bnn_popcount4: the popcounts of a register block of 4 output channels (schedules/cortexm_mve.py):
+     acc[l] += sum over the words (i, j, k) < (e0, e1, e2) of popcount(word),
+               word = x[i*x0 + j*x1 + k*x2] ^ w[l*lane + i*w0 + j*w1 + k*w2],  ANDed with the same word at w + mask
+               when mask != 0 (ternary filters: (x ^ s) & m),  only its low 32-bit half when halves == 1.
+   With Helium (MVE, Cortex-M55) the 4 lanes are one vector: each input half broadcast, the 4 filters' halves
+   gathered, and the 16 bytes of the XOR counted by one byte gather from a table of the 256 bytes' counts; the byte
+   counts of up to 31 halves (<= 8 each) are summed as bytes and widened to the 4 lanes' integers once. */
+#if defined(__ARM_FEATURE_MVE) && !defined(TVM_BNN_POPCOUNT_PORTABLE) && !defined(TVM_BNN_POPCOUNT_BUILTIN)
+#include <arm_mve.h>
+static const uint8_t tvm_bnn_byte_counts[256] __attribute__((unused)) = {
+#define TVM_BNN_C2(n) n, n + 1, n + 1, n + 2
+#define TVM_BNN_C4(n) TVM_BNN_C2(n), TVM_BNN_C2(n + 1), TVM_BNN_C2(n + 1), TVM_BNN_C2(n + 2)
+#define TVM_BNN_C6(n) TVM_BNN_C4(n), TVM_BNN_C4(n + 1), TVM_BNN_C4(n + 1), TVM_BNN_C4(n + 2)
+    TVM_BNN_C6(0), TVM_BNN_C6(1), TVM_BNN_C6(1), TVM_BNN_C6(2)
+#undef TVM_BNN_C2
+#undef TVM_BNN_C4
+#undef TVM_BNN_C6
+};
+/* the sums of each 32-bit lane's 4 byte counts */
+static inline __attribute__((always_inline, unused)) uint32x4_t tvm_bnn_mve_lane_sums(uint8x16_t b) {
+  uint32x4_t v = vreinterpretq_u32_u8(b);
+  const uint32x4_t m = vdupq_n_u32(0x00FF00FFu);
+  v = vaddq_u32(vandq_u32(v, m), vandq_u32(vshrq_n_u32(v, 8), m));
+  return vshrq_n_u32(vmulq_n_u32(v, 0x00010001u), 16);
+}
+static inline __attribute__((always_inline, unused)) int32_t tvm_bnn_popcount4(
+    uint32_t* acc, const uint64_t* x, const uint64_t* w, int32_t halves, int32_t mask, int32_t lane, int32_t e0,
+    int32_t e1, int32_t e2, int32_t x0, int32_t x1, int32_t x2, int32_t w0, int32_t w1, int32_t w2) {
+  const uint32x4_t lanes = vmulq_n_u32(vidupq_n_u32(0u, 1), (uint32_t)(2 * lane)); /* the 4 filters, in halves */
+  const int32_t group = 31 / halves; /* words whose byte counts fit in a byte */
+  uint32x4_t sum = vld1q_u32(acc);
+  uint8x16_t bytes = vdupq_n_u8(0);
+  int32_t n = 0;
+  for (int32_t i = 0; i < e0; ++i) {
+    for (int32_t j = 0; j < e1; ++j) {
+      for (int32_t k0 = 0; k0 < e2; k0 += group) {
+        const int32_t kn = e2 - k0 < group ? e2 - k0 : group;
+        if (n + kn > group) {
+          sum = vaddq_u32(sum, tvm_bnn_mve_lane_sums(bytes));
+          bytes = vdupq_n_u8(0);
+          n = 0;
+        }
+        n += kn;
+#pragma GCC unroll 16
+        for (int32_t k = k0; k < k0 + kn; ++k) {
+          const uint32_t* xh = (const uint32_t*)(x + i * x0 + j * x1 + k * x2);
+          const uint32_t* wh = (const uint32_t*)(w + i * w0 + j * w1 + k * w2);
+          for (int32_t h = 0; h < halves; ++h) {
+            uint32x4_t t = veorq_u32(vdupq_n_u32(xh[h]), vldrwq_gather_shifted_offset_u32(wh + h, lanes));
+            if (mask) t = vandq_u32(t, vldrwq_gather_shifted_offset_u32(wh + 2 * mask + h, lanes));
+            bytes = vaddq_u8(bytes, vldrbq_gather_offset_u8(tvm_bnn_byte_counts, vreinterpretq_u8_u32(t)));
+          }
+        }
+      }
+    }
+  }
+  vst1q_u32(acc, vaddq_u32(sum, tvm_bnn_mve_lane_sums(bytes)));
+  return 0;
+}
+#else
+static inline __attribute__((unused)) int32_t tvm_bnn_popcount4(
+    uint32_t* acc, const uint64_t* x, const uint64_t* w, int32_t halves, int32_t mask, int32_t lane, int32_t e0,
+    int32_t e1, int32_t e2, int32_t x0, int32_t x1, int32_t x2, int32_t w0, int32_t w1, int32_t w2) {
+  for (int32_t l = 0; l < 4; ++l)
+    for (int32_t i = 0; i < e0; ++i)
+      for (int32_t j = 0; j < e1; ++j)
+        for (int32_t k = 0; k < e2; ++k) {
+          const uint64_t* wl = w + l * lane + i * w0 + j * w1 + k * w2;
+          uint64_t word = x[i * x0 + j * x1 + k * x2] ^ wl[0];
+          if (mask) word &= wl[mask];
+          acc[l] += halves == 2 ? (uint32_t)tvm_bnn_popcount64(word) : tvm_bnn_popcount32((uint32_t)word);
+        }
+  return 0;
+}
+#endif
 #endif /* TVM_BNN_POPCOUNT_DEFINED */
 """
 
@@ -311,7 +386,7 @@ _STRIP_LINE = re.compile(r'^(#define TVM_EXPORTS|#include "tvm/.*"|void\* __tvm_
 _EXTERN_C = re.compile(r'#ifdef __cplusplus\nextern "C"\n#endif\n')
 HELPERS = ("tvm_bnn_popcount8", "tvm_bnn_popcount16", "tvm_bnn_popcount32", "tvm_bnn_popcount64",
            "tvm_bnn_popcount32_bytes", "tvm_bnn_popcount64_bytes", "tvm_bnn_bytesum", "tvm_bnn_nibbles",
-           "tvm_bnn_fold_nibbles")
+           "tvm_bnn_fold_nibbles", "tvm_bnn_popcount4")
 _HELPER_DECL = re.compile(rf'^(?:TVM_DLL )?\w+ (?:{"|".join(HELPERS)})\([^)]*\);\n', re.M)
 _LEFTOVER = re.compile(r'TVMBackend|TVMFFI|__tvm_ffi|TVM_DLL|#include "tvm|DLTensor')
 

@@ -38,6 +38,7 @@ class Board:
     flash_kb: int
     ram_kb: int
     clock_hz: int  # SysTick's processor clock in QEMU
+    mve: bool = False  # Helium (M-profile vector extension): the C kernels count 4 channels per vector
 
 
 _MPS2 = dict(flash_kb=4096, ram_kb=4096, clock_hz=25_000_000)
@@ -47,7 +48,7 @@ BOARDS = {
     "cortex-m7": Board("cortex-m7", "mps2-an500",
                        ("-mcpu=cortex-m7", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv5-d16"), **_MPS2),
     "cortex-m55": Board("cortex-m55", "mps3-an547", ("-mcpu=cortex-m55", "-mthumb", "-mfloat-abi=hard"),
-                        flash_kb=512, ram_kb=512, clock_hz=32_000_000),
+                        flash_kb=512, ram_kb=512, clock_hz=32_000_000, mve=True),
     "cortex-m3": Board("cortex-m3", "mps2-an385", ("-mcpu=cortex-m3", "-mthumb", "-mfloat-abi=soft"), **_MPS2),
     # no Cortex-M0 board in QEMU's mps2 family: ARMv6-M code runs unchanged on the M3 of AN385
     "cortex-m0": Board("cortex-m0", "mps2-an385", ("-mcpu=cortex-m0", "-mthumb", "-mfloat-abi=soft"), **_MPS2),
