@@ -12,13 +12,14 @@ Targets (the keys of tests/fuzz/conftest.py FUZZ_EXAMPLES) and their tests:
     c        test_differential.py::test_differential_c         portable C, host gcc
     aarch64  test_differential.py::test_differential_aarch64   aarch64 Linux under qemu-user
     cortexm  test_differential.py::test_differential_cortexm   Cortex-M4 firmware under qemu-system-arm
+    cortexm55 test_differential.py::test_differential_cortexm55 Cortex-M55 (Helium) firmware under qemu-system-arm
     chains   test_chains.py::test_chain_before_a_binary_conv   the activation analysis, op chains vs TVM
 
 Choosing targets and counts:
 
 * ``--counts x86=10000,cortexm=1000,...``: the count of each target named; with no ``-k``, only those run;
 * ``--examples N``: the x86 count, every other target scaled as in the profile (the old option);
-  ``--emulated N``: the count of both emulated targets (cortexm, aarch64);
+  ``--emulated N``: the count of each emulated target (cortexm, cortexm55, aarch64);
 * ``-k EXPR``: a pytest -k expression over the tests above (``x86`` selects x86 and onnx; ``"x86 and not onnx"``);
   targets without a count from the options run the profile's (``long``: 2000 x86, 1000 cortexm ...).
 
@@ -59,9 +60,10 @@ TARGETS = {
     "c": f"{DIFF}::test_differential_c",
     "aarch64": f"{DIFF}::test_differential_aarch64",
     "cortexm": f"{DIFF}::test_differential_cortexm",
+    "cortexm55": f"{DIFF}::test_differential_cortexm55",
     "chains": "tests/fuzz/test_chains.py::test_chain_before_a_binary_conv",
 }
-EMULATED = ("cortexm", "aarch64")
+EMULATED = ("cortexm", "cortexm55", "aarch64")
 PYTEST = ["-p", "no:logging", "-p", "no:cacheprovider", "-W", "ignore::UserWarning", "--hypothesis-show-statistics",
           "-q", "-rfEs"]
 

@@ -59,15 +59,15 @@ logging.getLogger("torch.__trace").setLevel(logging.INFO)
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 settings.load_profile(PROFILE)
 
-_CI = {"chains": 40, "x86": 50, "onnx": 16, "c": 14, "aarch64": 10, "cortexm": 20}
-_LONG = {"chains": 2000, "x86": 2000, "onnx": 300, "c": 300, "aarch64": 200, "cortexm": 1000}
+_CI = {"chains": 40, "x86": 50, "onnx": 16, "c": 14, "aarch64": 10, "cortexm": 20, "cortexm55": 6}
+_LONG = {"chains": 2000, "x86": 2000, "onnx": 300, "c": 300, "aarch64": 200, "cortexm": 1000, "cortexm55": 300}
 FUZZ_EXAMPLES = {
     "ci": _CI,
     "timing": _CI,
     "seeded": _CI,
     "long": _LONG,
     "sweep": _LONG,
-    "dev": {"chains": 4, "x86": 5, "onnx": 2, "c": 2, "aarch64": 2, "cortexm": 2},
+    "dev": {"chains": 4, "x86": 5, "onnx": 2, "c": 2, "aarch64": 2, "cortexm": 2, "cortexm55": 1},
 }
 
 

@@ -292,12 +292,25 @@ def test_differential_cortexm(cortexm_tools, spec):
     RAM): each call of the compiled model builds a firmware holding the input and runs it. A model whose float
     weights take more than 3/4 of the board's flash is not one for this board (the link fails: "region `FLASH'
     overflowed"): rejected."""
+    _check_on_board(spec, "cortex-m4")
+
+
+@example(spec=_pad_example())
+@given(spec=nets(max_branches=1, max_layers=3, max_batch=2))
+@settings(max_examples=fuzz_examples("cortexm55"))
+def test_differential_cortexm55(cortexm_tools, spec):
+    """The same on the emulated Cortex-M55 (qemu-system-arm mps3-an547, 512 KB flash and RAM), whose binary kernels
+    count 4 output channels per Helium vector (schedules/cortexm_mve.py)."""
+    _check_on_board(spec, "cortex-m55")
+
+
+def _check_on_board(spec, board):
     from tvm_bnn.targets import qemu
 
     net = build(spec).net
     float_bytes = 4 * sum(t.numel() for t in itertools.chain(net.parameters(), net.buffers()))
-    assume(float_bytes <= qemu.board("cortex-m4").flash_kb * 1024 * 3 // 4)
-    check_model(spec, "cortex-m4")
+    assume(float_bytes <= qemu.board(board).flash_kb * 1024 * 3 // 4)
+    check_model(spec, board)
 
 
 torch.set_num_threads(1)  # the machine is shared; TVM_NUM_THREADS is set by tests/conftest.py
