@@ -74,10 +74,6 @@ def _at_origin(load, loops):
     return tirx.BufferLoad(load.source, [_at(i, loops, [0] * len(loops)) for i in load.indices])
 
 
-def _uses(expr, var) -> bool:
-    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
-
-
 def _nest(loop: tirx.For):
     """The perfectly nested loops from ``loop`` down and the statement inside them (opaque blocks unwrapped)."""
     loops, stmt = [], loop
@@ -125,6 +121,8 @@ def popcount4_call(loop: tirx.For):
     if loads is None:
         return None
     x, w, m = loads
+    if str(store.buffer.dtype) != "uint32" or any(str(ld.source.dtype) != "uint64" for ld in (x, w)):
+        return None  # the helper's pointer types
     acc = _affine(_flat(tirx.BufferLoad(store.buffer, store.indices)), loops)
     xa, wa = _affine(_flat(x), loops), _affine(_flat(w), loops)
     if acc is None or xa is None or wa is None or acc[1] != [0] * len(red) + [1] or xa[1][-1] != 0:
