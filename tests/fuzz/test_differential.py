@@ -131,7 +131,8 @@ def to_onnx(built):
     return onnx.load_from_string(f.getvalue())
 
 
-def check_model(spec, target, frontend="torch"):
+def check_model(spec, target, frontend="torch", fits=None):
+    """``fits(cm)``: False rejects the example (a model too large for the board)."""
     built = build(spec)
     assume(open_bug(spec, built) is None)  # a known, open bug (test_regressions.py): look for others
     ref = evaluate(built)
@@ -143,6 +144,8 @@ def check_model(spec, target, frontend="torch"):
     model = to_onnx(built) if frontend == "onnx" else built.net
     cm = tvm_bnn.compile(model, target, example_inputs=tuple(built.inputs), progress=False)
     _note(str(cm.report))
+    if fits is not None:
+        assume(fits(cm))
     verify(built, ref, cm, onnx=frontend == "onnx")
 
 
@@ -309,8 +312,15 @@ def _check_on_board(spec, board):
 
     net = build(spec).net
     float_bytes = 4 * sum(t.numel() for t in itertools.chain(net.parameters(), net.buffers()))
+    ram = qemu.board(board).ram_kb * 1024
     assume(float_bytes <= qemu.board(board).flash_kb * 1024 * 3 // 4)
-    check_model(spec, board)
+
+    def fits(cm):  # the arena, the firmware's input and output copies, 64 KB for the stack and the rest
+        b = cm.bundle
+        io = sum(int(np.prod(s)) * np.dtype(d).itemsize for s, d in b.inputs + b.outputs)
+        return b.arena_bytes + 2 * io + (64 << 10) <= ram
+
+    check_model(spec, board, fits=fits)
 
 
 torch.set_num_threads(1)  # the machine is shared; TVM_NUM_THREADS is set by tests/conftest.py
