@@ -4,8 +4,9 @@
 
 Runs, on one core, a loop of 16 independent chains of each popcount instruction the host has (`vpopcntq` on zmm
 registers with AVX-512 VPOPCNTDQ, `vpshufb` on ymm with AVX2 as the nibble-table step of the byte-lane kernels,
-scalar `popcnt`) and of the AVX-512 conv's word (`vpxorq` with a broadcast load, `vpopcntq`, `vpaddq`: the
-kernels' own ceiling, counted in words), and divides the rate by the clock measured the same way as
+scalar `popcnt`) and of the AVX-512 conv's word (`vpxorq` with a broadcast load, `vpopcntq`, `vpaddq`) and the
+ternary conv's (a broadcast, `vpternlogq` for `(x ^ s) & m`, `vpopcntq`, `vpaddq`): the kernels' own ceilings, counted
+in words), and divides the rate by the clock measured the same way as
 bench/kernels.py (`common.clock_hz`: a chain of dependent adds). Prints instructions (words) per cycle and what that
 makes in bit-MACs per cycle per core (`bench/kernels.py`'s avx512 bound is the `vpopcntq` row). An instruction the
 host lacks is not run (its row says so). Run it with the cores otherwise idle.
@@ -48,23 +49,29 @@ KINDS = {
     # the binary conv's word, as the AVX-512 kernel's hot loop has it: the input word broadcast from memory and XORed
     # with a vector of filters, counted, added to an accumulator (8 accumulators; "per cycle" counts words)
     "xor+popcnt+add": ("avx512_vpopcntdq", None, 512, ", ".join(f'"zmm{k}"' for k in range(16))),
+    # the ternary conv's word: the input broadcast, (x ^ s) & m in one vpternlogq, counted, added
+    "ternlog+popcnt+add": ("avx512_vpopcntdq", None, 512, ", ".join(f'"zmm{k}"' for k in range(16))),
 }
 _GPRS = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
 
 
-def _word_lines() -> list:
+def _word_lines(ternary: bool) -> list:
     lines = []
     for k in range(16):
         t, acc, w = k % 4, 4 + k % 8, 12 + k % 4
-        lines += [f"vpxorq (%%rsp)%{{1to8%}}, %%zmm{w}, %%zmm{t}", f"vpopcntq %%zmm{t}, %%zmm{t}",
-                  f"vpaddq %%zmm{t}, %%zmm{acc}, %%zmm{acc}"]
+        if ternary:  # zmm12-13: signs, zmm14-15: masks
+            lines += [f"vpbroadcastq (%%rsp), %%zmm{t}", f"vpternlogq $0x28, %%zmm{14 + k % 2}, %%zmm{12 + k % 2}, "
+                      f"%%zmm{t}"]
+        else:
+            lines += [f"vpxorq (%%rsp)%{{1to8%}}, %%zmm{w}, %%zmm{t}"]
+        lines += [f"vpopcntq %%zmm{t}, %%zmm{t}", f"vpaddq %%zmm{t}, %%zmm{acc}, %%zmm{acc}"]
     return lines
 
 
 def source(kind: str) -> str:
     _, template, _, clobbers = KINDS[kind]
-    if kind == "xor+popcnt+add":
-        lines = _word_lines()
+    if kind in ("xor+popcnt+add", "ternlog+popcnt+add"):
+        lines = _word_lines(kind.startswith("ternlog"))
     elif kind.startswith("popcnt"):
         regs = (_GPRS * 2)[:16]
         lines = [template.format(reg=r) for r in regs]
@@ -101,16 +108,15 @@ def main(argv=None):
     hz, how = clock_hz(1)
     print(f"clock {hz / 1e9:.2f} GHz ({how})")
     flags = host_flags()
-    print(f"{'instruction':14} {'per cycle':>10} {'bits per cycle':>15}")
+    print(f"{'instruction':18} {'per cycle':>10} {'bits per cycle':>15}")
     for kind, (flag, _, bits, _) in KINDS.items():
         if flag not in flags:
-            print(f"{kind:14} {'-':>10} {'-':>15}  (the host has no {flag}: not run)")
+            print(f"{kind:18} {'-':>10} {'-':>15}  (the host has no {flag}: not run)")
             continue
         per_cycle = rate(kind, args.reps) / hz
-        print(f"{kind:14} {per_cycle:>10.2f} {per_cycle * bits:>15.0f}")
-    print("bench/kernels.py's avx512 bound is the vpopcntq zmm row; the xor+popcnt+add row is the most the conv's "
-          "word (three vector instructions, the XOR's input a broadcast load) can reach on this core: the kernels' "
-          "own ceiling.")
+        print(f"{kind:18} {per_cycle:>10.2f} {per_cycle * bits:>15.0f}")
+    print("bench/kernels.py's avx512 bound is the vpopcntq zmm row; the xor+popcnt+add and ternlog+popcnt+add rows "
+          "are the most the binary and the ternary conv's words can reach on this core: the kernels' own ceilings.")
 
 
 if __name__ == "__main__":
