@@ -301,7 +301,11 @@ def test_bitpack_planes(tmp_path, rng, planes, channels, shape):
     threshold = rng.choice(np.array([-1.0, -0.5, 0.0, 0.5, 1.0], np.float32), (planes, channels))
     sources, out, _ = kernel_sources("bitpack_planes", {}, [("x", x), ("scale", scale), ("threshold", threshold)],
                                      check_bytesum=False)
-    run_everywhere(tmp_path, sources, out, bitpack.reference_planes(x, scale, threshold))
+    run_everywhere(tmp_path / "scaled", sources, out, bitpack.reference_planes(x, scale, threshold))
+    sources, out, src = kernel_sources("bitpack_planes", {"unit_scale": True}, [("x", x), ("threshold", threshold)],
+                                       check_bytesum=False)
+    assert "] * " not in src.code.split("TVM_BNN_POPCOUNT_DEFINED */")[1]  # x * scale: no multiply of an element
+    run_everywhere(tmp_path / "unit", sources, out, bitpack.reference_planes(x, None, threshold))
 
 
 @pytest.mark.parametrize("m,k", [(1, 1), (2, 64), (3, 100), (1, 8192)])

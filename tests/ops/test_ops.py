@@ -44,6 +44,8 @@ def test_bitpack_planes_matches_reference(rng):
     got = run_te([x, scale, threshold], bitpack.compute_planes)
     np.testing.assert_array_equal(got, bitpack.reference_planes(x, scale, threshold))
     np.testing.assert_array_equal(got[..., 1], bitpack.reference_nchw(x, scale[1], threshold[1]))
+    unit = run_te([x, threshold], lambda a, t: bitpack.compute_planes(a, None, t))  # scale None: all ones
+    np.testing.assert_array_equal(unit, bitpack.reference_planes(x, np.ones_like(threshold), threshold))
 
 
 def test_bitpack_rows_matches_reference(rng):

@@ -186,6 +186,8 @@ def test_ternary_layer_of_few_level_activations_is_one_kernel(target, act):
         convs = [k for k in cm.bundle.kernels if "conv2d" in k]
         assert len(convs) == 2 and all("ternary" in k for k in convs), convs
         assert sum("bitpack_planes" in k for k in cm.bundle.kernels) == 1, cm.bundle.kernels
+        packing = cm.bundle.sources["model.c"].split("void tvm_bnn_bitpack_planes(")[-1].split("\n}\n")[0]
+        assert "] * " not in packing  # activation tests with unit scales: no multiply (pack_planes' unit_scale)
         assert not any("bitpack_nchw" in k for k in cm.bundle.kernels), cm.bundle.kernels
         assert act == "offset_levels" or not any(k.endswith("add") for k in cm.bundle.kernels), cm.bundle.kernels
         return

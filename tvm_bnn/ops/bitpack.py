@@ -36,17 +36,23 @@ def compute_nchw(x: te.Tensor, scale: te.Tensor | None = None, threshold: te.Ten
     return te.compute((n_, h_, w_, num_words(c_)), word, name="bitpack")
 
 
-def compute_planes(x: te.Tensor, scale: te.Tensor, threshold: te.Tensor) -> te.Tensor:
-    """float[N, C, H, W] and P packing tests (``scale``, ``threshold``: float32[P, C]) -> uint64[N, H, W, ceil(C/64),
-    P]: the bit planes of a few-level activation packed in one pass over ``x`` (plane p is ``compute_nchw(x,
-    scale[p], threshold[p])``)."""
+def plane_test(value, scale, threshold, p, c):
+    """Plane ``p``'s packing test of ``value`` (channel ``c``): ``value * scale[p, c] >= threshold[p, c]``;
+    ``scale`` None stands for all ones (``value * 1`` is ``value`` exactly, so the test is the same)."""
+    return (value if scale is None else value * scale[p, c]) >= threshold[p, c]
+
+
+def compute_planes(x: te.Tensor, scale: te.Tensor | None, threshold: te.Tensor) -> te.Tensor:
+    """float[N, C, H, W] and P packing tests (``scale``, ``threshold``: float32[P, C]; ``scale`` None: all ones) ->
+    uint64[N, H, W, ceil(C/64), P]: the bit planes of a few-level activation packed in one pass over ``x`` (plane p
+    is ``compute_nchw(x, scale[p], threshold[p])``)."""
     n_, c_, h_, w_ = (int(d) for d in x.shape)
-    p_ = int(scale.shape[0])
+    p_ = int(threshold.shape[0])
     b = te.reduce_axis((0, WORD_BITS), name="b")
 
     def word(n, h, w, cw, p):
         c = cw * WORD_BITS + b
-        on = tirx.if_then_else(c < c_, x[n, c, h, w] * scale[p, c] >= threshold[p, c], tirx.const(False))
+        on = tirx.if_then_else(c < c_, plane_test(x[n, c, h, w], scale, threshold, p, c), tirx.const(False))
         return te.sum(bit_if(on, b), axis=b)
 
     return te.compute((n_, h_, w_, num_words(c_), p_), word, name="bitpack_planes")
@@ -102,4 +108,6 @@ def unpack_reference(words: np.ndarray, bits: int) -> np.ndarray:
 
 
 def reference_planes(x: np.ndarray, scale, threshold) -> np.ndarray:
+    """``scale`` None: all ones."""
+    scale = np.ones_like(threshold) if scale is None else scale
     return np.stack([reference_nchw(x, s, t) for s, t in zip(scale, threshold)], axis=-1)

@@ -51,7 +51,8 @@ def _conv(op, compute):
 TE_BUILDERS = {
     "bitpack_nchw": lambda p: bitpack.compute_nchw,
     "bitpack_rows": lambda p: bitpack.compute_rows,
-    "bitpack_planes": lambda p: bitpack.compute_planes,
+    "bitpack_planes": lambda p: (lambda x, t: bitpack.compute_planes(x, None, t)) if p.get("unit_scale") else
+    bitpack.compute_planes,
     "binary_conv2d": _conv("binary_conv2d", binary_conv2d.compute),
     "binary_conv2d_bits": _conv("binary_conv2d_bits", binary_conv2d.compute_bits),
     "ternary_conv2d": lambda p: lambda xp, w, a, b, corr, *acc: ternary_conv2d.compute(

@@ -239,17 +239,18 @@ def bitpack(x: te.Tensor, channel_axis: int, name: str, scale=None, threshold=No
         halves[i + (1,)].astype("uint64") << tirx.const(32, "uint64")), name=name)
 
 
-def bitpack_planes(x: te.Tensor, scale: te.Tensor, threshold: te.Tensor) -> te.Tensor:
+def bitpack_planes(x: te.Tensor, scale: te.Tensor | None, threshold: te.Tensor) -> te.Tensor:
     """``ops.bitpack.compute_planes`` with each 64-bit word gathered as two 32-bit halves per plane; the planes are
-    the innermost axis, so one load of an element serves every plane's test."""
+    the innermost axis, so one load of an element serves every plane's test (``scale`` None: all ones, no multiply
+    and no load of it)."""
     n_, c_, h_, w_ = (int(d) for d in x.shape)
-    p_ = int(scale.shape[0])
+    p_ = int(threshold.shape[0])
     b = te.reduce_axis((0, 32), name="b")
 
     def half(n, h, w, q, hh, p):
         c = q * WORD_BITS + hh * 32 + b
         cc = tirx.min(c, c_ - 1)
-        on = tirx.all(c < c_, x[n, cc, h, w] * scale[p, cc] >= threshold[p, cc])
+        on = tirx.all(c < c_, ops_bitpack.plane_test(x[n, cc, h, w], scale, threshold, p, cc))
         return te.sum(tirx.Select(on, tirx.const(1, "uint32") << b.astype("uint32"), tirx.const(0, "uint32")), axis=b)
 
     words = num_words(c_)
@@ -262,7 +263,7 @@ def kernel_compute(op: str, params: dict, args, mve: bool = False):
     """The M-profile TE of one of our binary kernels: ``args`` placeholders -> output tensor (``mve``: the popcount
     stages in the form schedules/cortexm_mve.py vectorises)."""
     if op == "bitpack_planes":
-        return bitpack_planes(*args)
+        return bitpack_planes(args[0], None, args[1]) if params.get("unit_scale") else bitpack_planes(*args)
     if op in _BITPACK_OPS:
         return bitpack(args[0], 1, "bitpack", *args[1:])
     if op in _TERNARY_OPS:

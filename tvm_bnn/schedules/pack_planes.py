@@ -7,7 +7,9 @@ core the element's load, its address and the loop cost as much as its test, so t
 (``ops.bitpack.compute_planes``: every element loaded once, tested once per plane) and each plane taken out of it.
 
 Matches: two or more ``bitpack_nchw`` calls on the same tensor with constant per-channel tests; emits one
-``bitpack_planes`` (at the first of them) and a slice of its plane for each. The bits are the same.
+``bitpack_planes`` (at the first of them) and a slice of its plane for each. The bits are the same. When every
+scale is exactly 1 (the usual activation quantizer) the tests are ``x >= threshold`` (``unit_scale``): ``x * 1`` is
+``x`` in floating point, and each test saves a load and a multiply.
 """
 from __future__ import annotations
 
@@ -42,8 +44,11 @@ def _plan(mod, graph):
 
         def packed(bb, new, x=x, scales=scales, thresholds=thresholds, emitted=emitted):
             if "planes" not in emitted:  # at the first member: x is bound by then
-                emitted["planes"] = bb.emit(call_kernel(bb, "bitpack_planes", [
-                    new(x), relax.const(scales), relax.const(thresholds)]))
+                if np.all(scales == 1.0):  # the common case: no multiply, no scale to load
+                    call = call_kernel(bb, "bitpack_planes", [new(x), relax.const(thresholds)], unit_scale=True)
+                else:
+                    call = call_kernel(bb, "bitpack_planes", [new(x), relax.const(scales), relax.const(thresholds)])
+                emitted["planes"] = bb.emit(call)
             return emitted["planes"]
 
         shape = static_shape(x)
