@@ -84,6 +84,31 @@ def test_ternary_conv2d(tmp_path, rng, c, o, h, w, kernel, strides, padding, dil
     run_everywhere(tmp_path, sources, out, expected)
 
 
+@pytest.mark.parametrize("shifts,pad_bits", [((0, 0), (1, -1)), ((0, 1), (0, 1)), ((0, 1, 2), (0, 1, -1))])
+@pytest.mark.parametrize("c,o,h,w,kernel,strides,padding,dilation", [CONV_CASES[i] for i in (0, 2, 3, 6)])
+def test_ternary_conv2d_stacked_planes(tmp_path, rng, shifts, pad_bits, c, o, h, w, kernel, strides, padding,
+                                       dilation):
+    """Activation planes stacked into one M-profile ternary kernel (the planes a spatial axis of the count, inside
+    the channel block), each plane padded with its own value and counted 2^shift times: equals
+    ``sum_p 2^shift_p * conv(plane_p)``; 32-bit halves (C=32), full words, two words per pixel, dilation."""
+    from dataclasses import replace
+
+    geo = binary_conv2d.Conv2dGeometry(c, kernel, strides, padding, dilation)
+    xs = [pm1(rng, (1, c, h, w)) for _ in shifts]
+    wt = rng.choice(np.array([-1.0, 0.0, 1.0], np.float32), (o, c) + kernel, p=[0.35, 0.3, 0.35])
+    dot = sum((1 << k) * ternary_conv2d.reference_dot(x, wt, replace(geo, pad_value=b))
+              for x, k, b in zip(xs, shifts, pad_bits))
+    scale = rng.uniform(0.1, 2, o).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    wp = ternary_conv2d.pack_weights(wt)
+    params = dict(conv_params(c, kernel, strides, padding, dilation), pad_value=0, shifts=list(shifts),
+                  pad_bits=list(pad_bits))
+    sources, out, src = kernel_sources("ternary_conv2d", params, [
+        ("xp", np.stack([bitpack.reference_nchw(x) for x in xs])), ("wp", wp), ("scale", scale), ("bias", bias),
+        ("corr", ternary_conv2d.planes_correction(wp, geo, (h, w), shifts, pad_bits))])
+    run_everywhere(tmp_path, sources, out, epilogue.float_reference(dot, scale, bias, channel_axis=1))
+
+
 @pytest.mark.parametrize("c,o,h,w,kernel,strides,padding,dilation", CONV_CASES)
 def test_conv2d_bits_output(tmp_path, rng, c, o, h, w, kernel, strides, padding, dilation):
     o = o + 60  # several channel blocks, both 32-bit halves of the output word, a partial second word

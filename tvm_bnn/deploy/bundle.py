@@ -49,7 +49,7 @@ import tvm
 from ..core.pipeline import fuse_pipeline
 from ..errors import BundleError
 from ..schedules.pack_planes import PackPlanesTogether
-from ..schedules.ternary_pairs import FuseTernaryPairs
+from ..schedules.ternary_pairs import FuseTernaryPairs, few_words_per_output
 from ..targets import qemu
 from ..targets.c_codegen import _CTYPES, c_array, generate_c
 from ..targets.llvm_object import generate_object
@@ -238,7 +238,9 @@ def build_bundle(optimized_mod: tvm.IRModule, out_dir, input_shape=None, output_
         # the C kernels count bits in software: a ternary layer's two weight planes as one ternary kernel, and the
         # planes of a few-level activation packed in one pass
         if not llvm:
-            optimized_mod = PackPlanesTogether(FuseTernaryPairs()(optimized_mod))
+            # (stacked planes on M-profile cores without Helium, where they pay: the MVE form counts one plane)
+            stacking = False if mve else few_words_per_output
+            optimized_mod = PackPlanesTogether(FuseTernaryPairs(stack_planes=stacking)(optimized_mod))
         fused = fuse_pipeline(target.target if llvm else None)(optimized_mod)
     calls = kernel_calls(fused, in_shapes, lean, mve and not llvm)
     in_tensors, out_tensors, consts, steps = calls.in_tensors, calls.out_tensors, calls.consts, calls.steps

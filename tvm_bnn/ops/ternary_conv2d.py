@@ -110,21 +110,28 @@ def dot_from_counts(f: ConvFrame, pop, corr: te.Tensor) -> te.Tensor:
         n, oh, ow, o).astype("int32"), name="dot")
 
 
+def stacked_input(xp: te.Tensor, wp, geo: Conv2dGeometry, layout: str = "OHWI"):
+    """(ConvFrame, xs) of the planes ``xp[p]`` stacked, uint64[P, N, H, W, CW]: the frame of one plane and the
+    planes padded with zero words, uint64[P, N, HP, WP, CW] (``corr`` says what the padding is)."""
+    f = frame(te.placeholder(tuple(int(d) for d in xp.shape[1:]), "uint64"), wp, replace(geo, pad_value=0), layout)
+    if f.xs is f.xp:
+        return f, xp
+    hp, wpd = (int(d) for d in f.xs.shape[1:3])
+    pt, pl, h_, w_ = f.pt, f.pl, f.h, f.w
+    xs = te.compute((int(xp.shape[0]), f.n, hp, wpd, f.cw), lambda p, n, i, j, q: tirx.if_then_else(
+        tirx.all(i >= pt, i < pt + h_, j >= pl, j < pl + w_), xp[p, n, i - pt, j - pl, q],
+        tirx.const(0, "uint64")), name="pad")
+    return f, xs
+
+
 def stacked_frame(xp: te.Tensor, wp, geo: Conv2dGeometry, layout: str = "OHWI", shifts=None):
-    """(ConvFrame, plane_words): the frame of one input (of the planes ``xp[p]`` when ``shifts`` is given: then padded
-    with zero words, ``corr`` says what the padding is) and ``plane_words(n, ih, iw, q)`` -> the padded input's
-    words at that position, one per plane (one for a single input)."""
+    """(ConvFrame, plane_words): the frame of one input (of the planes ``xp[p]`` when ``shifts`` is given:
+    :func:`stacked_input`) and ``plane_words(n, ih, iw, q)`` -> the padded input's words at that position, one per
+    plane (one for a single input)."""
     if shifts is None:
         f = frame(xp, wp, geo, layout)
         return f, lambda n, ih, iw, q: [f.xs[n, ih, iw, q]]
-    f = frame(te.placeholder(tuple(int(d) for d in xp.shape[1:]), "uint64"), wp, replace(geo, pad_value=0), layout)
-    if f.xs is f.xp:
-        return f, lambda n, ih, iw, q: [xp[p, n, ih, iw, q] for p in range(len(shifts))]
-    hp, wpd = (int(d) for d in f.xs.shape[1:3])
-    pt, pl, h_, w_ = f.pt, f.pl, f.h, f.w
-    xs = te.compute((len(shifts), f.n, hp, wpd, f.cw), lambda p, n, i, j, q: tirx.if_then_else(
-        tirx.all(i >= pt, i < pt + h_, j >= pl, j < pl + w_), xp[p, n, i - pt, j - pl, q],
-        tirx.const(0, "uint64")), name="pad")
+    f, xs = stacked_input(xp, wp, geo, layout)
     return f, lambda n, ih, iw, q: [xs[p, n, ih, iw, q] for p in range(len(shifts))]
 
 

@@ -150,17 +150,33 @@ def _popcount_stages(shape, word, axes, low: bool, mve: bool = False):
 # computes (same results as ops.binary_conv2d / ops.binary_dense, M-profile form of the popcount)
 
 
-def ternary_dot(xp: te.Tensor, wp: te.Tensor, corr: te.Tensor, geo: Conv2dGeometry, mve: bool = False) -> te.Tensor:
-    """uint64[N,H,W,CW] x uint64[2,O,KH,KW,CW] -> int32[N, OH, OW, O] (NHWC), as ``ternary_conv2d.compute_dot``:
-    the words are ``(x ^ sign) & mask``, counted as the binary conv counts ``x ^ w``."""
-    f = ternary_conv2d.frame(xp, wp, geo)
-    xs, sh, sw, dh, dw = f.xs, f.sh, f.sw, f.dh, f.dw
+def ternary_dot(xp: te.Tensor, wp: te.Tensor, corr: te.Tensor, geo: Conv2dGeometry, mve: bool = False,
+                shifts=None) -> te.Tensor:
+    """uint64[N,H,W,CW] (or the planes stacked, uint64[P,N,H,W,CW], with ``shifts``) x uint64[2,O,KH,KW,CW] ->
+    int32[N, OH, OW, O] (NHWC), as ``ternary_conv2d.compute_dot``: the words are ``(x ^ sign) & mask``, counted as
+    the binary conv counts ``x ^ w``; stacked planes are one more spatial axis of the count, inside the channel
+    block (each filter word loaded once for every plane), weighted ``<< shift`` in the dot."""
+    if shifts is None:
+        f = ternary_conv2d.frame(xp, wp, geo)
+        xs = f.xs
+        planes = ()
+    else:
+        f, stacked = ternary_conv2d.stacked_input(xp, wp, geo)
+        planes = (len(shifts),)
+    sh, sw, dh, dw = f.sh, f.sw, f.dh, f.dw
 
-    def word(n, oh, ow, o, kh, kw, cw):
-        return (xs[n, oh * sh + kh * dh, ow * sw + kw * dw, cw] ^ wp[0, o, kh, kw, cw]) & wp[1, o, kh, kw, cw]
+    def word(n, oh, ow, o, *rest):
+        *p, kh, kw, cw = rest
+        x = stacked[p[0], n, oh * sh + kh * dh, ow * sw + kw * dw, cw] if p else \
+            xs[n, oh * sh + kh * dh, ow * sw + kw * dw, cw]
+        return (x ^ wp[0, o, kh, kw, cw]) & wp[1, o, kh, kw, cw]
 
-    pop = _popcount_stages((f.n, f.oh, f.ow, f.o), word, (f.kh, f.kw, f.cw), f.cw == 1 and f.c <= 32, mve)
-    return ternary_conv2d.dot_from_counts(f, pop, corr)
+    pop = _popcount_stages((f.n, f.oh, f.ow, f.o) + planes, word, (f.kh, f.kw, f.cw), f.cw == 1 and f.c <= 32,
+                           mve and not planes)
+    if not planes:
+        return ternary_conv2d.dot_from_counts(f, pop, corr)
+    return ternary_conv2d.dot_from_counts(f, lambda n, oh, ow, o: ternary_conv2d.weighted_sum(
+        [pop(n, oh, ow, o, p).astype("uint64") for p in range(len(shifts))], shifts), corr)
 
 
 def conv_dot(xp: te.Tensor, wp: te.Tensor, geo: Conv2dGeometry, out_extent: int | None = None,
@@ -267,11 +283,10 @@ def kernel_compute(op: str, params: dict, args, mve: bool = False):
     if op in _BITPACK_OPS:
         return bitpack(args[0], 1, "bitpack", *args[1:])
     if op in _TERNARY_OPS:
-        if params.get("layout", "OHWI") != "OHWI" or params.get("shifts"):
-            raise ValueError(f"{op}: filters in layout {params.get('layout')} or stacked planes (the M-profile form "
-                             "reads one input and OHWI filters)")
+        if params.get("layout", "OHWI") != "OHWI":
+            raise ValueError(f"{op}: filters in layout {params.get('layout')} (the M-profile form reads OHWI)")
         xp, wp, p2, p3, corr, *acc = args
-        dot = ternary_dot(xp, wp, corr, Conv2dGeometry.from_params(params), mve)
+        dot = ternary_dot(xp, wp, corr, Conv2dGeometry.from_params(params), mve, params.get("shifts"))
         return ternary_conv2d.float_output(dot, p2, p3, *acc, name=op)
     xp, wp, p2, p3 = args
     if op in _CONV_OPS:
@@ -458,7 +473,8 @@ def build_kernel(func: tirx.PrimFunc, op: str, params: dict, block_size: int | N
     with Helium (its 4-channel blocks counted as vectors, schedules/cortexm_mve.py)."""
     sig = _signature(func)
     phs = [te.placeholder(shape, dtype, name=name) for name, shape, dtype in sig[:-1]]
-    block_size = block_size or _block(_channels(op, sig[-1][1]))
+    planes = len(params.get("shifts") or [None])  # stacked planes: a block's accumulators are channels x planes
+    block_size = block_size or _largest_divisor(_channels(op, sig[-1][1]), max(1, MAX_BLOCK // planes))
     out = kernel_compute(op, params, phs, mve and block_size == cortexm_mve.LANES)
     new = te.create_prim_func(phs + [out])
     if [s[1:] for s in _signature(new)] != [s[1:] for s in sig]:

@@ -16,7 +16,8 @@ Matches: ``add(a, b)`` where ``a`` and ``b`` are (aliases of) single-use float `
 packed input, the same parameters and constant filters and scales, the scales equal. The output differs from the
 pair's only by float rounding (one ``dot * scale + bias`` instead of two summed).
 
-Then, on x86, the activation planes (``_plan_planes``): the ternary kernels of a few-level activation's planes (same
+Then, on x86 and (for layers of few words per output) in the C bundle without Helium, the activation planes
+(``_plan_planes``): the ternary kernels of a few-level activation's planes (same
 filters, scales in ratios 2^k, as its thermometer or binary-code planes have) summed, each maybe plus its constant
 zero-padding offset, become one kernel over the planes stacked (``shifts``: ops/ternary_conv2d.py), repeated until
 every plane of the layer is in it: one pass over the words, each filter word loaded once for all planes, one
@@ -126,7 +127,17 @@ def _power_of_two_ratio(a: np.ndarray, b: np.ndarray):
     return k if np.array_equal((a.astype(np.float64) * 2.0 ** k).astype(np.float32), b) else None
 
 
-def _plan_planes(mod, graph):
+def few_words_per_output(params: dict, limit: int = 9) -> bool:
+    """Whether a ternary conv of ``params`` counts at most ``limit`` words per output (KH x KW x ceil(C/64)): where
+    the C bundle stacks a layer's planes. Stacking saves one epilogue per output and costs reuse per word (the
+    M-profile block holds channels x planes accumulators, so half the channels: each input word serves fewer).
+    Measured on the M4 (bench/cmsis_nn.py --part 1 --low-bit, W2A2 3x3 convs): 9 words -4 % instructions, 18 words
+    +7 %, 36 words +4 %."""
+    c = int(params["in_channels"])
+    return int(np.prod(params["kernel"])) * ((c + 63) // 64) <= limit
+
+
+def _plan_planes(mod, graph, stack_if=None):
     recipes = {}
     for _, value in graph.order:
         if not is_op(value, "add"):
@@ -138,7 +149,7 @@ def _plan_planes(mod, graph):
         if va.same_as(vb) or not (graph.single_use(va) and graph.single_use(vb)):
             continue
         same = ("in_channels", "kernel", "strides", "padding", "dilation", "layout")
-        if any(a.params.get(key) != b.params.get(key) for key in same):
+        if any(a.params.get(key) != b.params.get(key) for key in same) or (stack_if and not stack_if(a.params)):
             continue
         planes_a, planes_b = _planes_of(graph, a), _planes_of(graph, b)
         fa, sa, ba, fb, sb, bb_ = (graph.constant(arg) for arg in a.args[1:4] + b.args[1:4])
@@ -188,26 +199,27 @@ def _plan_accumulate(mod, graph):
     return recipes
 
 
-def FuseTernaryPairs(layout: str = "OHWI", stack_planes: bool = False):  # noqa: N802 - TVM pass naming
+def FuseTernaryPairs(layout: str = "OHWI", stack_planes=False):  # noqa: N802 - TVM pass naming
     """The pass, emitting filters in ``layout`` (ops/ternary_conv2d.LAYOUTS): "OHWI" for the C kernels, "HWIO" for
-    x86's kernel vectorised over output channels; with ``stack_planes`` the planes of each layer then stacked into
-    one kernel (x86: a 2-plane W2A2 conv at 28x28x256 in 0.22 ms against 2 x 0.125; on the M4 the stacked byte-count
-    form measured 2-17 % more instructions than two kernels, its registers spilling, so the C bundle keeps one
-    kernel per plane, each adding the previous plane's output in its epilogue)."""
+    x86's kernel vectorised over output channels. ``stack_planes`` (True, or a predicate of a ternary kernel's params
+    saying for which layers): the planes of each layer then stacked into one kernel (x86: a 2-plane W2A2 conv at
+    28x28x256 in 0.22 ms against 2 x 0.125; the C bundle: :func:`few_words_per_output`); unless every layer is
+    stacked, the layers left with one kernel per plane each add the previous plane's output in their epilogue."""
     pairs = rewrite_pass("tvm_bnn.FuseTernaryPairs", lambda mod, graph: _plan_pairs(mod, graph, layout))
-    planes = rewrite_pass("tvm_bnn.FuseTernaryPlanes", _plan_planes)
+    stack_if = stack_planes if callable(stack_planes) else None
+    planes = rewrite_pass("tvm_bnn.FuseTernaryPlanes", lambda mod, graph: _plan_planes(mod, graph, stack_if))
     accumulate = rewrite_pass("tvm_bnn.AccumulateTernaryPlanes", _plan_accumulate)
 
     @tvm.transform.module_pass(opt_level=0, name="tvm_bnn.FuseTernaryPairs")
     def _pass(mod, _ctx):
         mod = pairs(mod)
-        if not stack_planes:  # one kernel per plane, each adding its output to the previous plane's
-            return accumulate(mod)
-        for _ in range(3):  # one more plane per round (at most 3 planes: 8 levels)
-            before = mod
-            mod = planes(mod)
-            if mod.same_as(before):
-                break
-        return mod
+        if stack_planes:
+            for _ in range(3):  # one more plane per round (at most 3 planes: 8 levels)
+                before = mod
+                mod = planes(mod)
+                if mod.same_as(before):
+                    break
+        # the C bundle's kernels left one per plane: each adds the previous plane's output (x86 stacks every layer)
+        return mod if stack_planes is True else accumulate(mod)
 
     return _pass
