@@ -979,7 +979,12 @@ def _resolve_constant_inputs(net, inputs):
         default = info.expect
         if isinstance(mod, Binarize):  # what the analysis sees: torch.sign by the tie rule
             if mod.form != MODULE_FORM and bool((mod.ref(mod._ref_in, ge_sign) == 0).all()):
-                info.expect, mod.packed = "float_input", False
+                if mod.form in LEVEL_STEPS:  # 0 is a level of a few-level form: its planes hold it exactly, so
+                    info.maybe = tuple(info.maybe) + ("float_input",)  # the layer may compile low-bit, or not
+                else:  # (a layer refused for its padding or weights as well may say that instead: both hold)
+                    info.expect, mod.packed = "float_input", False
+                    if default != "binary":
+                        info.maybe = tuple(info.maybe) + (default,)
         else:
             values = np.unique(mod._ref_in[0].numpy())
             if (values.size == 1 and values[0] != 0) or values.size == 2:
