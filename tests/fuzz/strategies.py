@@ -978,6 +978,8 @@ def _resolve_constant_inputs(net, inputs):
     for info, mod in net.const_checks:
         default = info.expect
         if isinstance(mod, Binarize):  # what the analysis sees: torch.sign by the tie rule
+            if default != "binary":  # refused for its padding or weights: the constant input may be named instead
+                info.maybe = tuple(info.maybe) + ("float_input",)
             if mod.form != MODULE_FORM and bool((mod.ref(mod._ref_in, ge_sign) == 0).all()):
                 if mod.form in LEVEL_STEPS:  # 0 is a level of a few-level form: its planes hold it exactly, so
                     info.maybe = tuple(info.maybe) + ("float_input",)  # the layer may compile low-bit, or not

@@ -26,6 +26,11 @@ parameters in the same order, same outputs bit for bit) and schedules that:
   a function of the weights) loops over channels innermost with its border-class and tap loops unrolled, so each
   tap's inside/outside test is a compile-time constant and the inside taps produce no code.
 
+* **Helium** (``mve``, Cortex-M55): a block of 4 channels is one ``counts`` stage whose loop nest becomes a call of
+  the vector helper ``tvm_bnn_popcount4`` (schedules/cortexm_mve.py).
+* **Stacked activation planes** (a ternary kernel with ``shifts``): the planes are one more spatial axis of the
+  count, inside the block (whose channels are divided by the plane count: channels x planes accumulators).
+
 Measured on the emulated Cortex-M4 (``bench/cortexm.py --kernels``): 2-4x fewer instructions per binary kernel;
 the price is code flash (unrolled blocks: about +3 KB per conv kernel).
 """
