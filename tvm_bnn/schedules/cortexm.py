@@ -63,6 +63,7 @@ _REGISTER_BUFFERS = ("nibbles", "bytes", "popcount", "counts", "binary_conv2d_bi
 
 _CONV_OPS = ("binary_conv2d", "binary_conv2d_bits")
 _TERNARY_OPS = ("ternary_conv2d",)
+_NCHW_OUT_OPS = ("binary_conv2d",) + _TERNARY_OPS  # float NCHW outputs: the channel block under the output pixel
 _DENSE_OPS = ("binary_dense", "binary_dense_bits")
 _BITPACK_OPS = ("bitpack_nchw", "bitpack_rows", "bitpack_planes")
 
@@ -79,10 +80,6 @@ def _bytes_of(word, low_half: bool):
 
 def _largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
-def _block(extent: int) -> int:
-    return _largest_divisor(extent, MAX_BLOCK)
 
 
 def _popcount_stages(shape, word, axes, low: bool, mve: bool = False):
@@ -383,7 +380,7 @@ def _schedule(sch: s_tir.Schedule, op: str, block_size: int):
     else:
         out = sch.get_sblock(op)
         loops = sch.get_loops(out)
-        if op in ("binary_conv2d",) + _TERNARY_OPS:  # (n, o, oh, ow) -> (n, oh, ow, o)
+        if op in _NCHW_OUT_OPS:  # (n, o, oh, ow) -> (n, oh, ow, o)
             n, o, oh, ow = loops
             sch.reorder(n, oh, ow, o)
         else:
@@ -469,7 +466,7 @@ def _channels(op: str, out_shape) -> int:
     """The output channels of a kernel whose output has ``out_shape`` (a bits output: its words' bits)."""
     if op.endswith("_bits"):
         return int(out_shape[-1]) * WORD_BITS
-    return int(out_shape[1] if op in ("binary_conv2d",) + _TERNARY_OPS else out_shape[-1])
+    return int(out_shape[1] if op in _NCHW_OUT_OPS else out_shape[-1])
 
 
 def build_kernel(func: tirx.PrimFunc, op: str, params: dict, block_size: int | None = None,
