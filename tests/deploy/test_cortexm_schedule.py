@@ -5,6 +5,7 @@ host, bit-exact against the numpy references of tvm_bnn/ops.
 A missing toolchain skips these tests, except under CI=true, where it fails them (clang is optional everywhere).
 """
 import json
+import re
 
 import numpy as np
 import pytest
@@ -382,20 +383,31 @@ int main(void) {
 
 
 FLOAT_CONVS = [
-    # C, O, H, W, kernel, stride, padding, dilation, batch
-    (3, 32, 12, 10, (3, 3), (1, 1), (1, 1), (1, 1), 1),  # the stem
-    (1, 5, 9, 7, (3, 3), (2, 2), (1, 1), (1, 1), 2),  # 5 channels: blocks of 1, odd widths, batch 2
-    (4, 6, 8, 9, (5, 5), (1, 1), (2, 2), (2, 2), 1),  # dilation
-    (2, 12, 7, 6, (3, 1), (2, 1), (1, 0), (1, 1), 1),  # an asymmetric kernel and stride
+    # C, O, H, W, kernel, stride, padding, dilation, batch, BatchNorm + ReLU after it, the FPU block helper expected
+    (3, 32, 12, 10, (3, 3), (1, 1), (1, 1), (1, 1), 1, True, "4x2_3x3_s1"),  # the stem; its epilogue reads the block
+    (3, 32, 12, 12, (3, 3), (1, 1), (1, 1), (1, 1), 1, False, "4x4_3x3_s1"),  # no epilogue: stored straight out
+    (1, 5, 9, 7, (3, 3), (2, 2), (1, 1), (1, 1), 2, True, "1x4_3x3_s2"),  # 5 channels: blocks of 1, batch 2
+    (2, 3, 6, 11, (3, 3), (1, 1), (1, 1), (1, 1), 1, False, "3x1_3x3_s1"),  # blocks of one pixel (11 is prime)
+    (1, 5, 9, 7, (3, 3), (2, 2), (1, 1), (1, 1), 1, False, "1x4_3x3_s2"),  # one channel, stored straight out
+    (4, 6, 8, 9, (5, 5), (1, 1), (2, 2), (2, 2), 1, True, None),  # dilation: a row's taps are not consecutive
+    (2, 12, 7, 6, (3, 1), (2, 1), (1, 0), (1, 1), 1, True, "4x3_3x1_s1"),  # an asymmetric kernel and stride
+    (3, 8, 15, 15, (5, 5), (2, 2), (2, 2), (1, 1), 1, False, "4x4_5x5_s2"),  # 31 of the 32 S registers
+    (3, 8, 16, 16, (7, 7), (2, 2), (3, 3), (1, 1), 1, False, None),  # 33: does not fit, the loops stay
 ]
 
 
+def kernel_code(code: str) -> str:
+    """The kernels of a bundle's model.c, without the helper definitions before them."""
+    return code[code.index("\nvoid tvm_bnn_"):]
+
+
 @pytest.mark.parametrize("target,tools", [("c", ("gcc",)), ("cortex-m4", ("arm-none-eabi-gcc", "qemu-system-arm"))])
-@pytest.mark.parametrize("c,o,h,w,kernel,stride,padding,dilation,batch", FLOAT_CONVS)
+@pytest.mark.parametrize("c,o,h,w,kernel,stride,padding,dilation,batch,epilogue,helper", FLOAT_CONVS)
 def test_float_conv_register_blocked_is_bit_exact(monkeypatch, target, tools, c, o, h, w, kernel, stride, padding,
-                                                   dilation, batch):
-    """The float conv (and its folded BatchNorm and ReLU) register-blocked with VMLA gives exactly the bits of the
-    plain memory-lean schedule (same products, same order, no fused multiply-add), and PyTorch's to rounding."""
+                                                   dilation, batch, epilogue, helper):
+    """The float conv (and its folded BatchNorm and ReLU) register-blocked with VMLA, as the FPU block helper where
+    the block fits it (weights laid out at compile time), gives exactly the bits of the plain memory-lean schedule
+    (same products, same order, no fused multiply-add), and PyTorch's to rounding."""
     import torch
 
     import tvm_bnn
@@ -404,20 +416,57 @@ def test_float_conv_register_blocked_is_bit_exact(monkeypatch, target, tools, c,
 
     need(*tools)
     torch.manual_seed(0)
-    model = randomize_batchnorm(torch.nn.Sequential(
-        torch.nn.Conv2d(c, o, kernel, stride, padding, dilation), torch.nn.BatchNorm2d(o), torch.nn.ReLU())).eval()
+    layers = [torch.nn.Conv2d(c, o, kernel, stride, padding, dilation, bias=epilogue)]
+    if epilogue:
+        layers += [torch.nn.BatchNorm2d(o), torch.nn.ReLU()]
+    model = randomize_batchnorm(torch.nn.Sequential(*layers)).eval()
     x = torch.randn(batch, c, h, w)
     blocked = tvm_bnn.compile(model, target, example_inputs=(x,), progress=False)
-    assert "] = tvm_bnn_mla(" in blocked.bundle.sources["model.c"]  # the register-blocked form
+    code = kernel_code(blocked.bundle.sources["model.c"])
+    unrolled = re.compile(r"\[\d+\] = tvm_bnn_mla\(")  # the register-blocked loops, unrolled
+    if helper is None:
+        assert unrolled.search(code) and "tvm_bnn_fconv_" not in code
+    else:
+        assert f"tvm_bnn_fconv_{helper}((&(" in code and not unrolled.search(code)
+        bo = int(helper.split("x")[0])
+        size = o * c * kernel[0] * kernel[1]  # the weights, laid out [O / bo, C, KH, KW, bo], and only so
+        defined = re.findall(rf"const float (tvm_bnn_w\w+)\[{size}\] __attr", blocked.bundle.sources["weights.c"])
+        assert len(defined) == 1 and defined[0].endswith(f"_{o // bo}_{c}_{kernel[0]}_{kernel[1]}_{bo}"), defined
     got = blocked(x)
 
-    def unavailable(func, block=None):
+    def unavailable(func, block=None, const_params=()):
         raise ValueError("the plain schedule, for comparison")
 
     monkeypatch.setattr(cortexm, "schedule_float_conv", unavailable)
     with pytest.warns(UserWarning, match="memory-lean"):
         plain = tvm_bnn.compile(model, target, example_inputs=(x,), progress=False)
-    assert "] = tvm_bnn_mla(" not in plain.bundle.sources["model.c"]
+    plain_code = kernel_code(plain.bundle.sources["model.c"])
+    assert not unrolled.search(plain_code) and "tvm_bnn_fconv_" not in plain_code
     np.testing.assert_array_equal(got, plain(x))
     with torch.no_grad():
         assert_float_close(got, model(x).numpy())
+
+
+@pytest.mark.parametrize("target,tools", [("c", ("gcc",)), ("cortex-m4", ("arm-none-eabi-gcc", "qemu-system-arm"))])
+def test_float_conv_of_weights_computed_at_run_time(target, tools):
+    """Weights that are a model input are not laid out (there is no constant to lay out): the block keeps its loops,
+    reading them as they come, and the result is PyTorch's."""
+    import torch
+    import torch.nn.functional as F
+
+    import tvm_bnn
+
+    from ..conftest import assert_float_close, need
+
+    need(*tools)
+
+    class ConvOfInputs(torch.nn.Module):
+        def forward(self, x, w):
+            return F.conv2d(x, w, padding=1)
+
+    torch.manual_seed(1)
+    x, w = torch.randn(1, 3, 9, 8), torch.randn(8, 3, 3, 3)
+    cm = tvm_bnn.compile(ConvOfInputs(), target, example_inputs=(x, w), progress=False)
+    code = kernel_code(cm.bundle.sources["model.c"])
+    assert re.search(r"\[\d+\] = tvm_bnn_mla\(", code) and "tvm_bnn_fconv_" not in code
+    assert_float_close(cm(x, w), F.conv2d(x, w, padding=1).numpy())

@@ -92,7 +92,7 @@ def kernel_calls(fused: tvm.IRModule, in_shapes: list, lean: bool, mve: bool = F
     steps = []
     funcs = {}  # C name -> PrimFunc
     raw_funcs = {}  # C name -> the PrimFunc as fused, before the lean schedule
-    c_names = {}  # GlobalVar name -> C name
+    c_names = {}  # (GlobalVar name, indices of the constant args) -> C name
     used = set()
 
     def lookup(expr):
@@ -157,20 +157,47 @@ def kernel_calls(fused: tvm.IRModule, in_shapes: list, lean: bool, mve: bool = F
                     np.dtype(dtype).itemsize):
                 env[var] = Tensor(var.name, dtype, shape, src.storage)  # a view: same bytes, no call
                 continue
-            if gv.name_hint not in c_names:
-                c_names[gv.name_hint] = _c_name(gv.name_hint, used)
+            # a kernel may read its constants laid out at compile time: scheduled once per set of constant args
+            key = (gv.name_hint, tuple(i for i, a in enumerate(args) if a.storage.kind == "const"))
+            if key not in c_names:
+                c_names[key] = _c_name(gv.name_hint, used)
                 from ..schedules.cortexm import schedule_kernel  # M-profile kernels; schedules.lean for the rest
-                funcs[c_names[gv.name_hint]] = schedule_kernel(func, mve) if lean else func
-            raw_funcs[c_names[gv.name_hint]] = func
+                funcs[c_names[key]] = schedule_kernel(func, mve, const_params=key[1]) if lean else func
+            name = c_names[key]
+            raw_funcs[name] = func
+            args = _laid_out(funcs[name], args, consts)
             out = Tensor(var.name, dtype, shape, Storage("arena", 0))
             out.storage.nbytes = out.nbytes
-            steps.append(Step(c_names[gv.name_hint], args + [out], out))
+            steps.append(Step(name, args + [out], out))
             env[var] = out
 
     out_tensors = flatten(lookup(main.body.body))
     if not out_tensors:
         raise BundleError("the model returns no tensor")
+    read = {id(t.storage) for step in steps for t in step.args} | {id(t.storage) for t in out_tensors}
+    consts = [(c, t) for c, t in consts if id(t.storage) in read]  # a constant only read laid out: that copy only
     return KernelCalls(in_tensors, out_tensors, consts, steps, funcs, raw_funcs)
+
+
+def _laid_out(func, args: list, consts: list) -> list:
+    """``args`` with the constant the scheduled ``func`` reads laid out at compile time (its attribute
+    ``schedules.cortexm.CONST_LAYOUT``: the parameter and an IndexMap) replaced by that layout, a constant of its
+    own (added to ``consts`` once per source constant and map)."""
+    from ..schedules.cortexm import CONST_LAYOUT
+
+    if func.attrs is None or CONST_LAYOUT not in func.attrs:
+        return args
+    index, index_map = int(func.attrs[CONST_LAYOUT][0]), func.attrs[CONST_LAYOUT][1]
+    src = args[index]
+    name = f"{src.storage.name}_{'_'.join(str(d) for d in index_map.map_shape(list(src.shape)))}"
+    for _, t in consts:
+        if t.storage.name == name:
+            return args[:index] + [t] + args[index + 1:]
+    arr = next(c.value.numpy() for c, t in consts if t is src)
+    laid = index_map.map_tensor(tvm.runtime.tensor(arr)).numpy()
+    t = Tensor(name, str(laid.dtype), tuple(laid.shape), Storage("const", laid.nbytes, name))
+    consts.append((relax.const(laid), t))
+    return args[:index] + [t] + args[index + 1:]
 
 
 def _static_shape(ty, what: str) -> tuple:

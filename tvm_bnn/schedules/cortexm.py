@@ -43,7 +43,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, te, tirx
 
-from . import cortexm_mve, lean
+from . import cortexm_mve, cortexm_vfp, lean
 from ..ops import WORD_BITS, epilogue, num_words
 from ..ops import bitpack as ops_bitpack
 from ..ops import ternary_conv2d
@@ -440,17 +440,19 @@ def _finish(sch: s_tir.Schedule) -> tirx.PrimFunc:
     return cortexm_mve.lower_lane_blocks(func)
 
 
-def schedule_kernel(func: tirx.PrimFunc, mve: bool = False) -> tirx.PrimFunc:
+def schedule_kernel(func: tirx.PrimFunc, mve: bool = False, const_params=()) -> tirx.PrimFunc:
     """``func`` scheduled for the C bundle on an M-profile core: our binary conv/dense/bitpack kernels in their
     M-profile form, a float conv (the stem) register-blocked (:func:`schedule_float_conv`); anything else gets the
     memory-lean schedule of ``schedules.lean`` only (so does a kernel whose schedule fails to build). ``mve``: the
-    core has Helium (Cortex-M55): the binary kernels' channel blocks are counted as vectors."""
+    core has Helium (Cortex-M55): the binary kernels' channel blocks are counted as vectors. ``const_params``: the
+    indices of the parameters every call passes a constant (a kernel may read those laid out at compile time: the
+    attribute ``CONST_LAYOUT``)."""
     attrs = func.attrs
     op = str(attrs["tvm_bnn.op"]) if attrs is not None and "tvm_bnn.op" in attrs else None
     if op not in _CONV_OPS + _TERNARY_OPS + _DENSE_OPS + _BITPACK_OPS:
         if _has_block(func, FLOAT_CONV_BLOCK):
             try:
-                return schedule_float_conv(func)
+                return schedule_float_conv(func, const_params=const_params)
             except Exception as exc:  # noqa: BLE001 - a conv of another shape (groups, NHWC): the lean form
                 warnings.warn(f"tvm_bnn: no register-blocked schedule for this float conv ({exc}); using the "
                               "memory-lean one", stacklevel=2)
@@ -495,6 +497,7 @@ def build_kernel(func: tirx.PrimFunc, op: str, params: dict, block_size: int | N
 
 FLOAT_CONV_BLOCK = "conv2d_nchw"  # the block of TOPI's conv2d_nchw (LegalizeOps of a float Relax conv2d)
 FLOAT_BLOCK = (4, 4)  # output channels x output pixels of a row in registers (16 of the FPU's 32 registers)
+CONST_LAYOUT = "tvm_bnn.const_layout"  # attribute [parameter index, IndexMap]: that constant is read laid out so
 
 
 def _has_block(func, name: str) -> bool:
@@ -505,14 +508,18 @@ def _has_block(func, name: str) -> bool:
         return False
 
 
-def schedule_float_conv(func: tirx.PrimFunc, block=FLOAT_BLOCK) -> tirx.PrimFunc:
+def schedule_float_conv(func: tirx.PrimFunc, block=FLOAT_BLOCK, const_params=()) -> tirx.PrimFunc:
     """A float NCHW conv (with whatever elementwise epilogue FuseOps put after it) register-blocked: a block of
     ``block`` = (output channels, output pixels of one row) accumulates in registers over the reduction (input
     channels outermost, the kernel taps unrolled), so each weight loaded is used for every pixel of the block and
     each input for every channel; the epilogue is applied to the accumulators as they are written out. Every
     product is added as ``tvm_bnn_mla(acc, a, b)``: VMLA.F32 on an FPU (multiply, round, add, round: one
     instruction, the result of ``acc + a * b`` bit for bit), in the same order as the plain schedule: the numerics do
-    not change. The zero-padded input stays materialised, as in ``schedules.lean``."""
+    not change. The zero-padded input stays materialised, as in ``schedules.lean``.
+
+    When the weights are a constant (their parameter's index is in ``const_params``) they are laid out for the
+    block, [O / bo, C, KH, KW, bo] (the attribute ``CONST_LAYOUT``: the parameter and the IndexMap the bundle
+    applies to the constant), and the block becomes one call of the FPU helper of ``schedules/cortexm_vfp.py``."""
     sch = s_tir.Schedule(func)
     lean._inline(sch, sch.get_sblock("root"), ("pad",))
     conv = sch.get_sblock(FLOAT_CONV_BLOCK)
@@ -520,7 +527,9 @@ def schedule_float_conv(func: tirx.PrimFunc, block=FLOAT_BLOCK) -> tirx.PrimFunc
     if len(loops) != 7:
         raise ValueError(f"{len(loops)} loops (expected n, o, y, x, c, kh, kw)")
     nn, ff, yy, xx, rc, ry, rx = loops
-    fo, fi = sch.split(ff, [None, _largest_divisor(_extent(sch, ff), block[0])])
+    bo = _largest_divisor(_extent(sch, ff), block[0])
+    layout = _lay_out_weights(sch, conv, func, bo, const_params)
+    fo, fi = sch.split(ff, [None, bo])
     xo, xi = sch.split(xx, [None, _largest_divisor(_extent(sch, xx), block[1])])
     sch.reorder(nn, fo, yy, xo, rc, ry, rx, fi, xi)
     acc = sch.cache_write(conv, 0, "global")  # "local" would go to TVM's workspace allocator in the C codegen
@@ -531,12 +540,27 @@ def schedule_float_conv(func: tirx.PrimFunc, block=FLOAT_BLOCK) -> tirx.PrimFunc
     init = sch.decompose_reduction(conv, rc)
     for lp in [ry, rx, fi, xi] + sch.get_loops(init)[-2:] + sch.get_loops(acc)[-2:]:
         sch.unroll(lp)
+    sch.annotate(rc, cortexm_vfp.ANNOTATION, 1)
     mod = sch.mod
     for p in (s_tir.transform.LowerInitBlock(), s_tir.transform.PlanAndUpdateBufferAllocationLocation(),
               s_tir.transform.ConvertBlocksToOpaque(), s_tir.transform.CompactBufferAllocation()):
         mod = p(mod)
     out = lean.lift_nested_allocs(mod["main"], keep=lambda buf: str(buf.name) == register)
-    return lean.map_stores(out, lambda store: _multiply_accumulate(store, register))
+    out = cortexm_vfp.lower_fconv_blocks(lean.map_stores(out, lambda store: _multiply_accumulate(store, register)))
+    return out.with_attr(CONST_LAYOUT, layout) if layout is not None else out
+
+
+def _lay_out_weights(sch, conv, func, bo: int, const_params):
+    """Lay out the conv's weights [O, C, KH, KW] as [O / bo, C, KH, KW, bo] if they are the parameter of a constant
+    (each tap's block of weights consecutive, the taps in the order the block reads them); ([index, map] or None)."""
+    for k, region in enumerate(sch.get(conv).reads):
+        index = next((i for i, p in enumerate(func.params) if p.same_as(region.source)), None)
+        if index is None or index not in const_params or len(region.source.shape) != 4:
+            continue
+        index_map = tirx.IndexMap.from_func(lambda o, c, h, w: (o // bo, c, h, w, o % bo), index_dtype="int64")
+        sch.transform_layout(conv, ("read", k), index_map)
+        return [index, index_map]
+    return None
 
 
 def _multiply_accumulate(store, register: str):

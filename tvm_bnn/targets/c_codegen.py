@@ -129,6 +129,9 @@ static inline __attribute__((unused)) uint32_t tvm_bnn_bytesum(uint32_t x) {
 /* acc + a * b, rounded after the product and after the sum (never fused): VMLA.F32 where the FPU has it (one
    instruction instead of two, the same bits); schedules/cortexm.py's float conv accumulates with it. */
 #if defined(__thumb2__) && defined(__ARM_FP) && (__ARM_FP & 4) && !defined(TVM_BNN_POPCOUNT_PORTABLE)
+#define TVM_BNN_VFP 1 /* a single-precision FPU (VFP registers s0-s31), Thumb-2 */
+#endif
+#if defined(TVM_BNN_VFP)
 static inline __attribute__((unused)) float tvm_bnn_mla(float acc, float a, float b) {
   __asm__("vmla.f32 %0, %1, %2" : "+t"(acc) : "t"(a), "t"(b));
   return acc;
@@ -369,6 +372,76 @@ def raw_pointer_func(func: tirx.PrimFunc) -> tuple:
     return new, info
 
 
+FCONV_HELPER = re.compile(r"\btvm_bnn_fconv_(\d+)x(\d+)_(\d+)x(\d+)_s(\d+)\b")  # schedules/cortexm_vfp.helper_name
+
+
+def fconv_helpers(text: str) -> str:
+    """The definitions of the float conv block helpers ``text`` calls (schedules/cortexm_vfp.py), one per shape."""
+    names = sorted({m.group(0): tuple(int(g) for g in m.groups()) for m in FCONV_HELPER.finditer(text)}.items())
+    if not names:
+        return ""
+    out = ["#if defined(TVM_BNN_VFP)\nstatic const float tvm_bnn_fconv_zeros[16] __attribute__((aligned(8))) = {0};\n"
+           "#endif\n"]
+    for name, shape in names:
+        out.append(_fconv_helper(name, *shape))
+    return "".join(out)
+
+
+def _fconv_helper(name: str, bo: int, bx: int, kh: int, kw: int, stride: int) -> str:
+    """One float conv block helper: ``bo`` output channels x ``bx`` pixels (``stride`` apart) of one output row,
+    summed over ``channels`` input channels and the kh x kw taps, in this order, from zero, stored to
+    ``dst[fi * dst_stride + xi]``. ``x``: the block's first input (``x_row``, ``x_channel``: strides in floats),
+    ``w``: the block's weights as one stream [channels][kh][kw][bo]. With the FPU: the block in s0..., each kernel
+    row's inputs one VLDM, each tap's weights one VLDM, VMLA.F32 per product (acc + a * b, not fused); else the
+    same loop in C, its taps unrolled."""
+    acc, span = bo * bx, (bx - 1) * stride + kw
+    xr, wr = acc, acc + span  # first S register of the row's inputs, of the tap's weights
+    if wr + bo > 32 or acc > 16:
+        raise CCodegenError(f"{name}: the block does not fit the FPU's registers")
+
+    def regs(first, count):
+        return f"{{s{first}}}" if count == 1 else f"{{s{first}-s{first + count - 1}}}"
+
+    asm = [f"vldm %[z], {regs(0, acc)}", "1:"]
+    for _ in range(kh):
+        asm += [f"vldm %[x], {regs(xr, span)}", "add %[x], %[x], %[xr]"]
+        for kx in range(kw):
+            asm.append(f"vldmia %[w]!, {regs(wr, bo)}")
+            asm += [f"vmla.f32 s{fi * bx + xi}, s{wr + fi}, s{xr + xi * stride + kx}"
+                    for fi in range(bo) for xi in range(bx)]
+    asm += ["add %[x], %[x], %[xc]", "subs %[n], %[n], #1", "bne 1b"]
+    for fi in range(bo):
+        asm.append(f"vstm %[d], {regs(fi * bx, bx)}")
+        if fi + 1 < bo:
+            asm.append("add %[d], %[d], %[ds]")
+    body = "".join(f'      "{line}\\n"\n' for line in asm)
+    # without the FPU: the same products in the same order, the taps unrolled (constant indices: registers)
+    portable = "".join(
+        f"    acc[{fi * bx + xi}] = tvm_bnn_mla(acc[{fi * bx + xi}], x[{ky} * x_row + {xi * stride + kx}], "
+        f"w[{(ky * kw + kx) * bo + fi}]);\n"
+        for ky in range(kh) for kx in range(kw) for fi in range(bo) for xi in range(bx))
+    clobbers = ", ".join(f'"s{i}"' for i in range(wr + bo))
+    return f"""static inline __attribute__((unused)) int32_t {name}(float* dst, int32_t dst_stride, const float* x,
+    int32_t x_row, int32_t x_channel, const float* w, int32_t channels) {{
+#if defined(TVM_BNN_VFP)
+  __asm__ volatile(
+{body}      : [x] "+r"(x), [w] "+r"(w), [n] "+r"(channels), [d] "+r"(dst)
+      : [z] "r"(tvm_bnn_fconv_zeros), [xr] "r"(x_row * 4), [xc] "r"((x_channel - {kh} * x_row) * 4),
+        [ds] "r"(dst_stride * 4)
+      : "memory", "cc", {clobbers});
+#else
+  float acc[{acc}];
+  for (int32_t i = 0; i < {acc}; ++i) acc[i] = 0.0f;
+  for (int32_t c = 0; c < channels; ++c, x += x_channel, w += {kh * kw * bo}) {{
+{portable}  }}
+  for (int32_t fi = 0; fi < {bo}; ++fi)
+    for (int32_t xi = 0; xi < {bx}; ++xi) dst[fi * dst_stride + xi] = acc[fi * {bx} + xi];
+#endif
+  return 0;
+}}
+"""
+
+
 _PLACEHOLDER = "tvm_bnn_codegen_placeholder"
 
 
@@ -387,7 +460,7 @@ _EXTERN_C = re.compile(r'#ifdef __cplusplus\nextern "C"\n#endif\n')
 HELPERS = ("tvm_bnn_popcount8", "tvm_bnn_popcount16", "tvm_bnn_popcount32", "tvm_bnn_popcount64",
            "tvm_bnn_popcount32_bytes", "tvm_bnn_popcount64_bytes", "tvm_bnn_bytesum", "tvm_bnn_nibbles",
            "tvm_bnn_fold_nibbles", "tvm_bnn_popcount4")
-_HELPER_DECL = re.compile(rf'^(?:TVM_DLL )?\w+ (?:{"|".join(HELPERS)})\([^)]*\);\n', re.M)
+_HELPER_DECL = re.compile(rf'^(?:TVM_DLL )?\w+ (?:{"|".join(HELPERS)}|tvm_bnn_fconv_\w+)\([^)]*\);\n', re.M)
 _LEFTOVER = re.compile(r'TVMBackend|TVMFFI|__tvm_ffi|TVM_DLL|#include "tvm|DLTensor')
 
 
@@ -441,13 +514,14 @@ def generate_c(kernels: Mapping[str, tirx.PrimFunc] | Sequence[tuple], opt_level
         raise CCodegenError(f"the generated C still uses the TVM runtime ({left.group(0)!r}):\n{text}")
     for name, kernel in list(infos.items()):
         infos[name], text = _constify(kernel, text)
-    return CSource(PREAMBLE + "\n" + text.strip() + "\n", infos)
+    return CSource(PREAMBLE + fconv_helpers(text) + "\n" + text.strip() + "\n", infos)
 
 
 def _constify(kernel: CKernel, text: str) -> tuple:
     """Mark the parameters the kernel never stores to as ``const`` in its prototype and definition. CodeGenC emits
-    every store as a statement ``name[index] = value;`` at the start of a line, and a missed store would make the C
-    fail to compile (assignment to const), never silently wrong."""
+    every store as a statement ``name[index] = value;`` at the start of a line (a float conv block helper stores
+    through its first argument, ``&name[index]``), and a missed store would make the C fail to compile (assignment
+    to const, a const pointer passed as the helper's destination under -Werror), never silently wrong."""
     sig = re.compile(rf"\bvoid {kernel.name}\(([^)]*)\)")
     found = sig.findall(text)
     expected = ", ".join(f"{p.ctype}* {p.name}" for p in kernel.params)
@@ -459,7 +533,7 @@ def _constify(kernel: CKernel, text: str) -> tuple:
     end = text.find("\n}\n", start.end())
     body = text[start.end(): end if end >= 0 else len(text)]
     params = tuple(dataclasses.replace(p, readonly=not p.scratch and not re.search(
-        rf"^\s*{p.name}\[.*\] = ", body, re.M)) for p in kernel.params)
+        rf"^\s*{p.name}\[.*\] = |\btvm_bnn_fconv_\w+\(\(&\({p.name}\[", body, re.M)) for p in kernel.params)
     kernel = CKernel(kernel.name, params)
     return kernel, sig.sub(kernel.signature, text)
 
