@@ -3,7 +3,10 @@ tensors, each backed by a ``Storage``: a model input, a model output, a constant
 
 A pure view (a legalized ``reshape``, ``squeeze``, ``expand_dims`` or ``flatten`` of a contiguous tensor) is no call:
 it shares its input's storage. Each kernel gets a C name (``tvm_bnn_<name>``) and, with ``lean``, the M-profile
-schedule of ``schedules.cortexm`` (binary kernels) or the memory-lean one of ``schedules.lean`` (the rest).
+schedule of ``schedules.cortexm`` (binary kernels) or the memory-lean one of ``schedules.lean`` (the rest). A
+scheduled kernel may read one of its constants laid out at compile time (``schedules.cortexm.CONST_LAYOUT``: the
+float conv's weights in blocks): the call then passes that layout, a constant of its own, and a constant no call
+reads as it is any more is not written to flash.
 """
 from __future__ import annotations
 

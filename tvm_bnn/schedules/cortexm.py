@@ -30,6 +30,9 @@ parameters in the same order, same outputs bit for bit) and schedules that:
   the vector helper ``tvm_bnn_popcount4`` (schedules/cortexm_mve.py).
 * **Stacked activation planes** (a ternary kernel with ``shifts``): the planes are one more spatial axis of the
   count, inside the block (whose channels are divided by the plane count: channels x planes accumulators).
+* **The float conv** (the stem, :func:`schedule_float_conv`): a register block of output channels x pixels with
+  VMLA.F32; with constant weights they are laid out for the block at compile time and the block is one call of an
+  FPU helper (VLDM of rows and weight groups: schedules/cortexm_vfp.py).
 
 Measured on the emulated Cortex-M4 (``bench/cortexm.py --kernels``): 2-4x fewer instructions per binary kernel;
 the price is code flash (unrolled blocks: about +3 KB per conv kernel).

@@ -2,8 +2,8 @@
 schedules/cortexm_vfp.py) need to prove that a nest does what their C helper does.
 
 A replacement is made only once every address the nest touches is shown to be an affine function of its loop
-variables with constant strides, at *every* point of the nest (this TVM exposes neither a TIR substitution nor an
-affine-map detector to Python; an analyzer with the loop variables bound evaluates each point).
+variables with constant strides over the whole nest: by TVM's linear-equation detector, or else point by point (an
+analyzer with the loop variables bound evaluates each point; this TVM exposes no TIR substitution to Python).
 """
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ import itertools
 import numpy as np
 import tvm
 from tvm import s_tir, tirx
+from tvm.sym import detect_linear_equation
 from tvm.sym.analyzer import Analyzer
 
 LOAD = tvm.ir.expr.TensorLoad  # what tirx.BufferLoad builds in this TVM
 CALL = tvm.ir.expr.Call
+MAX_POINTS = 4096  # of a nest checked point by point (compile time grows with it)
 
 
 def flat_offset(load):
@@ -39,9 +41,21 @@ def value_at(expr, loops, point):
 
 def affine(expr, loops):
     """(offset at the origin, constant stride per loop) if ``expr`` is affine in the loop variables over the whole
-    loop nest (checked at every point), else None."""
+    loop nest, else None. Proven by TVM's linear-equation detector (constant coefficients: affine everywhere);
+    an expression it cannot read (a floordiv that is affine only on the nest's range) is checked at every point of
+    a nest of at most ``MAX_POINTS`` points."""
     origin = [0] * len(loops)
     base = value_at(expr, loops, origin)
+    ana = Analyzer()  # the loops' ranges let it simplify floordiv / floormod of a blocked layout
+    for lp in loops:
+        ana.bind(lp.loop_var, tvm.ir.Range.from_min_extent(lp.min, lp.extent))
+    found = detect_linear_equation(ana.simplify(expr), [lp.loop_var for lp in loops])
+    if found:
+        coefficients = [Analyzer().simplify(c) for c in found[:-1]]
+        if all(isinstance(c, tirx.IntImm) for c in coefficients):
+            return base, [int(c.value) for c in coefficients]
+    if not constant_extents(loops) or int(np.prod([int(lp.extent) for lp in loops])) > MAX_POINTS:
+        return None
     strides = []
     for k in range(len(loops)):
         step = Analyzer().simplify(value_at(expr, loops, [int(i == k) for i in range(len(loops))]) - base)
