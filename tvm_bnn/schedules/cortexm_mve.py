@@ -12,7 +12,7 @@ What is replaced is checked, not assumed: at most 3 reduction loops over one inn
 statement is ``acc[lane] += popcount(word)`` (``tvm_bnn_popcount64``, or ``tvm_bnn_popcount32`` of the low half)
 with ``word`` an XOR of an input word (the same for every lane) and a filter word, optionally ANDed with a second
 filter word of the same buffer (ternary: ``(x ^ s) & m``), and every address an affine function of the loop
-variables with constant strides, verified at every point of the loop nest. Anything else keeps its scalar loops
+variables with constant strides over the whole nest (schedules/loop_nests.py). Anything else keeps its scalar loops
 (exact either way).
 """
 from __future__ import annotations

@@ -15,10 +15,10 @@ in C.
 
 What is replaced is checked, not assumed: the reduction nest is exactly (channels, kernel rows, kernel columns,
 block channels, block pixels) around ``acc = tvm_bnn_mla(acc, input, weight)``, the zeroing a store of 0 to every
-accumulator, every address affine with the strides the helper walks (verified at every point of the nest): input
-pixels ``stride`` apart with consecutive kernel columns, the weights one stream, the accumulators [bo, bx]; and the
-registers must fit (``bo * bx + span + bo <= 32`` single-precision registers, the span of a row's inputs being
-``(bx - 1) * stride + kw``). Anything else keeps its loops (exact either way).
+accumulator, every address affine over the whole nest (schedules/loop_nests.py) with the strides the helper walks:
+input pixels ``stride`` apart with consecutive kernel columns, the weights one stream, the accumulators [bo, bx];
+and the registers must fit (at most 16 accumulators, and ``bo * bx + span + bo <= 32`` single-precision registers,
+the span of a row's inputs being ``(bx - 1) * stride + kw``). Anything else keeps its loops (exact either way).
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from .loop_nests import (CALL, LOAD, address_at_origin, affine, constant_extents
 
 ANNOTATION = "tvm_bnn.fconv_block"
 S_REGISTERS = 32
+MAX_ACCUMULATORS = 16  # the helper zeroes them with one VLDM of a 16-float table
 
 
 def helper_name(bo: int, bx: int, kh: int, kw: int, stride: int) -> str:
@@ -38,7 +39,7 @@ def helper_name(bo: int, bx: int, kh: int, kw: int, stride: int) -> str:
 
 def fits(bo: int, bx: int, kw: int, stride: int) -> bool:
     """Whether a block's accumulators, one row's inputs and one tap's weights fit the FPU's S registers at once."""
-    return bo * bx + (bx - 1) * stride + kw + bo <= S_REGISTERS
+    return bo * bx <= MAX_ACCUMULATORS and bo * bx + (bx - 1) * stride + kw + bo <= S_REGISTERS
 
 
 def _block_roles(loops, bo: int, bx: int):
