@@ -470,3 +470,30 @@ def test_float_conv_of_weights_computed_at_run_time(target, tools):
     code = kernel_code(cm.bundle.sources["model.c"])
     assert re.search(r"\[\d+\] = tvm_bnn_mla\(", code) and "tvm_bnn_fconv_" not in code
     assert_float_close(cm(x, w), F.conv2d(x, w, padding=1).numpy())
+
+
+@pytest.mark.parametrize("board", ["cortex-m0", "cortex-m3", "cortex-m7", "cortex-m55"])
+def test_float_conv_blocks_give_the_same_bits_on_every_board(board):
+    """The FPU block helper (M7, M55: VLDM/VMLA; M0, M3: its C branch on soft float) computes the bits the host's
+    C build computes (the same IEEE operations in the same order), for a stem with its epilogue and a 5x5/2 conv
+    stored straight out."""
+    import torch
+
+    import tvm_bnn
+
+    from ..conftest import assert_float_close, need, randomize_batchnorm
+
+    need("gcc", "arm-none-eabi-gcc", "qemu-system-arm")
+    torch.manual_seed(2)
+    model = randomize_batchnorm(torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, 1, 1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 5, 2, 2, bias=False))).eval()
+    x = torch.randn(1, 3, 13, 16)
+    on_board = tvm_bnn.compile(model, board, example_inputs=(x,), progress=False)
+    code = kernel_code(on_board.bundle.sources["model.c"])
+    assert "tvm_bnn_fconv_4x4_3x3_s1((&(" in code and "tvm_bnn_fconv_4x4_5x5_s2((&(" in code
+    host = tvm_bnn.compile(model, "c", example_inputs=(x,), progress=False)
+    got = on_board(x)
+    np.testing.assert_array_equal(got, host(x))
+    with torch.no_grad():
+        assert_float_close(got, model(x).numpy())
