@@ -343,10 +343,12 @@ def test_bitpack_rows(tmp_path, rng, m, k):
 
 
 @pytest.mark.parametrize("board,defines", [("cortex-m4", ()), ("cortex-m4", ("TVM_BNN_POPCOUNT_PORTABLE",)),
-                                           ("cortex-m4", ("TVM_BNN_POPCOUNT_BUILTIN",)), ("cortex-m0", ())])
+                                           ("cortex-m4", ("TVM_BNN_POPCOUNT_BUILTIN",)), ("cortex-m0", ()),
+                                           ("cortex-m3", ()), ("cortex-m7", ()), ("cortex-m55", ())])
 def test_byte_count_helpers_exact(tmp_path, rng, board, defines):
     """Sums of 15 words' byte counts (31 halves') then tvm_bnn_bytesum, and 3 halves' nibbles folded, against numpy
-    on edge-case (all ones: the largest byte counts) and random words."""
+    on edge-case (all ones: the largest byte counts) and random words; the same sums accumulated with
+    tvm_bnn_bytes_add / tvm_bnn_bytes_total (USADA8 on the cores with the DSP extension, the byte vectors elsewhere)."""
     from tvm_bnn.targets import qemu
     from tvm_bnn.targets.c_codegen import PREAMBLE
 
@@ -357,6 +359,7 @@ def test_byte_count_helpers_exact(tmp_path, rng, board, defines):
     halves = words.view(np.uint32).reshape(-1, 30)[:, :30]
     ones = np.vectorize(lambda v: bin(int(v)).count("1"))
     expected = np.stack([ones(words).sum(1), ones(halves).sum(1), ones(halves[:, :3]).sum(1)], 1).astype(np.uint32)
+    expected = np.concatenate([expected, expected], 1)
     main = PREAMBLE + '#include "tvm_bnn_bm.h"\nstatic const uint64_t w[%d] = {%s};\n' % (
         words.size, ", ".join(f"0x{int(v):x}ull" for v in words.reshape(-1))) + r"""
 static uint32_t r[%d];
@@ -364,13 +367,18 @@ int main(void) {
   for (int i = 0; i < %d; ++i) {
     const uint64_t *p = w + 15 * i;
     const uint32_t *q = (const uint32_t *)p;
-    uint32_t a = 0, b = 0;
+    uint32_t a = 0, b = 0, c = 0, d = 0;
     for (int j = 0; j < 15; ++j) a += tvm_bnn_popcount64_bytes(p[j]);
     for (int j = 0; j < 30; ++j) b += tvm_bnn_popcount32_bytes(q[j]);
-    r[3 * i] = tvm_bnn_bytesum(a);
-    r[3 * i + 1] = tvm_bnn_bytesum(b);
-    r[3 * i + 2] = tvm_bnn_bytesum(tvm_bnn_fold_nibbles(tvm_bnn_nibbles(q[0]) + tvm_bnn_nibbles(q[1])
-                                                        + tvm_bnn_nibbles(q[2])));
+    for (int j = 0; j < 15; ++j) c = tvm_bnn_bytes_add(c, tvm_bnn_popcount64_bytes(p[j]));
+    for (int j = 0; j < 30; ++j) d = tvm_bnn_bytes_add(d, tvm_bnn_popcount32_bytes(q[j]));
+    uint32_t nibbles = tvm_bnn_fold_nibbles(tvm_bnn_nibbles(q[0]) + tvm_bnn_nibbles(q[1]) + tvm_bnn_nibbles(q[2]));
+    r[6 * i] = tvm_bnn_bytesum(a);
+    r[6 * i + 1] = tvm_bnn_bytesum(b);
+    r[6 * i + 2] = tvm_bnn_bytesum(nibbles);
+    r[6 * i + 3] = tvm_bnn_bytes_total(c);
+    r[6 * i + 4] = tvm_bnn_bytes_total(d);
+    r[6 * i + 5] = tvm_bnn_bytes_total(tvm_bnn_bytes_add(0, nibbles));
   }
   tvm_bnn_bm_output(r, sizeof(r));
   return 0;

@@ -126,6 +126,18 @@ static inline __attribute__((unused)) uint32_t tvm_bnn_bytesum(uint32_t x) {
   return (x + (x >> 16)) & 0xFFFFu;
 }
 #endif
+/* A byte group's accumulator (schedules/cortexm.py): tvm_bnn_bytes_add(acc, b) adds the byte counts b of a word,
+   tvm_bnn_bytes_total(acc) is the group's count. With the DSP extension (M4, M7, M33, M55) the accumulator is that
+   count itself, each word's 4 bytes summed into it by USADA8 (one instruction, as the add it replaces; no final
+   byte sum); elsewhere it holds 4 byte counts added carry-free, summed once by tvm_bnn_bytesum. */
+#if defined(__ARM_FEATURE_SIMD32) && !defined(TVM_BNN_POPCOUNT_BUILTIN) && !defined(TVM_BNN_POPCOUNT_PORTABLE)
+#include <arm_acle.h>
+static inline __attribute__((unused)) uint32_t tvm_bnn_bytes_add(uint32_t acc, uint32_t b) { return __usada8(b, 0u, acc); }
+static inline __attribute__((unused)) uint32_t tvm_bnn_bytes_total(uint32_t acc) { return acc; }
+#else
+static inline __attribute__((unused)) uint32_t tvm_bnn_bytes_add(uint32_t acc, uint32_t b) { return acc + b; }
+static inline __attribute__((unused)) uint32_t tvm_bnn_bytes_total(uint32_t acc) { return tvm_bnn_bytesum(acc); }
+#endif
 /* acc + a * b, rounded after the product and after the sum (never fused): VMLA.F32 where the FPU has it (one
    instruction instead of two, the same bits); schedules/cortexm.py's float conv accumulates with it. */
 #if defined(__thumb2__) && defined(__ARM_FP) && (__ARM_FP & 4) && !defined(TVM_BNN_POPCOUNT_PORTABLE)
@@ -459,7 +471,7 @@ _STRIP_LINE = re.compile(r'^(#define TVM_EXPORTS|#include "tvm/.*"|void\* __tvm_
 _EXTERN_C = re.compile(r'#ifdef __cplusplus\nextern "C"\n#endif\n')
 HELPERS = ("tvm_bnn_popcount8", "tvm_bnn_popcount16", "tvm_bnn_popcount32", "tvm_bnn_popcount64",
            "tvm_bnn_popcount32_bytes", "tvm_bnn_popcount64_bytes", "tvm_bnn_bytesum", "tvm_bnn_nibbles",
-           "tvm_bnn_fold_nibbles", "tvm_bnn_popcount4")
+           "tvm_bnn_fold_nibbles", "tvm_bnn_popcount4", "tvm_bnn_bytes_add", "tvm_bnn_bytes_total")
 _HELPER_DECL = re.compile(rf'^(?:TVM_DLL )?\w+ (?:{"|".join(HELPERS)}|tvm_bnn_fconv_\w+)\([^)]*\);\n', re.M)
 _LEFTOVER = re.compile(r'TVMBackend|TVMFFI|__tvm_ffi|TVM_DLL|#include "tvm|DLTensor')
 
