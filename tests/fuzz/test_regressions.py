@@ -499,3 +499,15 @@ def test_dense_of_a_padded_binary_tensor_packs_the_padded_float_tensor():
     cm = tvm_bnn.compile(Net(), "x86", example_inputs=(x,), progress=False)
     assert [r.binarized for r in cm.report] == [True], str(cm.report)
     assert_float_close(cm(x), Net()(x).numpy())
+
+
+@pytest.mark.parametrize("target", ["c", "x86"])
+def test_max_pool_of_one_tap_then_a_clip_reads_the_pool_result(target):
+    """Found by test_differential_c (seed 1502000): a max-pool whose window is one element (kernel 1, ceil_mode)
+    fused with a hardtanh. TVM's C codegen printed the clip's max/min operand ``pool[0]`` as the variable it had
+    bound to the same text *before* the pool's update stored to it, so the C bundle returned clip(-3.4e38) = -1
+    (c_codegen.min_max_as_calls: max/min of loads are calls now)."""
+    model = torch.nn.Sequential(torch.nn.MaxPool2d(1, 1, 0, ceil_mode=True), torch.nn.Hardtanh()).eval()
+    x = torch.tensor([[[[0.1257302165031433, -3.0], [2.5, -0.25]]]])
+    cm = tvm_bnn.compile(model, target, example_inputs=(x,), progress=False)
+    np.testing.assert_array_equal(cm(x), model(x).numpy())

@@ -138,6 +138,27 @@ static inline __attribute__((unused)) uint32_t tvm_bnn_bytes_total(uint32_t acc)
 static inline __attribute__((unused)) uint32_t tvm_bnn_bytes_add(uint32_t acc, uint32_t b) { return acc + b; }
 static inline __attribute__((unused)) uint32_t tvm_bnn_bytes_total(uint32_t acc) { return tvm_bnn_bytesum(acc); }
 #endif
+/* max / min of values read from memory (min_max_as_calls): what TVM's C codegen prints for them, as functions */
+static inline __attribute__((unused)) float tvm_bnn_max_float32(float a, float b) { return a > b ? a : b; }
+static inline __attribute__((unused)) float tvm_bnn_min_float32(float a, float b) { return a < b ? a : b; }
+static inline __attribute__((unused)) double tvm_bnn_max_float64(double a, double b) { return a > b ? a : b; }
+static inline __attribute__((unused)) double tvm_bnn_min_float64(double a, double b) { return a < b ? a : b; }
+static inline __attribute__((unused)) int64_t tvm_bnn_max_int64(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline __attribute__((unused)) int64_t tvm_bnn_min_int64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline __attribute__((unused)) uint64_t tvm_bnn_max_uint64(uint64_t a, uint64_t b) { return a > b ? a : b; }
+static inline __attribute__((unused)) uint64_t tvm_bnn_min_uint64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+static inline __attribute__((unused)) int32_t tvm_bnn_max_int32(int32_t a, int32_t b) { return a > b ? a : b; }
+static inline __attribute__((unused)) int32_t tvm_bnn_min_int32(int32_t a, int32_t b) { return a < b ? a : b; }
+static inline __attribute__((unused)) uint32_t tvm_bnn_max_uint32(uint32_t a, uint32_t b) { return a > b ? a : b; }
+static inline __attribute__((unused)) uint32_t tvm_bnn_min_uint32(uint32_t a, uint32_t b) { return a < b ? a : b; }
+static inline __attribute__((unused)) int16_t tvm_bnn_max_int16(int16_t a, int16_t b) { return a > b ? a : b; }
+static inline __attribute__((unused)) int16_t tvm_bnn_min_int16(int16_t a, int16_t b) { return a < b ? a : b; }
+static inline __attribute__((unused)) uint16_t tvm_bnn_max_uint16(uint16_t a, uint16_t b) { return a > b ? a : b; }
+static inline __attribute__((unused)) uint16_t tvm_bnn_min_uint16(uint16_t a, uint16_t b) { return a < b ? a : b; }
+static inline __attribute__((unused)) int8_t tvm_bnn_max_int8(int8_t a, int8_t b) { return a > b ? a : b; }
+static inline __attribute__((unused)) int8_t tvm_bnn_min_int8(int8_t a, int8_t b) { return a < b ? a : b; }
+static inline __attribute__((unused)) uint8_t tvm_bnn_max_uint8(uint8_t a, uint8_t b) { return a > b ? a : b; }
+static inline __attribute__((unused)) uint8_t tvm_bnn_min_uint8(uint8_t a, uint8_t b) { return a < b ? a : b; }
 /* acc + a * b, rounded after the product and after the sum (never fused): VMLA.F32 where the FPU has it (one
    instruction instead of two, the same bits); schedules/cortexm.py's float conv accumulates with it. */
 #if defined(__thumb2__) && defined(__ARM_FP) && (__ARM_FP & 4) && !defined(TVM_BNN_POPCOUNT_PORTABLE)
@@ -472,7 +493,8 @@ _EXTERN_C = re.compile(r'#ifdef __cplusplus\nextern "C"\n#endif\n')
 HELPERS = ("tvm_bnn_popcount8", "tvm_bnn_popcount16", "tvm_bnn_popcount32", "tvm_bnn_popcount64",
            "tvm_bnn_popcount32_bytes", "tvm_bnn_popcount64_bytes", "tvm_bnn_bytesum", "tvm_bnn_nibbles",
            "tvm_bnn_fold_nibbles", "tvm_bnn_popcount4", "tvm_bnn_bytes_add", "tvm_bnn_bytes_total")
-_HELPER_DECL = re.compile(rf'^(?:TVM_DLL )?\w+ (?:{"|".join(HELPERS)}|tvm_bnn_fconv_\w+)\([^)]*\);\n', re.M)
+_HELPER_DECL = re.compile(rf'^(?:TVM_DLL )?\w+ (?:{"|".join(HELPERS)}|tvm_bnn_fconv_\w+|tvm_bnn_m(?:ax|in)_\w+)'
+                          rf'\([^)]*\);\n', re.M)
 _LEFTOVER = re.compile(r'TVMBackend|TVMFFI|__tvm_ffi|TVM_DLL|#include "tvm|DLTensor')
 
 
@@ -494,13 +516,95 @@ def kernel_items(kernels: Mapping[str, tirx.PrimFunc] | Sequence[tuple]) -> list
     return [(n, f) for n, (_, f) in zip(names, items)]
 
 
+_MIN_MAX_TYPES = ("float32", "float64", "int64", "uint64", "int32", "uint32", "int16", "uint16", "int8", "uint8")
+
+
+def min_max_as_calls(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``func`` with every max / min of an expression that reads memory as a call of ``tvm_bnn_max_<dtype>`` /
+    ``tvm_bnn_min_<dtype>`` (``a > b ? a : b``, ``a < b ? a : b``: what the codegen prints for them).
+
+    TVM's C codegen (CodeGenCHost) prints a max / min by binding each operand's *text* to a variable and reuses that
+    variable for the same text later in the same C scope, even after a store changed the memory it reads: a
+    max-pool whose single-tap reduction is followed by a clip in the same loop body read the pool's initial -3.4e38
+    instead of its result (found by the differential fuzzer on the portable C bundle). A function call evaluates
+    its arguments where it stands."""
+    from ..schedules import lean
+
+    def has_load(e) -> bool:
+        if isinstance(e, tvm.ir.expr.TensorLoad):
+            return True
+        return any(has_load(c) for c in _children(e))
+
+    def rebuild(e):
+        if isinstance(e, (tirx.Max, tirx.Min)) and str(e.ty.dtype) in _MIN_MAX_TYPES and has_load(e):
+            dtype = str(e.ty.dtype)
+            name = f"tvm_bnn_{'max' if isinstance(e, tirx.Max) else 'min'}_{dtype}"
+            return tirx.call_pure_extern(dtype, name, rebuild(e.a), rebuild(e.b))
+        kids = _children(e)
+        new = [rebuild(c) for c in kids]
+        if all(n.same_as(c) for n, c in zip(new, kids)):
+            return e
+        return _with_children(e, new)
+
+    def visit(stmt):
+        if isinstance(stmt, tirx.BufferStore):
+            value, indices = rebuild(stmt.value), [rebuild(i) for i in stmt.indices]
+            return tirx.BufferStore(stmt.buffer, value, indices)
+        if isinstance(stmt, tirx.Evaluate):
+            return tirx.Evaluate(rebuild(stmt.value))
+        return None
+
+    return lean.map_statements(func, visit)
+
+
+_BINARY = (tirx.Add, tirx.Sub, tirx.Mul, tirx.Div, tirx.Mod, tirx.FloorDiv, tirx.FloorMod, tirx.Min, tirx.Max,
+           tirx.EQ, tirx.NE, tirx.LT, tirx.LE, tirx.GT, tirx.GE, tirx.And, tirx.Or)
+
+
+def _children(e) -> list:
+    """The sub-expressions of ``e`` that ``_with_children`` rebuilds (none for a leaf or a node it does not know)."""
+    if isinstance(e, _BINARY):
+        return [e.a, e.b]
+    if isinstance(e, tirx.Not):
+        return [e.a]
+    if isinstance(e, tirx.Cast):
+        return [e.value]
+    if isinstance(e, tirx.Select):
+        return [e.condition, e.true_value, e.false_value]
+    if isinstance(e, tvm.ir.expr.Call):
+        return list(e.args)
+    if isinstance(e, tvm.ir.expr.TensorLoad):
+        return list(e.indices)
+    if isinstance(e, tirx.Let):
+        return [e.value, e.body]
+    return []
+
+
+def _with_children(e, kids: list):
+    if isinstance(e, _BINARY):
+        return type(e)(*kids)
+    if isinstance(e, tirx.Not):
+        return tirx.Not(kids[0])
+    if isinstance(e, tirx.Cast):
+        return tirx.Cast(str(e.ty.dtype), kids[0])
+    if isinstance(e, tirx.Select):
+        return tirx.Select(*kids)
+    if isinstance(e, tvm.ir.expr.Call):
+        return tirx.Call(str(e.ty.dtype), e.op, kids)
+    if isinstance(e, tvm.ir.expr.TensorLoad):
+        return tirx.BufferLoad(e.source, kids)
+    if isinstance(e, tirx.Let):
+        return tirx.Let(e.var, *kids)
+    raise AssertionError(type(e))
+
+
 def generate_c(kernels: Mapping[str, tirx.PrimFunc] | Sequence[tuple], opt_level: int = 3) -> CSource:
     """Kernels (C name -> PrimFunc from ``te.create_prim_func``, unscheduled or scheduled without vectorize/parallel)
     -> one C source with one plain C function per kernel, raw pointer parameters, no TVM header or runtime call."""
     register_popcount_lowering()
     funcs, infos = {}, {}
     for name, func in kernel_items(kernels):
-        funcs[name], params = raw_pointer_func(func)
+        funcs[name], params = raw_pointer_func(min_max_as_calls(func))
         infos[name] = CKernel(name, tuple(params))
     if len(funcs) == 1:
         funcs[_PLACEHOLDER] = _placeholder_func()
