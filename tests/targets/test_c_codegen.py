@@ -17,8 +17,10 @@ def test_min_max_of_memory_reads_are_calls_that_read_after_the_store(tmp_path, r
     a = te.placeholder((7,), "float32", name="a")
     k = te.reduce_axis((0, 1), name="k")
     pool = te.compute((7,), lambda i: te.max(a[i + k], axis=k), name="pool")
-    out = te.compute((7,), lambda i: tirx.Cast("int32", tirx.max(tirx.min(pool[i], 1.0), -1.0) * 100.0)
-                     + tirx.Cast("int32", tirx.max(i, 3)), name="out")
+    clip = lambda i: tirx.max(tirx.min(pool[i], 1.0), -1.0)  # noqa: E731
+    scaled = lambda i: tirx.call_pure_extern("float32", "tvm_bnn_mla", tirx.const(0.0, "float32"), clip(i),  # noqa
+                                             tirx.const(100.0, "float32"))
+    out = te.compute((7,), lambda i: tirx.Cast("int32", scaled(i)) + tirx.Cast("int32", tirx.max(i, 3)), name="out")
     func = lean.inline_intermediates(te.create_prim_func([a, out]))  # as the bundle schedules it: one loop body
     mapped = min_max_as_calls(func).script()
     assert "tvm_bnn_max_float32" in mapped and "tvm_bnn_min_float32" in mapped

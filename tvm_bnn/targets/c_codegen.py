@@ -590,7 +590,8 @@ def _with_children(e, kids: list):
     if isinstance(e, tirx.Select):
         return tirx.Select(*kids)
     if isinstance(e, tvm.ir.expr.Call):
-        return tirx.Call(str(e.ty.dtype), e.op, kids)
+        return tvm.ir.expr.Call(e.op, kids, getattr(e, "attrs", None), list(getattr(e, "ty_args", []) or []),
+                                ret_ty=e.ty)
     if isinstance(e, tvm.ir.expr.TensorLoad):
         return tirx.BufferLoad(e.source, kids)
     if isinstance(e, tirx.Let):
