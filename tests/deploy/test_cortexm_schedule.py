@@ -162,7 +162,8 @@ def test_channel_blocks(tmp_path, rng, block_size):
                                            ("cortex-m4", ("TVM_BNN_POPCOUNT_PORTABLE",))])
 def test_helper_variants_and_boards(tmp_path, rng, board, defines, c):
     """ARMv6-M (no Thumb-2: the portable C helpers), the other boards, the builtin and portable helper variants;
-    full words (C=65) and 32-bit halves with the nibble stage (C=20)."""
+    full words (C=65: their halves' nibble counts 3 at a time, per kernel row) and 32-bit halves with the nibble
+    stage (C=20)."""
     from tvm_bnn.targets import qemu
 
     from ..conftest import need
@@ -177,7 +178,9 @@ def test_helper_variants_and_boards(tmp_path, rng, board, defines, c):
     sources, out, src = kernel_sources("binary_conv2d_bits", conv_params(c, (3, 3), (2, 2), (1, 1, 1, 1)), [
         ("xp", bitpack.reference_nchw(x)), ("wp", binary_conv2d.pack_weights(wt)), ("direction", direction),
         ("threshold", threshold)])
-    assert ("tvm_bnn_nibbles(" in src.code.split("TVM_BNN_POPCOUNT_DEFINED */")[1]) == (c <= 32)
+    kernel = src.code.split("TVM_BNN_POPCOUNT_DEFINED */")[1]
+    assert "tvm_bnn_nibbles(" in kernel  # nibble stages: of 32-bit halves, or of 64-bit words' halves 3 at a time
+    assert bool(re.search(r"tvm_bnn_nibbles\(\(\(uint32_t\)\(.*>> \(uint64_t\)32ULL", kernel)) == (c > 32)
     need("arm-none-eabi-gcc", "qemu-system-arm")
     run = qemu.run_on_board(sources, board, workdir=tmp_path / "board", defines=defines)
     np.testing.assert_array_equal(np.frombuffer(run.output, out.dtype).reshape(out.shape), expected)

@@ -13,6 +13,9 @@ parameters in the same order, same outputs bit for bit) and schedules that:
   each word's 4 bytes straight into the integer instead (the same one instruction per word, no final reduction:
   3-4 % fewer instructions per conv). A group is every word of one output (9 for a 3x3 kernel with <= 64 input
   channels), else one kernel row, else a divisor of it.
+* **Halves in threes.** For 64-bit words (C > 32) the nibble counts of three 32-bit halves (<= 12 per nibble) are
+  added before one fold to bytes, across word boundaries, where each word's two halves took a fold of their own
+  (the output's words, or a kernel row's, unrolled: constant indices). 1.3-4.6 % fewer instructions per conv.
 * **32-bit halves.** When the input channels fit into the low half of the only packed word (C <= 32), only that half
   is loaded and counted: the upper halves hold no channel (bitpack, the bits epilogues and the packed weights leave
   those bits 0). The nibble counts of up to 3 such halves (a kernel row) are added before the byte fold.
@@ -89,6 +92,27 @@ def _bytes_of(word, low_half: bool):
     return _extern("tvm_bnn_popcount64_bytes", word)
 
 
+def _halves_in_threes(word, axes, low: bool):
+    """For 64-bit words: ``f(idx, lead, g)``, the nibble counts (<= 12 each) of the 32-bit halves 3g, 3g+1, 3g+2 of
+    the words under the leading reduction indices ``lead`` (none: all the output's words, in reduction order; one:
+    a kernel row's), summed; None for 32-bit halves (they have their own nibble stage)."""
+    if low:
+        return None
+
+    def half(idx, lead, j):  # constant indices once the group is unrolled
+        w, rest = j // 2, []
+        for k in range(len(axes) - 1, len(lead) - 1, -1):
+            rest.insert(0, w % axes[k])
+            w = w // axes[k]
+        return tirx.Cast("uint32", word(*idx, *lead, *rest) >> tirx.Cast("uint64", (j % 2) * 32))
+
+    def nibbles(idx, lead, g):
+        r3 = te.reduce_axis((0, 3), name="r3")
+        return te.sum(_extern("tvm_bnn_nibbles", half(idx, lead, g * 3 + r3)), axis=r3)
+
+    return nibbles
+
+
 def _largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
@@ -131,6 +155,29 @@ def _popcount_stages(shape, word, axes, low: bool, mve: bool = False):
         byt = te.compute(tuple(shape), lambda *i: _byte_sum(_extern("tvm_bnn_fold_nibbles", nib[i + (rkh,)]),
                                                             axis=rkh), name="bytes")
         return lambda *i: _extern("tvm_bnn_bytes_total", byt[i])
+    halves_3 = _halves_in_threes(word, axes, low)
+    if halves_3 is not None and (2 * total) % 3 == 0 and total <= UNROLL_WORDS and 2 * total // 3 <= 255 // 24:
+        # every word of the output unrolled: their 32-bit halves' nibble counts summed 3 at a time (<= 12 per
+        # nibble), folded to bytes once per 3 halves, where each word's two halves took a fold of their own
+        groups = 2 * total // 3
+        nib = te.compute(tuple(shape) + (groups,), lambda *i: halves_3(i[:-1], (), i[-1]), name="nibbles")
+        rg = te.reduce_axis((0, groups), name="rg")
+        byt = te.compute(tuple(shape), lambda *i: _byte_sum(_extern("tvm_bnn_fold_nibbles", nib[i + (rg,)]),
+                                                            axis=rg), name="bytes")
+        return lambda *i: _extern("tvm_bnn_bytes_total", byt[i])
+    if halves_3 is not None and len(axes) == 3 and (2 * inner) % 3 == 0 and inner <= UNROLL_WORDS \
+            and 2 * inner // 3 <= 255 // 24:
+        # the same per kernel row (its words unrolled), a byte group per row
+        groups = 2 * inner // 3
+        nib = te.compute(tuple(shape) + (outer, groups), lambda *i: halves_3(i[:-2], (i[-2],), i[-1]),
+                         name="nibbles")
+        rg = te.reduce_axis((0, groups), name="rg")
+        byt = te.compute(tuple(shape) + (outer,), lambda *i: _byte_sum(
+            _extern("tvm_bnn_fold_nibbles", nib[i + (rg,)]), axis=rg), name="bytes")
+        ro = te.reduce_axis((0, outer), name="ro")
+        pop = te.compute(tuple(shape), lambda *i: te.sum(_extern("tvm_bnn_bytes_total", byt[i + (ro,)]), axis=ro),
+                         name="popcount")
+        return lambda *i: pop[i]
     if total <= limit:  # one byte group: every word of the output
         rs = [te.reduce_axis((0, a), name=f"r{k}") for k, a in enumerate(axes)]
         byt = te.compute(tuple(shape), lambda *i: _byte_sum(_bytes_of(word(*i, *rs), low), axis=rs), name="bytes")
