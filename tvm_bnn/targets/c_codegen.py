@@ -546,12 +546,15 @@ def min_max_as_calls(func: tirx.PrimFunc) -> tirx.PrimFunc:
             return e
         return _with_children(e, new)
 
-    def visit(stmt):
+    def visit(stmt):  # a statement rebuilt only where an expression changed (None: keep it, visit its children)
         if isinstance(stmt, tirx.BufferStore):
             value, indices = rebuild(stmt.value), [rebuild(i) for i in stmt.indices]
+            if value.same_as(stmt.value) and all(n.same_as(i) for n, i in zip(indices, stmt.indices)):
+                return stmt
             return tirx.BufferStore(stmt.buffer, value, indices)
         if isinstance(stmt, tirx.Evaluate):
-            return tirx.Evaluate(rebuild(stmt.value))
+            value = rebuild(stmt.value)
+            return stmt if value.same_as(stmt.value) else tirx.Evaluate(value)
         return None
 
     return lean.map_statements(func, visit)
