@@ -28,6 +28,7 @@ from tvm_bnn import nn as bnn  # noqa: E402
 from tvm_bnn.deploy.bundle import build_bundle  # noqa: E402
 from tvm_bnn.frontends import import_model  # noqa: E402
 from tvm_bnn.passes import cleanup  # noqa: E402
+from tvm_bnn.targets.qemu import FirmwareError  # noqa: E402
 from tvm_bnn.zoo import randomize_batchnorm_  # noqa: E402
 
 
@@ -62,9 +63,18 @@ def measure(name, model, x, board, kernels=False):
     s = cm.stats
     float_mod = cleanup()(import_model(model, (x,)).mod)
     fb = build_bundle(float_mod, tempfile.mkdtemp(prefix="tvm_bnn_float_"), overwrite=True)
-    yf, float_ins = fb.run_board(x.numpy(), board)
-    fsizes = fb.last_board_run.sizes
     macs = cm.report.binary_macs
+    try:
+        yf, float_ins = fb.run_board(x.numpy(), board)
+    except FirmwareError:  # the float model's weights or tensors exceed the board (the M55's 512 KB)
+        print(f"{name} on {board} (|bundle - PyTorch| max {err:.1e}; the float build does not fit the board: "
+              f"{fb.weight_bytes:,} B of weights, {fb.arena_bytes:,} B of arena)")
+        print(f"  instructions/inference: binarized {s.instructions_per_inference:,}")
+        print(f"  weight flash: binarized {s.flash_weight_bytes:,} B  float {fb.weight_bytes:,} B  "
+              f"-> {fb.weight_bytes / s.flash_weight_bytes:.1f}x less")
+        print(f"  RAM arena:    binarized {s.ram_arena_bytes:,} B  float {fb.arena_bytes:,} B")
+        return
+    fsizes = fb.last_board_run.sizes
     print(f"{name} on {board} (|bundle - PyTorch| max {err:.1e}; float build |diff| {np.abs(yf - ref).max():.1e})")
     print(f"  instructions/inference: binarized {s.instructions_per_inference:,}  float {int(float_ins):,}  "
           f"-> {float_ins / s.instructions_per_inference:.1f}x fewer")
