@@ -511,3 +511,19 @@ def test_max_pool_of_one_tap_then_a_clip_reads_the_pool_result(target):
     x = torch.tensor([[[[0.1257302165031433, -3.0], [2.5, -0.25]]]])
     cm = tvm_bnn.compile(model, target, example_inputs=(x,), progress=False)
     np.testing.assert_array_equal(cm(x), model(x).numpy())
+
+
+def test_replicate_pad_of_an_axis_of_one_builds_as_c():
+    """Found by test_differential_c (seed 1530000): a replicate pad of a binarized tensor along an axis of size 1 is
+    a ``take`` whose index TVM simplifies away (every index reads element 0), leaving the kernel's index parameters
+    unused: an error under -Wextra -Werror, so the model did not build as C. Such parameters are now marked used."""
+    w = torch.tensor([[[[-1.0]], [[1.0]]]])
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            b = F.pad(ge_sign(x), (0, 0, 0, 1), mode="replicate")
+            return F.conv2d(b, w)
+
+    x = torch.tensor([[[[0.5]], [[-1.25]]]])
+    cm = tvm_bnn.compile(Net(), "c", example_inputs=(x,), progress=False)
+    np.testing.assert_array_equal(cm(x), Net()(x).numpy())

@@ -634,6 +634,7 @@ def generate_c(kernels: Mapping[str, tirx.PrimFunc] | Sequence[tuple], opt_level
         raise CCodegenError(f"the generated C still uses the TVM runtime ({left.group(0)!r}):\n{text}")
     for name, kernel in list(infos.items()):
         infos[name], text = _constify(kernel, text)
+        text = _use_every_parameter(infos[name], text)
     return CSource(PREAMBLE + fconv_helpers(text) + "\n" + text.strip() + "\n", infos)
 
 
@@ -656,6 +657,19 @@ def _constify(kernel: CKernel, text: str) -> tuple:
         rf"^\s*{p.name}\[.*\] = |\btvm_bnn_fconv_\w+\(\(&\({p.name}\[", body, re.M)) for p in kernel.params)
     kernel = CKernel(kernel.name, params)
     return kernel, sig.sub(kernel.signature, text)
+
+
+def _use_every_parameter(kernel: CKernel, text: str) -> str:
+    """``(void)name;`` at the start of the kernel for each parameter its body never names: TVM simplifies away the
+    reads of an input whose values cannot matter (a ``take`` from an axis of size 1 reads element 0 whatever the
+    index), and an unused parameter is an error under -Wextra -Werror (found by the differential fuzzer)."""
+    start = re.search(rf"^void {kernel.name}\([^)]*\) {{$", text, re.M)
+    end = text.find("\n}\n", start.end())
+    body = text[start.end(): end if end >= 0 else len(text)]
+    unused = [p.name for p in kernel.params if not re.search(rf"\b{p.name}\b", body)]
+    if not unused:
+        return text
+    return text[:start.end()] + "".join(f"\n  (void){name};" for name in unused) + text[start.end():]
 
 
 def c_literal(value, dtype: str) -> str:
