@@ -138,27 +138,6 @@ static inline __attribute__((unused)) uint32_t tvm_bnn_bytes_total(uint32_t acc)
 static inline __attribute__((unused)) uint32_t tvm_bnn_bytes_add(uint32_t acc, uint32_t b) { return acc + b; }
 static inline __attribute__((unused)) uint32_t tvm_bnn_bytes_total(uint32_t acc) { return tvm_bnn_bytesum(acc); }
 #endif
-/* max / min of values read from memory (min_max_as_calls): what TVM's C codegen prints for them, as functions */
-static inline __attribute__((unused)) float tvm_bnn_max_float32(float a, float b) { return a > b ? a : b; }
-static inline __attribute__((unused)) float tvm_bnn_min_float32(float a, float b) { return a < b ? a : b; }
-static inline __attribute__((unused)) double tvm_bnn_max_float64(double a, double b) { return a > b ? a : b; }
-static inline __attribute__((unused)) double tvm_bnn_min_float64(double a, double b) { return a < b ? a : b; }
-static inline __attribute__((unused)) int64_t tvm_bnn_max_int64(int64_t a, int64_t b) { return a > b ? a : b; }
-static inline __attribute__((unused)) int64_t tvm_bnn_min_int64(int64_t a, int64_t b) { return a < b ? a : b; }
-static inline __attribute__((unused)) uint64_t tvm_bnn_max_uint64(uint64_t a, uint64_t b) { return a > b ? a : b; }
-static inline __attribute__((unused)) uint64_t tvm_bnn_min_uint64(uint64_t a, uint64_t b) { return a < b ? a : b; }
-static inline __attribute__((unused)) int32_t tvm_bnn_max_int32(int32_t a, int32_t b) { return a > b ? a : b; }
-static inline __attribute__((unused)) int32_t tvm_bnn_min_int32(int32_t a, int32_t b) { return a < b ? a : b; }
-static inline __attribute__((unused)) uint32_t tvm_bnn_max_uint32(uint32_t a, uint32_t b) { return a > b ? a : b; }
-static inline __attribute__((unused)) uint32_t tvm_bnn_min_uint32(uint32_t a, uint32_t b) { return a < b ? a : b; }
-static inline __attribute__((unused)) int16_t tvm_bnn_max_int16(int16_t a, int16_t b) { return a > b ? a : b; }
-static inline __attribute__((unused)) int16_t tvm_bnn_min_int16(int16_t a, int16_t b) { return a < b ? a : b; }
-static inline __attribute__((unused)) uint16_t tvm_bnn_max_uint16(uint16_t a, uint16_t b) { return a > b ? a : b; }
-static inline __attribute__((unused)) uint16_t tvm_bnn_min_uint16(uint16_t a, uint16_t b) { return a < b ? a : b; }
-static inline __attribute__((unused)) int8_t tvm_bnn_max_int8(int8_t a, int8_t b) { return a > b ? a : b; }
-static inline __attribute__((unused)) int8_t tvm_bnn_min_int8(int8_t a, int8_t b) { return a < b ? a : b; }
-static inline __attribute__((unused)) uint8_t tvm_bnn_max_uint8(uint8_t a, uint8_t b) { return a > b ? a : b; }
-static inline __attribute__((unused)) uint8_t tvm_bnn_min_uint8(uint8_t a, uint8_t b) { return a < b ? a : b; }
 /* acc + a * b, rounded after the product and after the sum (never fused): VMLA.F32 where the FPU has it (one
    instruction instead of two, the same bits); schedules/cortexm.py's float conv accumulates with it. */
 #if defined(__thumb2__) && defined(__ARM_FP) && (__ARM_FP & 4) && !defined(TVM_BNN_POPCOUNT_PORTABLE)
@@ -475,6 +454,21 @@ def _fconv_helper(name: str, bo: int, bx: int, kh: int, kw: int, stride: int) ->
 """
 
 
+_MIN_MAX_TYPES = "|".join(t for t in _CTYPES if t != "bool")
+MIN_MAX_HELPER = re.compile(rf"\btvm_bnn_(max|min)_({_MIN_MAX_TYPES})\(")  # min_max_as_calls
+
+
+def min_max_helpers(text: str) -> str:
+    """The definitions of the max / min helpers ``text`` calls (:func:`min_max_as_calls`): what TVM's C codegen
+    prints for a max / min (``a > b ? a : b``), as functions."""
+    out = []
+    for kind, dtype in sorted(set(MIN_MAX_HELPER.findall(text))):
+        ctype, op = _CTYPES[dtype], ">" if kind == "max" else "<"
+        out.append(f"static inline __attribute__((unused)) {ctype} tvm_bnn_{kind}_{dtype}({ctype} a, {ctype} b) "
+                   f"{{ return a {op} b ? a : b; }}\n")
+    return "".join(out)
+
+
 _PLACEHOLDER = "tvm_bnn_codegen_placeholder"
 
 
@@ -493,8 +487,8 @@ _EXTERN_C = re.compile(r'#ifdef __cplusplus\nextern "C"\n#endif\n')
 HELPERS = ("tvm_bnn_popcount8", "tvm_bnn_popcount16", "tvm_bnn_popcount32", "tvm_bnn_popcount64",
            "tvm_bnn_popcount32_bytes", "tvm_bnn_popcount64_bytes", "tvm_bnn_bytesum", "tvm_bnn_nibbles",
            "tvm_bnn_fold_nibbles", "tvm_bnn_popcount4", "tvm_bnn_bytes_add", "tvm_bnn_bytes_total")
-_HELPER_DECL = re.compile(rf'^(?:TVM_DLL )?\w+ (?:{"|".join(HELPERS)}|tvm_bnn_fconv_\w+|tvm_bnn_m(?:ax|in)_\w+)'
-                          rf'\([^)]*\);\n', re.M)
+_HELPER_DECL = re.compile(rf'^(?:TVM_DLL )?\w+ (?:{"|".join(HELPERS)}|tvm_bnn_fconv_\w+|'
+                          rf'tvm_bnn_m(?:ax|in)_(?:{_MIN_MAX_TYPES}))\([^)]*\);\n', re.M)
 _LEFTOVER = re.compile(r'TVMBackend|TVMFFI|__tvm_ffi|TVM_DLL|#include "tvm|DLTensor')
 
 
@@ -516,9 +510,6 @@ def kernel_items(kernels: Mapping[str, tirx.PrimFunc] | Sequence[tuple]) -> list
     return [(n, f) for n, (_, f) in zip(names, items)]
 
 
-_MIN_MAX_TYPES = ("float32", "float64", "int64", "uint64", "int32", "uint32", "int16", "uint16", "int8", "uint8")
-
-
 def min_max_as_calls(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """``func`` with every max / min of an expression that reads memory as a call of ``tvm_bnn_max_<dtype>`` /
     ``tvm_bnn_min_<dtype>`` (``a > b ? a : b``, ``a < b ? a : b``: what the codegen prints for them).
@@ -536,7 +527,8 @@ def min_max_as_calls(func: tirx.PrimFunc) -> tirx.PrimFunc:
         return any(has_load(c) for c in _children(e))
 
     def rebuild(e):
-        if isinstance(e, (tirx.Max, tirx.Min)) and str(e.ty.dtype) in _MIN_MAX_TYPES and has_load(e):
+        if isinstance(e, (tirx.Max, tirx.Min)) and str(e.ty.dtype) in _CTYPES and str(e.ty.dtype) != "bool" \
+                and has_load(e):
             dtype = str(e.ty.dtype)
             name = f"tvm_bnn_{'max' if isinstance(e, tirx.Max) else 'min'}_{dtype}"
             return tirx.call_pure_extern(dtype, name, rebuild(e.a), rebuild(e.b))
@@ -635,7 +627,7 @@ def generate_c(kernels: Mapping[str, tirx.PrimFunc] | Sequence[tuple], opt_level
     for name, kernel in list(infos.items()):
         infos[name], text = _constify(kernel, text)
         text = _use_every_parameter(infos[name], text)
-    return CSource(PREAMBLE + fconv_helpers(text) + "\n" + text.strip() + "\n", infos)
+    return CSource(PREAMBLE + fconv_helpers(text) + min_max_helpers(text) + "\n" + text.strip() + "\n", infos)
 
 
 def _constify(kernel: CKernel, text: str) -> tuple:
@@ -648,11 +640,7 @@ def _constify(kernel: CKernel, text: str) -> tuple:
     expected = ", ".join(f"{p.ctype}* {p.name}" for p in kernel.params)
     if not found or any(f.strip() != expected for f in found):
         raise CCodegenError(f"kernel {kernel.name}: generated signature {found} is not ({expected})")
-    start = re.search(rf"^void {kernel.name}\([^)]*\) {{$", text, re.M)
-    if start is None:
-        raise CCodegenError(f"kernel {kernel.name}: no definition in the generated C")
-    end = text.find("\n}\n", start.end())
-    body = text[start.end(): end if end >= 0 else len(text)]
+    body = text[slice(*_body_span(kernel.name, text))]
     params = tuple(dataclasses.replace(p, readonly=not p.scratch and not re.search(
         rf"^\s*{p.name}\[.*\] = |\btvm_bnn_fconv_\w+\(\(&\({p.name}\[", body, re.M)) for p in kernel.params)
     kernel = CKernel(kernel.name, params)
@@ -663,13 +651,21 @@ def _use_every_parameter(kernel: CKernel, text: str) -> str:
     """``(void)name;`` at the start of the kernel for each parameter its body never names: TVM simplifies away the
     reads of an input whose values cannot matter (a ``take`` from an axis of size 1 reads element 0 whatever the
     index), and an unused parameter is an error under -Wextra -Werror (found by the differential fuzzer)."""
-    start = re.search(rf"^void {kernel.name}\([^)]*\) {{$", text, re.M)
-    end = text.find("\n}\n", start.end())
-    body = text[start.end(): end if end >= 0 else len(text)]
-    unused = [p.name for p in kernel.params if not re.search(rf"\b{p.name}\b", body)]
+    start, end = _body_span(kernel.name, text)
+    unused = [p.name for p in kernel.params if not re.search(rf"\b{p.name}\b", text[start:end])]
     if not unused:
         return text
-    return text[:start.end()] + "".join(f"\n  (void){name};" for name in unused) + text[start.end():]
+    return text[:start] + "".join(f"\n  (void){name};" for name in unused) + text[start:]
+
+
+def _body_span(name: str, text: str) -> tuple:
+    """(start, end) of the body of kernel ``name``'s definition in the generated C (CodeGenC closes it with a ``}``
+    at the start of a line)."""
+    start = re.search(rf"^void {name}\([^)]*\) {{$", text, re.M)
+    if start is None:
+        raise CCodegenError(f"kernel {name}: no definition in the generated C")
+    end = text.find("\n}\n", start.end())
+    return start.end(), end if end >= 0 else len(text)
 
 
 def c_literal(value, dtype: str) -> str:
