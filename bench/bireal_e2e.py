@@ -22,8 +22,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import (THREADS, baselines_line, force_level, machine_line, median_seconds, ort_session,  # noqa: E402
-                    settle_threads, torch_threads)
+from common import (THREADS, baselines_line, binary_rate_line, force_level, machine_line, median_seconds,  # noqa: E402
+                    ort_session, settle_threads, torch_threads)
 
 torch = torch_threads()
 import numpy as np  # noqa: E402
@@ -33,14 +33,21 @@ from tvm_bnn.profiling import format_breakdown  # noqa: E402
 from tvm_bnn.zoo import bireal_net18, randomize_batchnorm_  # noqa: E402
 
 
+def variant_level(cm):
+    """The x86 level (x86_host.Level) the compiled model's kernels run at."""
+    from tvm_bnn.targets import x86_host
+
+    have = set(cm.required_features if not cm.levels else x86_host.level(cm.level).features)
+    return next((lv for lv in x86_host.LEVELS if lv.features <= have), x86_host.LEVELS[-1])
+
+
 def variant_line(cm, forced: str | None) -> str:
     """'variant: target x86 (znver4), level avx512, popcount vpopcntq (AVX-512 VPOPCNTDQ)'."""
     from tvm_bnn.targets import x86_host
 
     target = cm.target
     cpu = " ".join([str(target.attrs.get("mcpu", ""))] + [str(a) for a in target.attrs.get("mattr", [])]).strip()
-    have = set(cm.required_features if not cm.levels else x86_host.level(cm.level).features)
-    level = next((lv for lv in x86_host.LEVELS if lv.features <= have), x86_host.LEVELS[-1])
+    level = variant_level(cm)
     text = f"variant: target {cm.target_name} ({cpu}), level {level.name}, popcount {level.popcount}"
     if forced:
         text += f" (forced {forced} on a host of level {x86_host.real_host_level()})"
@@ -129,8 +136,16 @@ def main(argv=None):
         print(f"  tvm_bnn x86 tuned  {t_tuned * 1e3:8.2f} ms  {t_torch / t_tuned:.2f}x PyTorch, "
               f"{t_ort / t_tuned:.2f}x onnxruntime, {t_tvm / t_tuned:.2f}x untuned")
     if not args.no_breakdown:
+        times = cm.profile()
         print("\nwhere the compiled model's time goes (each kernel timed alone):")
-        print(format_breakdown(cm.profile()))
+        print(format_breakdown(times))
+        kernel_sum = sum(k.total for k in times)
+        print(f"end to end {t_tvm * 1e3:.2f} ms = {t_tvm / kernel_sum:.2f}x the kernel sum {kernel_sum * 1e3:.2f} ms")
+        binarized = [r for r in cm.report if r.binarized]
+        if binarized and all(r.op == "conv2d" and r.bits == "W1A1" for r in binarized):  # 1 bit-MAC per MAC
+            convs = sum(k.total for k in times if k.op.startswith("binary_conv2d"))
+            print("binary convs in the model: " + binary_rate_line(cm.report.binary_macs, convs,
+                                                                   variant_level(cm).name))
 
 
 if __name__ == "__main__":

@@ -145,3 +145,53 @@ def clock_hz(copies: int = 1) -> tuple:
     with open("/proc/cpuinfo") as f:
         mhz = [float(line.split(":")[1]) for line in f if line.startswith("cpu MHz")]
     return max(mhz) * 1e6, "/proc/cpuinfo cpu MHz"
+
+
+# bit-MACs per cycle per core that each x86 level's popcount sequence allows (bench/kernels.py's docstring derives
+# each); avx512's is measured on the host where it can be (avx512_bound)
+BOUND = {"avx512": 512, "avx2": 171, "popcnt": 85, "sse2": 18}
+
+
+def avx512_bound(hz: float) -> tuple:
+    """(bit-MACs per cycle per core, how): 512 per ``vpopcntq zmm`` the host retires per cycle (bench/popcount_rate.py:
+    2 on Zen 5, 1 on Zen 4), or the table's 512 where that cannot be measured (no VPOPCNTDQ, no gcc)."""
+    from popcount_rate import host_flags, rate
+
+    if "avx512_vpopcntdq" not in host_flags():
+        return BOUND["avx512"], "table"
+    try:
+        per_cycle = rate("vpopcntq zmm", 3) / hz
+    except (OSError, RuntimeError, ValueError, subprocess.CalledProcessError) as exc:
+        return BOUND["avx512"], f"table ({exc.__class__.__name__} measuring it)"
+    return 512 * max(1, round(per_cycle)), f"measured: {per_cycle:.2f} vpopcntq zmm per cycle"
+
+
+def avx512_ceiling(hz: float) -> int | None:
+    """bit-MACs per cycle per core of the binary conv's own word (broadcast-load XOR, ``vpopcntq``, ``vpaddq``;
+    bench/popcount_rate.py's xor+popcnt+add row): the most the AVX-512 kernels' instruction mix allows on this core
+    (1.30 words per cycle on Zen 5: 65 % of its popcount bound), or None where it cannot be measured."""
+    from popcount_rate import host_flags, rate
+
+    if "avx512_vpopcntdq" not in host_flags():
+        return None
+    try:
+        return round(512 * rate("xor+popcnt+add", 3) / hz)
+    except (OSError, RuntimeError, ValueError, subprocess.CalledProcessError):
+        return None
+
+
+def binary_rate_line(macs: int, seconds: float, level: str, threads: int = THREADS) -> str:
+    """'binary convs: 0.447 ms for 1.68 G bit-MACs at 4.19 GHz: 458 bit-MACs per cycle and core, 45 % of the avx512
+    bound 1024 (measured ...), 67 % of the word ceiling': the rate of kernels timed in a model, against the bound of
+    the level they were built for (the clock measured on ``threads`` cores at once)."""
+    hz, _ = clock_hz(threads)
+    rate = macs / (seconds * hz * threads)
+    bound, how = (avx512_bound(clock_hz(1)[0]) if level == "avx512" else (BOUND.get(level), "table"))
+    text = f"{seconds * 1e3:.3f} ms for {macs / 1e9:.2f} G bit-MACs at {hz / 1e9:.2f} GHz: {rate:.0f} bit-MACs per " \
+           f"cycle and core"
+    if bound:
+        text += f", {rate / bound:.0%} of the {level} bound {bound} ({how})"
+    ceiling = avx512_ceiling(clock_hz(1)[0]) if level == "avx512" else None
+    if ceiling:
+        text += f", {rate / ceiling:.0%} of the word ceiling {ceiling}"
+    return text

@@ -42,8 +42,8 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import (THREADS, baselines_line, clock_hz, force_level, machine_line, median_seconds,  # noqa: E402
-                    settle_threads, torch_threads)
+from common import (BOUND, THREADS, avx512_bound, avx512_ceiling, baselines_line, clock_hz, force_level,  # noqa: E402
+                    machine_line, median_seconds, settle_threads, torch_threads)
 
 torch = torch_threads()
 import numpy as np  # noqa: E402
@@ -53,39 +53,6 @@ from tvm import te  # noqa: E402
 from tvm_bnn.ops import binary_conv2d, binary_dense, binary_maxpool, bitpack  # noqa: E402
 from tvm_bnn.schedules import x86  # noqa: E402
 from tvm_bnn.targets import resolve_target, tir_pipeline, x86_host  # noqa: E402
-
-# bit-MACs per cycle per core that each level's popcount sequence allows (see the docstring); avx512's is measured
-# on the host where it can be (avx512_bound)
-BOUND = {"avx512": 512, "avx2": 171, "popcnt": 85, "sse2": 18}
-
-
-def avx512_bound(hz: float) -> tuple:
-    """(bit-MACs per cycle per core, how): 512 per ``vpopcntq zmm`` the host retires per cycle (bench/popcount_rate.py:
-    2 on Zen 5, 1 on Zen 4), or the table's 512 where that cannot be measured (no VPOPCNTDQ, no gcc)."""
-    from popcount_rate import host_flags, rate
-
-    if "avx512_vpopcntdq" not in host_flags():
-        return BOUND["avx512"], "table"
-    try:
-        per_cycle = rate("vpopcntq zmm", 3) / hz
-    except (OSError, RuntimeError, ValueError, subprocess.CalledProcessError) as exc:
-        return BOUND["avx512"], f"table ({exc.__class__.__name__} measuring it)"
-    return 512 * max(1, round(per_cycle)), f"measured: {per_cycle:.2f} vpopcntq zmm per cycle"
-
-
-def avx512_ceiling(hz: float) -> int | None:
-    """bit-MACs per cycle per core of the binary conv's own word (broadcast-load XOR, ``vpopcntq``, ``vpaddq``;
-    bench/popcount_rate.py's xor+popcnt+add row): the most the AVX-512 kernels' instruction mix allows on this core
-    (1.30 words per cycle on Zen 5: 65 % of its popcount bound), or None where it cannot be measured."""
-    from popcount_rate import host_flags, rate
-
-    if "avx512_vpopcntdq" not in host_flags():
-        return None
-    try:
-        return round(512 * rate("xor+popcnt+add", 3) / hz)
-    except (OSError, RuntimeError, ValueError, subprocess.CalledProcessError):
-        return None
-
 
 def build(op: str, make_out, inputs, target_name: str, knobs=None):
     target = resolve_target(target_name).target
