@@ -12,19 +12,26 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from ..frontends import ImportedModel, import_model
 from ..frontends.importer import layer_reach, main_outputs
 from ..passes import binarize_module, cleanup
+from ..passes.fuse_residual import FuseResidualAdd
 from ..passes.graph import static_shape
 from ..report import Report
 from ..schedules import ScheduleKernels
 from ..schedules.ternary_pairs import FuseTernaryPairs
 from ..schedules.weight_layout import LayOutConvWeights, layout_for
+from ..schedules.x86 import is_arm
 
 
 def fuse_pipeline(target=None) -> tvm.transform.Pass:
     """Legalize the float ops to TIR and fuse them; the PrimFuncs of the result are the tuning tasks. With a
     ``target``, the binary convs whose weights that target's kernels read in another layout get it at compile time
     first (schedules/weight_layout.py), and where its kernels have a ternary form, pairs of weight planes become
-    ternary kernels (schedules/ternary_pairs.py)."""
+    ternary kernels (schedules/ternary_pairs.py). A float conv kernel's output added to a tensor of its shape becomes
+    one kernel (passes/fuse_residual.py), except on ARM NEON targets."""
     layout = [LayOutConvWeights(target)] if target is not None else []
+    if target is None or not is_arm(target):
+        # after the ternary pairs, before the weights are laid out; not on NEON, whose byte-lane conv measured more
+        # instructions with the sum in its epilogue (Bi-Real-Net on aarch64: +4 %) than a separate add
+        layout = [FuseResidualAdd] + layout
     if layout_for(target) == "generic":  # its binary conv's layout has a ternary form (schedules/ternary_pairs.py)
         layout = [FuseTernaryPairs("HWIO", stack_planes=True)] + layout
     return tvm.transform.Sequential(

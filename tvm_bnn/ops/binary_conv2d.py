@@ -237,13 +237,10 @@ def compute_dot(xp: te.Tensor, wp: te.Tensor, geo: Conv2dGeometry, out_extent: i
     return f.dot(lambda n, oh, ow, o: pop[n, oh * ow_ + ow, o], weight_popcounts)
 
 
-def compute(xp, wp, scale, bias, geo: Conv2dGeometry, prepared: tuple | None = None) -> te.Tensor:
-    """Float output, NCHW: ``dot * scale[o] + bias[o]`` as float32[N, O, OH, OW]."""
-    dot = compute_dot(xp, wp, geo, prepared=prepared)
-    n_, oh_, ow_, o_ = (int(d) for d in dot.shape)
-    return te.compute((n_, o_, oh_, ow_),
-                      lambda n, o, oh, ow: dot[n, oh, ow, o].astype("float32") * scale[o] + bias[o],
-                      name="binary_conv2d")
+def compute(xp, wp, scale, bias, geo: Conv2dGeometry, prepared: tuple | None = None,
+            acc: te.Tensor | None = None) -> te.Tensor:
+    """Float output, NCHW: ``dot * scale[o] + bias[o] (+ acc[n, o, oh, ow])`` as float32[N, O, OH, OW]."""
+    return epilogue.conv_float_output(compute_dot(xp, wp, geo, prepared=prepared), scale, bias, acc, staged=True)
 
 
 def compute_bits(xp, wp, direction, threshold, geo: Conv2dGeometry, prepared: tuple | None = None) -> te.Tensor:

@@ -2,7 +2,9 @@
 
 A binary layer's exact integer ``dot[..., o, ...]`` leaves the kernel in one of two forms:
 
-* float: ``dot * scale[o] + bias[o]`` (float32), the fused scale / bias / BatchNorm of the layer;
+* float: ``dot * scale[o] + bias[o]`` (float32), the fused scale / bias / BatchNorm of the layer; a conv's may add
+  a float tensor of its output's shape (``+ acc``: a residual, or another kernel's output), rounded as the separate
+  ``add`` it replaces (passes/fuse_residual.py);
 * bits: ``dot * direction[o] >= threshold[o]`` packed along ``o`` into 64-bit words, the whole epilogue folded
   into one integer comparison per channel when the next layer binarizes the result (see passes/fuse_threshold.py).
 """
@@ -19,6 +21,27 @@ def float_output(dot: te.Tensor, scale: te.Tensor, bias: te.Tensor, channel_axis
         return dot(*idx).astype("float32") * scale[o] + bias[o]
 
     return te.compute(dot.shape, f, name=name)
+
+
+def conv_float_output(dot: te.Tensor, scale, bias, acc: te.Tensor | None = None, name: str = "binary_conv2d",
+                      staged: bool = False):
+    """A conv's ``dot`` int[N, OH, OW, O] -> float32[N, O, OH, OW] (NCHW): ``dot * scale[o] + bias[o]``, plus
+    ``acc[n, o, oh, ow]`` when given (the float sum of the separate ``add``: the affine part rounded to float32
+    first, then the sum rounded once). ``staged``: the sum is a block of its own (``name``) reading the affine
+    block (``name + "_affine"``), for a schedule that computes the affine part along channels and the sum along
+    pixels (x86: schedules/x86.py); the same two roundings."""
+    n_, oh_, ow_, o_ = (int(d) for d in dot.shape)
+    shape = (n_, o_, oh_, ow_)
+
+    def affine(n, o, oh, ow):
+        return dot[n, oh, ow, o].astype("float32") * scale[o] + bias[o]
+
+    if acc is None:
+        return te.compute(shape, affine, name=name)
+    if staged:
+        first = te.compute(shape, affine, name=name + "_affine")
+        return te.compute(shape, lambda n, o, oh, ow: first[n, o, oh, ow] + acc[n, o, oh, ow], name=name)
+    return te.compute(shape, lambda n, o, oh, ow: affine(n, o, oh, ow) + acc[n, o, oh, ow], name=name)
 
 
 def bits_output(dot_last_channel: te.Tensor, direction: te.Tensor, threshold: te.Tensor, name: str) -> te.Tensor:
@@ -53,6 +76,12 @@ def float_reference(dot: np.ndarray, scale, bias, channel_axis: int) -> np.ndarr
     shape[channel_axis] = -1
     return (dot.astype(np.float32) * np.asarray(scale, np.float32).reshape(shape)
             + np.asarray(bias, np.float32).reshape(shape)).astype(np.float32)
+
+
+def conv_float_reference(dot_nhwc: np.ndarray, scale, bias, acc: np.ndarray | None = None) -> np.ndarray:
+    """numpy reference of :func:`conv_float_output`."""
+    out = float_reference(dot_nhwc.transpose(0, 3, 1, 2), scale, bias, 1)
+    return out if acc is None else (out + np.asarray(acc, np.float32)).astype(np.float32)
 
 
 def bits_reference(dot_last_channel: np.ndarray, direction, threshold) -> np.ndarray:

@@ -24,7 +24,7 @@ from dataclasses import replace
 import numpy as np
 from tvm import te, tirx
 
-from . import WORD_BITS
+from . import WORD_BITS, epilogue
 from .binary_conv2d import Conv2dGeometry, ConvFrame, pack_weights as pack_binary
 
 
@@ -171,22 +171,11 @@ def compute_dot(xp: te.Tensor, wp: te.Tensor, corr: te.Tensor, geo: Conv2dGeomet
     return dot_from_counts(f, lambda n, oh, ow, o: pop[n, oh * ow_ + ow, o], corr)
 
 
-def float_output(dot: te.Tensor, scale, bias, acc: te.Tensor | None = None, name: str = "ternary_conv2d"):
-    """float32[N, O, OH, OW]: ``dot * scale[o] + bias[o]``, plus ``acc`` (another kernel's output of the same shape:
-    the float sum of two kernels, rounded as the separate ``add`` would) when given."""
-    n_, oh_, ow_, o_ = (int(d) for d in dot.shape)
-
-    def out(n, o, oh, ow):
-        value = dot[n, oh, ow, o].astype("float32") * scale[o] + bias[o]
-        return value if acc is None else value + acc[n, o, oh, ow]
-
-    return te.compute((n_, o_, oh_, ow_), out, name=name)
-
-
 def compute(xp, wp, scale, bias, corr, geo: Conv2dGeometry, layout: str = "OHWI", shifts=None,
             acc: te.Tensor | None = None) -> te.Tensor:
     """Float output, NCHW: ``dot * scale[o] + bias[o] (+ acc)`` as float32[N, O, OH, OW]."""
-    return float_output(compute_dot(xp, wp, corr, geo, layout, shifts), scale, bias, acc)
+    return epilogue.conv_float_output(compute_dot(xp, wp, corr, geo, layout, shifts), scale, bias, acc,
+                                      name="ternary_conv2d", staged=True)
 
 
 def reference_dot(x_pm1: np.ndarray, w_ternary: np.ndarray, geo: Conv2dGeometry) -> np.ndarray:

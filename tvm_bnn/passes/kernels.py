@@ -28,11 +28,12 @@ _conv_geo = binary_conv2d.Conv2dGeometry.from_params
 def _conv(op, compute):
     """params -> TE function of a binary conv call: ``(xp, wp, a, b)``, or with its weights laid out at compile time
     (params ``prepared``, schedules/weight_layout.py) ``(xp, weights_t, a, b)`` / ``(xp, weights_t, pad_adjust, a,
-    b)`` in the generic layout (a byte-lane ``flavour``'s layout comes with its own TE: ``call_kernel(te_func=)``)."""
+    b)`` in the generic layout (a byte-lane ``flavour``'s layout comes with its own TE: ``call_kernel(te_func=)``);
+    a float-output conv with params ``residual`` takes the tensor it adds last (passes/fuse_residual.py)."""
     def builder(p):
         geo = _conv_geo(p)
         if not p.get("prepared"):
-            return lambda xp, wp, a, b: compute(xp, wp, a, b, geo)
+            return lambda xp, wp, a, b, *acc: compute(xp, wp, a, b, geo, None, *acc)
         if p.get("flavour"):
             raise ValueError(f"{op} in the {p['flavour']} layout: its TE is the byte-lane kernel's (te_func)")
 
@@ -41,8 +42,8 @@ def _conv(op, compute):
             return te.placeholder((int(p["out_channels"]), kh, kw, cw), "uint64", name="filters")
 
         if p["prepared"] == "weights_t":
-            return lambda xp, wt, a, b: compute(xp, shape_of(wt), a, b, geo, (wt, None))
-        return lambda xp, wt, adj, a, b: compute(xp, shape_of(wt), a, b, geo, (wt, adj))
+            return lambda xp, wt, a, b, *acc: compute(xp, shape_of(wt), a, b, geo, (wt, None), *acc)
+        return lambda xp, wt, adj, a, b, *acc: compute(xp, shape_of(wt), a, b, geo, (wt, adj), *acc)
 
     return builder
 

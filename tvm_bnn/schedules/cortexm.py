@@ -348,15 +348,12 @@ def kernel_compute(op: str, params: dict, args, mve: bool = False):
             raise ValueError(f"{op}: filters in layout {params.get('layout')} (the M-profile form reads OHWI)")
         xp, wp, p2, p3, corr, *acc = args
         dot = ternary_dot(xp, wp, corr, Conv2dGeometry.from_params(params), mve, params.get("shifts"))
-        return ternary_conv2d.float_output(dot, p2, p3, *acc, name=op)
-    xp, wp, p2, p3 = args
+        return epilogue.conv_float_output(dot, p2, p3, *acc, name=op)
+    xp, wp, p2, p3, *acc = args  # acc: the tensor a float conv with params ``residual`` adds
     if op in _CONV_OPS:
         geo = Conv2dGeometry.from_params(params)
         if op == "binary_conv2d":
-            dot = conv_dot(xp, wp, geo, mve=mve)
-            n_, oh_, ow_, o_ = (int(d) for d in dot.shape)
-            return te.compute((n_, o_, oh_, ow_), lambda n, o, oh, ow: dot[n, oh, ow, o].astype("float32") * p2[o]
-                              + p3[o], name="binary_conv2d")
+            return epilogue.conv_float_output(conv_dot(xp, wp, geo, mve=mve), p2, p3, *acc)
         padded = num_words(int(wp.shape[0])) * WORD_BITS
         return bits_output(conv_dot(xp, wp, geo, padded, mve), p2, p3, name="binary_conv2d_bits")
     if op == "binary_dense":

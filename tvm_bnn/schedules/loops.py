@@ -80,3 +80,34 @@ def register_block(sch: s_tir.Schedule, block, anchor, channel_iter: int, lanes,
         for lp in spatial:
             sch.unroll(lp)
     return reds
+
+
+def residual_blocks(sch: s_tir.Schedule, op: str, inline: bool):
+    """(block to tile, sum block or None) of a float conv kernel ``op``: for a conv adding a tensor in the staged
+    form of ops/epilogue.conv_float_output, its affine block and the sum (``sum_along_pixels`` places the sum); with
+    ``inline`` (a schedule that does not stage), the affine part inlined into the sum, as one block."""
+    out = sch.get_sblock(op)
+    try:
+        affine = sch.get_sblock(op + "_affine")
+    except Exception:  # noqa: BLE001 - no residual: the output block is the affine part
+        return out, None
+    if inline:
+        sch.compute_inline(affine)
+        return out, None
+    return affine, out
+
+
+def sum_along_pixels(sch, affine, total, tile_loop):
+    """A float conv adding a tensor: the affine part of a tile stays in registers (its vectors run along the output
+    channels, as the accumulators hold them) and the sum is computed per tile along the pixels, where the added
+    tensor and the NCHW output are contiguous: LLVM transposes the tile in registers once, as it does for the
+    stores of a conv without a sum, instead of gathering the added tensor along the channels (x86 and the byte-lane
+    kernels of AVX2 and NEON)."""
+    sch.reverse_compute_at(total, tile_loop)
+    sch.set_scope(affine, 0, "local")
+    loops = sch.get_loops(total)
+    below = [i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(tile_loop))][0] + 1
+    if below < len(loops) and int(sch.get(loops[-1]).extent) > 1:  # its own pixel loop, never the tile loop above it
+        sch.vectorize(loops[-1])
+        for lp in loops[below:-1]:
+            sch.unroll(lp)

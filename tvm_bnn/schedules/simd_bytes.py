@@ -36,7 +36,7 @@ from tvm import s_tir, te, tirx
 
 from ..ops import WORD_BITS, epilogue, num_words
 from ..ops.binary_conv2d import Conv2dGeometry, ConvFrame, prepared_weights
-from .loops import fuse_row_tasks, parallelize_outer, register_block
+from .loops import fuse_row_tasks, parallelize_outer, register_block, residual_blocks, sum_along_pixels
 from .simd_ops import NIBBLES, call_op, nibble_plane, popcount_bytes
 from .simd_params import kernel_params, signature
 
@@ -257,8 +257,10 @@ def dense_dot(xp, wp, k: int, fl: Flavour, out_extent: int | None = None) -> te.
 
 def kernel_compute(op: str, params: dict, args, fl: Flavour) -> te.Tensor:
     """The byte-lane TE of one of our binary kernels: ``args`` placeholders -> output tensor. A conv whose weights
-    are laid out at compile time (params ``prepared``) takes ``(xp, weights_t, [pad_adjust,] p2, p3)``."""
+    are laid out at compile time (params ``prepared``) takes ``(xp, weights_t, [pad_adjust,] p2, p3)``, and one with
+    params ``residual`` the float tensor it adds, last."""
     prepared = None
+    args, acc = (args[:-1], args[-1]) if params.get("residual") else (args, None)
     if op in CONV_OPS and params.get("prepared"):
         xp, table, *rest = args
         adjust, (p2, p3) = (rest[0], rest[1:]) if len(rest) == 3 else (None, rest)
@@ -271,10 +273,7 @@ def kernel_compute(op: str, params: dict, args, fl: Flavour) -> te.Tensor:
     if op in CONV_OPS:
         geo = Conv2dGeometry.from_params(params)
         if op == "binary_conv2d":
-            dot = conv_dot(xp, wp, geo, fl, prepared=prepared)
-            n_, oh_, ow_, o_ = (int(d) for d in dot.shape)
-            return te.compute((n_, o_, oh_, ow_), lambda n, o, oh, ow: dot[n, oh, ow, o].astype("float32") * p2[o]
-                              + p3[o], name="binary_conv2d")
+            return epilogue.conv_float_output(conv_dot(xp, wp, geo, fl, prepared=prepared), p2, p3, acc, staged=True)
         return epilogue.bits_output(conv_dot(xp, wp, geo, fl, padded, prepared), p2, p3, name="binary_conv2d_bits")
     if op == "binary_dense":
         return epilogue.float_output(dense_dot(xp, wp, params["k"], fl), p2, p3, channel_axis=1, name="binary_dense")
@@ -388,7 +387,7 @@ def _split_o3(sch, loop, how):
 
 def _tile(sch, op: str, how, num_cores: int, unroll: bool):
     """Tile the output (epilogue) into register blocks; returns the loop the accumulators are computed under."""
-    epi = sch.get_sblock(op)
+    epi, total = residual_blocks(sch, op, inline=False)
     if op == "binary_dense":
         m, n = sch.get_loops(epi)
         mo, mi = sch.split(m, how.p(sch, m))
@@ -411,6 +410,8 @@ def _tile(sch, op: str, how, num_cores: int, unroll: bool):
         sch.reorder(n, oo, oh, wo, ob, wi, ov)
         outer, tile_loop = fuse_row_tasks(sch, [n, oo, oh], wo, num_cores)
         vec, unr = ov, [wi]
+        if total is not None:
+            sum_along_pixels(sch, epi, total, tile_loop)
     else:  # binary_conv2d_bits
         n, oh, ow, w, b = sch.get_loops(epi)
         wo, wi = sch.split(ow, how.p(sch, ow))

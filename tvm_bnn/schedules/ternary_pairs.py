@@ -185,7 +185,7 @@ def _plan_planes(mod, graph, stack_if=None):
 
 def _plan_accumulate(mod, graph):
     """``add(a, b)`` of two single-use single-input ternary kernels of one shape -> ``b`` reading ``a``'s output as
-    its accumulator (``ternary_conv2d.float_output``: the same float sum, without a pass of its own)."""
+    its accumulator (``epilogue.conv_float_output``: the same float sum, without a pass of its own)."""
     recipes = {}
     for value, (va, _), (vb, b) in _sums_of(mod, graph, "ternary_conv2d"):
         if len(b.args) != 5 or b.params.get("shifts") or static_shape(va) != static_shape(vb) or \

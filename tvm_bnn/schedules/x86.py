@@ -30,7 +30,7 @@ import tvm
 from tvm import s_tir
 
 from . import simd_bytes
-from .loops import fuse_row_tasks, loop_kinds, parallelize_outer, register_block
+from .loops import fuse_row_tasks, loop_kinds, parallelize_outer, register_block, residual_blocks, sum_along_pixels
 
 L1_BYTES = 32 * 1024
 BINARY_OPS = ("binary_conv2d", "binary_conv2d_bits", "binary_dense", "binary_dense_bits", "ternary_conv2d")
@@ -336,7 +336,7 @@ class _Sampled:
 def _apply(sch, op: str, how, num_cores: int, unroll: bool = True):
     _try(lambda: sch.compute_inline(sch.get_sblock("dot")))
     channels = _channels(sch.mod["main"])
-    epi = sch.get_sblock(op)
+    epi, residual = residual_blocks(sch, op, inline=not channels)
     epilogue_loops = None
     if op == "binary_dense":
         m, n = sch.get_loops(epi)
@@ -362,6 +362,8 @@ def _apply(sch, op: str, how, num_cores: int, unroll: bool = True):
         sch.reorder(n, oo, oh, wo, ob, wi, ov)
         outer, tile_loop = fuse_row_tasks(sch, [n, oo, oh], wo, num_cores)
         epilogue_loops = (wi, ov)
+        if residual is not None:
+            sum_along_pixels(sch, epi, residual, tile_loop)
     elif op == "binary_conv2d_bits" and channels:
         n, oh, ow, w, b = sch.get_loops(epi)
         wo, wi = sch.split(ow, how.p(sch, ow))
