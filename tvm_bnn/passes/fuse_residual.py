@@ -1,10 +1,11 @@
 """FuseResidualAdd: ``add(conv, r)`` of a float-output conv kernel and a tensor of its shape -> the conv adding ``r``.
 
-Matches ``relax.add`` whose one operand is a variable bound (maybe through aliases) to a single-use ``binary_conv2d`` or
-``ternary_conv2d`` call with a float output and no accumulator yet, and whose other operand ``r`` is a float32
-tensor of exactly the conv's output shape (a residual shortcut, another layer's output, the other plane of a
-few-bit layer); no broadcast; not when TVM's FuseOps can fuse the add into the producer of ``r`` instead (a float
-op the conv does not read: a stage transition's shortcut conv), where it is nearly free. Emits the kernel with ``r`` as its last argument (params ``residual``), computing
+Matches ``relax.add`` whose one operand is a variable bound (maybe through aliases) to a single-use
+``binary_conv2d`` or ``ternary_conv2d`` call with a float output and no accumulator yet, and whose other operand
+``r`` is a float32 tensor of exactly the conv's output shape (a residual shortcut, another layer's output, the
+previous activation plane of a few-bit layer); no broadcast; not when TVM's FuseOps can fuse the add into the
+producer of ``r`` instead (a float op the conv does not read: a stage transition's shortcut conv), where it is
+nearly free. Emits the kernel with ``r`` as its last argument (params ``residual``), computing
 ``(dot * scale[o] + bias[o]) + r[n, o, oh, ow]`` in its epilogue (ops/epilogue.conv_float_output): the same two
 float32 roundings as the kernel and the ``add`` it replaces (IEEE addition commutes, so ``add(r, conv)`` too), but
 without a parallel pass of its own over the output and ``r`` (Bi-Real-Net's residual adds, 4 kernels per stage).

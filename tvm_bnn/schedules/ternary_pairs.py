@@ -183,32 +183,16 @@ def _plan_planes(mod, graph, stack_if=None):
     return recipes
 
 
-def _plan_accumulate(mod, graph):
-    """``add(a, b)`` of two single-use single-input ternary kernels of one shape -> ``b`` reading ``a``'s output as
-    its accumulator (``epilogue.conv_float_output``: the same float sum, without a pass of its own)."""
-    recipes = {}
-    for value, (va, _), (vb, b) in _sums_of(mod, graph, "ternary_conv2d"):
-        if len(b.args) != 5 or b.params.get("shifts") or static_shape(va) != static_shape(vb) or \
-                static_shape(va) is None:
-            continue
-
-        def recipe(bb, new, va=va, b=b):
-            return call_kernel(bb, "ternary_conv2d", [new(arg) for arg in b.args] + [new(va)], **b.params)
-
-        recipes[value] = recipe
-    return recipes
-
-
 def FuseTernaryPairs(layout: str = "OHWI", stack_planes=False):  # noqa: N802 - TVM pass naming
     """The pass, emitting filters in ``layout`` (ops/ternary_conv2d.LAYOUTS): "OHWI" for the C kernels, "HWIO" for
     x86's kernel vectorised over output channels. ``stack_planes`` (True, or a predicate of a ternary kernel's params
     saying for which layers): the planes of each layer then stacked into one kernel (x86: a 2-plane W2A2 conv at
-    28x28x256 in 0.22 ms against 2 x 0.125; the C bundle: :func:`few_words_per_output`); unless every layer is
-    stacked, the layers left with one kernel per plane each add the previous plane's output in their epilogue."""
+    28x28x256 in 0.22 ms against 2 x 0.125; the C bundle: :func:`few_words_per_output`); a layer left with one
+    kernel per plane adds the previous plane's output in its epilogue (passes/fuse_residual.py, which the fused
+    pipeline runs next)."""
     pairs = rewrite_pass("tvm_bnn.FuseTernaryPairs", lambda mod, graph: _plan_pairs(mod, graph, layout))
     stack_if = stack_planes if callable(stack_planes) else None
     planes = rewrite_pass("tvm_bnn.FuseTernaryPlanes", lambda mod, graph: _plan_planes(mod, graph, stack_if))
-    accumulate = rewrite_pass("tvm_bnn.AccumulateTernaryPlanes", _plan_accumulate)
 
     @tvm.transform.module_pass(opt_level=0, name="tvm_bnn.FuseTernaryPairs")
     def _pass(mod, _ctx):
@@ -219,7 +203,6 @@ def FuseTernaryPairs(layout: str = "OHWI", stack_planes=False):  # noqa: N802 - 
                 mod = planes(mod)
                 if mod.same_as(before):
                     break
-        # the C bundle's kernels left one per plane: each adds the previous plane's output (x86 stacks every layer)
-        return mod if stack_planes is True else accumulate(mod)
+        return mod
 
     return _pass
