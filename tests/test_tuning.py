@@ -180,3 +180,23 @@ def test_a_kernel_timing_opens_its_session_after_the_build_and_again_when_lost()
         time_primfunc(add_one, tvm.target.Target({"kind": "llvm"}), remote=lambda: broken.append(1) or BrokenCode(),
                       attempts=3)
     assert broken == [1]  # one session: not measured again
+
+
+def test_tuned_schedules_of_a_conv_adding_its_residual(tmp_path):
+    """The sampled design space of a binary conv whose epilogue adds a residual (passes/fuse_residual.py) builds,
+    and the tuned model computes the same bits as the untuned one."""
+    from .passes.test_fuse_residual import C, Residual
+    from .conftest import randomize_batchnorm
+
+    torch.manual_seed(0)
+    model, x = randomize_batchnorm(Residual()).eval(), torch.randn(1, C, 9, 11)
+    work = str(tmp_path / "tuning")
+    records = tvm_bnn.tune(model, "x86", (x,), trials=6, work_dir=work, cost_model="random", trials_per_iter=3,
+                           progress=False)
+    assert any("binary_conv2d" in r.name for r in records if r.best_us), records
+    json.dump({k: 1e9 for k in json.load(open(os.path.join(work, BASELINE_FILE)))},
+              open(os.path.join(work, BASELINE_FILE), "w"))  # take every tuned schedule
+    tuned = tvm_bnn.compile(model, "x86", example_inputs=(x,), tuning_db=work, progress=False)
+    assert any(getattr(f, "attrs", None) is not None and f.attrs.get("tirx.is_scheduled")
+               and "binary_conv2d" in gv.name_hint for gv, f in tuned.scheduled.functions_items())
+    np.testing.assert_array_equal(tuned(x), tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False)(x))
