@@ -336,7 +336,7 @@ def count_bare_metal(sources: Mapping[str, str], arch: str = "aarch64", objects:
     elf = workdir / "fw.elf"
     cmd = [cc, *a.cflags, "-std=c99", opt, "-ffreestanding", "-nostdlib", "-static", "-fno-pic", "-no-pie",
            "-Wall", "-Werror", *extra_cflags, f"-I{STARTUP_DIR}", f"-I{workdir}",
-           str(STARTUP_DIR / bm.startup), *map(str, files), "-T", str(workdir / "link.ld"), "-lgcc",
+           str(STARTUP_DIR / bm.startup), *map(str, files), "-T", str(workdir / "link.ld"), "-lm", "-lgcc",
            "-o", str(elf)]
     proc = _run(cmd, workdir, 300, a.cc)
     if proc.returncode != 0:
