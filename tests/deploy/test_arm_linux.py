@@ -312,3 +312,31 @@ def test_bundle_cmake_builds_a_program(tmp_path):
         assert proc.returncode == 0, proc.stdout + proc.stderr
     got = np.array([float(v) for v in proc.stdout.split()], np.float32).reshape(1, 10)
     assert_float_close(got, cm(x))
+
+
+@pytest.mark.parametrize("arch", ["aarch64", "armv7"])
+def test_instruction_count_of_a_model_that_rounds(arch, tmp_path):
+    """A few-level activation (``torch.round``) left float before a ternary layer: on armv7 (no VRINT) its kernel
+    calls libm's nearbyintf, which the bare-metal count links from the cross toolchain (it failed to link before);
+    the counted run computes what ``cm(x)`` does under qemu-user. The ternary layer is one kernel per plane."""
+    need_arch(arch)
+    need("qemu-system-aarch64" if arch == "aarch64" else "qemu-system-arm")
+    torch.manual_seed(0)
+    w = torch.randn(9, 37, 3, 3)
+    w = torch.where(w.abs() < 0.5, 0.0, torch.sign(w))
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            q = torch.clamp(torch.round(x * 1.3), -1, 1)  # 3 levels: two planes
+            return F.conv2d(q, w, padding=1) + torch.round(x[:, :9] * 2.7)  # a float round left in the model
+
+    x = torch.randn(1, 37, 7, 9)
+    cm = tvm_bnn.compile(Net(), arch, example_inputs=(x,), progress=False)
+    y, instructions = cm.bundle.count_instructions(x.numpy(), workdir=tmp_path)
+    np.testing.assert_array_equal(y, cm(x))
+    with torch.no_grad():
+        np.testing.assert_array_equal(y, Net()(x).numpy())
+    assert instructions > 1000
+    ops = [str(f.attrs["tvm_bnn.op"]) for _, f in cm.scheduled.functions_items()
+           if getattr(f, "attrs", None) is not None and "tvm_bnn.op" in f.attrs]
+    assert ops.count("ternary_conv2d") == 2 and "binary_conv2d" not in ops, ops

@@ -13,7 +13,7 @@ import pytest
 import tvm
 from tvm import te
 
-from tvm_bnn.ops import binary_conv2d, binary_dense, bitpack, epilogue
+from tvm_bnn.ops import binary_conv2d, binary_dense, bitpack, epilogue, ternary_conv2d
 from tvm_bnn.schedules import simd_bytes, x86
 from tvm_bnn.targets import resolve_target
 
@@ -101,6 +101,43 @@ def test_avx2_conv_exact(rng, case):
                     lambda a, b, d, t: binary_conv2d.compute_bits(a, b, d, t, geo))
     np.testing.assert_array_equal(bits, epilogue.bits_reference(np.transpose(dot, (0, 2, 3, 1)), direction,
                                                                 threshold))
+
+
+def _ternary_case(rng, n, c, o, h, w, kernel, strides, padding, dilation, pad_value):
+    """A ternary conv (weights in {-1, 0, 1}, about a third zeros) of +-1 activations, its exact dot (numpy), the
+    packed input, the stacked sign / mask filters and their correction table."""
+    geo = binary_conv2d.Conv2dGeometry(c, kernel, strides, padding, dilation, pad_value)
+    x, wt = pm1(rng, (n, c, h, w)), rng.choice([-1.0, 0.0, 1.0], (o, c) + kernel).astype(np.float32)
+    filters = ternary_conv2d.pack_weights(wt)
+    return geo, ternary_conv2d.reference_dot(x, wt, geo), bitpack.reference_nchw(x), filters, \
+        ternary_conv2d.correction_table(filters, geo, (h, w))
+
+
+def _ternary_inputs(geo, xp, filters, corr, fl, rng, residual=False):
+    o = filters.shape[1]
+    scale, bias = exact_affine(rng, o)
+    params = dict(geo.params(), layout="OHWI", flavour=fl.name, out_channels=o, residual=residual)
+    inputs = [("xp", xp), ("filters", simd_bytes.ternary_weight_tables(filters, fl)), ("scale", scale),
+              ("bias", bias), ("corr", corr)]
+    return inputs, params, scale, bias
+
+
+@pytest.mark.parametrize("case", CONV, ids=[f"conv{i}" for i in range(len(CONV))])
+def test_avx2_ternary_conv_exact(rng, case):
+    """The byte-lane ternary conv (``(x ^ sign) & mask`` in nibble planes) against numpy, every padding value and
+    border case of the binary conv's table; with a residual added in its epilogue on the first two shapes."""
+    geo, dot, xp, filters, corr = _ternary_case(rng, *case)
+    fl = simd_bytes.FLAVOURS["avx2"]
+    residual = case[1] < 100
+    inputs, params, scale, bias = _ternary_inputs(geo, xp, filters, corr, fl, rng, residual)
+    want = epilogue.float_reference(dot, scale, bias, channel_axis=1)
+    if residual:
+        acc = (rng.integers(-64, 64, want.shape) / 8).astype(np.float32)
+        inputs.append(("acc", acc))
+        want = (want + acc).astype(np.float32)
+    got = _run_x86("ternary_conv2d", inputs, lambda *a: simd_bytes.kernel_compute("ternary_conv2d", params, a, fl),
+                   params)
+    np.testing.assert_array_equal(got, want)
 
 
 DENSE = [(1, 1, 1), (3, 63, 10), (4, 65, 65), (5, 300, 7), (3, 2100, 9), (2, 64 * 62 + 5, 66), (7, 4096, 24)]
@@ -230,8 +267,8 @@ NEON_CONV = [
 
 @pytest.mark.parametrize("arch", ["aarch64", "aarch64-dotprod", "armv7"])
 def test_neon_kernels_exact(tmp_path, rng, arch):
-    """Under qemu-user (whose default CPU has the dot product extension): conv float/bits and dense float/bits
-    outputs equal the numpy reference (the float epilogue up to a fused multiply-add)."""
+    """Under qemu-user (whose default CPU has the dot product extension): conv float/bits, ternary conv and dense
+    float/bits outputs equal the numpy reference (the float epilogue up to a fused multiply-add)."""
     from ..deploy.test_arm_linux import need_arch
     from tvm_bnn.schedules.apply import default_schedule
     from tvm_bnn.targets import qemu
@@ -240,11 +277,11 @@ def test_neon_kernels_exact(tmp_path, rng, arch):
 
     emulated = "armv7" if arch == "armv7" else "aarch64"
 
-    def run_kernel(path, _arch, build_out, inputs, op):  # tests/deploy/test_arm_linux.py's, for any ARM target
+    def run_kernel(path, _arch, build_out, inputs, op, params=None):  # tests/deploy/test_arm_linux.py's, any ARM
         need_arch(emulated)
         spec = resolve_target(arch)
         with spec.target:
-            scheduled = default_schedule(_func(op, inputs, build_out), spec)
+            scheduled = default_schedule(_func(op, inputs, build_out, params), spec)
         assert scheduled.attrs[simd_bytes.FORM_ATTR] == x86.simd_flavour(spec.target).name
         src = generate_object({"kernel": scheduled}, spec.target)
         kernel = src.kernels["kernel"]
@@ -266,6 +303,13 @@ def test_neon_kernels_exact(tmp_path, rng, arch):
                           [("xp", xp), ("wp", wp), ("d", direction), ("t", threshold)], "binary_conv2d_bits")
         np.testing.assert_array_equal(bits, epilogue.bits_reference(np.transpose(dot, (0, 2, 3, 1)), direction,
                                                                     threshold))
+    fl = x86.simd_flavour(resolve_target(arch).target)
+    for i, case in enumerate(NEON_CONV):  # the ternary conv in this flavour's byte counters
+        geo, dot, xp, filters, corr = _ternary_case(rng, *case)
+        inputs, params, scale, bias = _ternary_inputs(geo, xp, filters, corr, fl, rng)
+        got = run_kernel(tmp_path / f"t{i}", arch, lambda *a, params=params: simd_bytes.kernel_compute(
+            "ternary_conv2d", params, a, fl), inputs, "ternary_conv2d", params)
+        np.testing.assert_array_equal(got, epilogue.float_reference(dot, scale, bias, channel_axis=1))
     # dense: K with a remainder, and K = 4100 words, more than u16 counters may take (4095): two groups
     for j, (m, k, n) in enumerate([(3, 130, 9), (2, 64 * 4100, 3)]):
         x, wt = pm1(rng, (m, k)), pm1(rng, (n, k))

@@ -35,6 +35,8 @@ def fuse_pipeline(target=None) -> tvm.transform.Pass:
         layout = [FuseResidualAdd] + layout
     if layout_for(target) == "generic":  # its binary conv's layout has a ternary form (schedules/ternary_pairs.py)
         layout = [FuseTernaryPairs("HWIO", stack_planes=True)] + layout
+    elif layout_for(target) is not None:  # the byte-lane kernels: one ternary conv per activation plane
+        layout = [FuseTernaryPairs("OHWI")] + layout
     return tvm.transform.Sequential(
         layout + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                   relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),

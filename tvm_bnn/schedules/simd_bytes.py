@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import s_tir, te, tirx
 
-from ..ops import WORD_BITS, epilogue, num_words
+from ..ops import WORD_BITS, epilogue, num_words, ternary_conv2d
 from ..ops.binary_conv2d import Conv2dGeometry, ConvFrame, prepared_weights
 from .loops import fuse_row_tasks, parallelize_outer, register_block, residual_blocks, sum_along_pixels
 from .simd_ops import NIBBLES, call_op, nibble_plane, popcount_bytes
@@ -43,6 +43,7 @@ from .simd_params import kernel_params, signature
 CONV_OPS = ("binary_conv2d", "binary_conv2d_bits")
 DENSE_OPS = ("binary_dense", "binary_dense_bits")
 OPS = CONV_OPS + DENSE_OPS
+TERNARY_OP = "ternary_conv2d"  # in the byte-lane form once its filters are laid out for a flavour (params ``flavour``)
 FORM_ATTR = "tvm_bnn.simd_bytes"  # set on a rebuilt PrimFunc: its flavour
 
 
@@ -59,6 +60,8 @@ class Flavour:
     unroll_words: int = 4  # unroll the innermost reduction loops of the counters up to this many words
     replicate: int = 1  # NEON: each input word stored this many times (a vector load with an immediate offset, or
     #                    ldp, instead of ld1r, which takes no offset: LLVM spent an address add per broadcast)
+    ternary_tile: tuple | None = None  # the register block of the ternary conv (a mask per filter word), if not
+    #                                    default_tile
 
     @property
     def out_lanes(self) -> int:
@@ -81,8 +84,11 @@ FLAVOURS = {
     # 32 q registers: 4 pixels x 8 channels = 16 u16 accumulators, 4 filter vectors, 4 input broadcasts
     "aarch64": Flavour("aarch64", "aarch64", 16, 2, (4, 8), count_bits=32, unroll_words=12, replicate=2),
     "dotprod": Flavour("dotprod", "aarch64", 32, 2, (4, 8), count_bits=32, unroll_words=12, replicate=2),
-    # 16 q registers: 2 pixels x 4 channels = 4 accumulators, 2 filter vectors, 2 inputs (2 x 8 spilled)
-    "armv7": Flavour("armv7", "armv7", 16, 2, (2, 4), count_bits=32, unroll_words=12, replicate=2),
+    # 16 q registers: 2 pixels x 4 channels = 4 accumulators, 2 filter vectors, 2 inputs (2 x 8 spilled); the
+    # ternary conv's sign and mask vectors take 2 x 2 (W2A2 3x3 256 -> 256 at 28x28: 64.4 M instructions, 83.5 M
+    # as 2 x 4, against 66.5 M for the binary plane pairs)
+    "armv7": Flavour("armv7", "armv7", 16, 2, (2, 4), count_bits=32, unroll_words=12, replicate=2,
+                     ternary_tile=(2, 2)),
 }
 
 
@@ -233,6 +239,58 @@ def conv_dot(xp, wp, geo: Conv2dGeometry, fl: Flavour, out_extent: int | None = 
         tirx.popcount(wp[o, i, j, rc]).astype("int32"), axis=rc), name="popw"), adjust)
 
 
+def ternary_weight_tables(filters: np.ndarray, fl: Flavour) -> np.ndarray:
+    """Stacked ternary filters uint64[2, O, KH, KW, CW] (sign, mask: ops/ternary_conv2d.pack_weights) in the blocks
+    :func:`ternary_dot` reads, as :func:`conv_weight_tables` lays out binary filters: ``[2, O / blk, KH, KW, CW,
+    blk]``, as nibble planes ``[2, O / blk, KH, KW, CW, 2, blk]`` for the nibble flavours."""
+    f = np.ascontiguousarray(filters, dtype=np.uint64)
+    _, o, kh, kw, cw = f.shape
+    blk = _largest_divisor(o, WEIGHT_BLOCK)
+    blocks = f.reshape(2, o // blk, blk, kh, kw, cw).transpose(0, 1, 3, 4, 5, 2)
+    if fl.nibbles:
+        blocks = np.stack([(blocks >> np.uint64(4 * h)) & np.uint64(NIBBLES) for h in (0, 1)], axis=-2)
+    return np.ascontiguousarray(blocks)
+
+
+def ternary_dot(xp, table, corr, geo: Conv2dGeometry, fl: Flavour, out_channels: int) -> te.Tensor:
+    """As ``ternary_conv2d.compute_dot`` of one input: int32[N, OH, OW, O] from the filters laid out by
+    :func:`ternary_weight_tables`. A word counts ``(x ^ sign) & mask`` (a nibble plane of it is the same bitwise
+    function of the planes), in the flavour's byte counters, one count per word where its two +-1 weight planes
+    took two binary convs; ``corr`` (``ternary_conv2d.correction_table``) adds the nonzero weights and takes the
+    zero padding back out."""
+    kh, kw, cw = (int(d) for d in table.shape[2:5])
+    f = ConvFrame(xp, te.placeholder((int(out_channels), kh, kw, cw), "uint64", name="filters"), geo)
+    xs, sh, sw, dh, dw = f.xs, f.sh, f.sw, f.dh, f.dw
+    blk, rep = int(table.shape[-1]), fl.replicate
+    if fl.nibbles:
+        xn = te.compute(tuple(int(d) for d in xs.shape) + (2, rep), lambda n, i, j, q, h, r: nibble_plane(
+            xs[n, i, j, q], h), name="pad_nibbles")
+
+        def word(n, oh, ow, o, i, j, q, h):
+            x = xn[n, oh * sh + i * dh, ow * sw + j * dw, q, h, o % rep]
+            return (x ^ table[0, o // blk, i, j, q, h, o % blk]) & table[1, o // blk, i, j, q, h, o % blk]
+    else:
+        xr = te.compute(tuple(int(d) for d in xs.shape) + (rep,), lambda n, i, j, q, r: xs[n, i, j, q],
+                        name="pad_lanes")
+
+        def word(n, oh, ow, o, i, j, q, h):
+            x = xr[n, oh * sh + i * dh, ow * sw + j * dw, q, o % rep]
+            return (x ^ table[0, o // blk, i, j, q, o % blk]) & table[1, o // blk, i, j, q, o % blk]
+
+    pop = _mismatch_stages((f.n, f.oh, f.ow, f.o), word, (f.kh, f.kw, f.cw), fl)
+    return ternary_conv2d.dot_from_counts(f, lambda n, oh, ow, o: pop[n, oh, ow, o], corr)
+
+
+def takes_form(func, op: str) -> bool:
+    """Whether kernel ``func`` of ``op`` has a byte-lane form: the binary ones always, a ternary conv once its
+    filters are laid out for a flavour (schedules/weight_layout.py)."""
+    if op in OPS:
+        return True
+    attrs = func.attrs
+    return op == TERNARY_OP and attrs is not None and "tvm_bnn.params" in attrs and \
+        bool(kernel_params(func, op).get("flavour"))
+
+
 def dense_dot(xp, wp, k: int, fl: Flavour, out_extent: int | None = None) -> te.Tensor:
     """As ``binary_dense.compute_dot``: int32[M, out_extent] (rows past N reuse the last weight row)."""
     m_, kw_ = (int(d) for d in xp.shape)
@@ -257,10 +315,15 @@ def dense_dot(xp, wp, k: int, fl: Flavour, out_extent: int | None = None) -> te.
 
 def kernel_compute(op: str, params: dict, args, fl: Flavour) -> te.Tensor:
     """The byte-lane TE of one of our binary kernels: ``args`` placeholders -> output tensor. A conv whose weights
-    are laid out at compile time (params ``prepared``) takes ``(xp, weights_t, [pad_adjust,] p2, p3)``, and one with
-    params ``residual`` the float tensor it adds, last."""
+    are laid out at compile time (params ``prepared``) takes ``(xp, weights_t, [pad_adjust,] p2, p3)``, a ternary
+    conv ``(xp, filters, p2, p3, corr)`` (:func:`ternary_weight_tables`), and one with params ``residual`` the float
+    tensor it adds, last."""
     prepared = None
     args, acc = (args[:-1], args[-1]) if params.get("residual") else (args, None)
+    if op == TERNARY_OP:  # (xp, filters laid out by ternary_weight_tables, p2, p3, corr)
+        xp, table, p2, p3, corr = args
+        dot = ternary_dot(xp, table, corr, Conv2dGeometry.from_params(params), fl, params["out_channels"])
+        return epilogue.conv_float_output(dot, p2, p3, acc, name=op, staged=True)
     if op in CONV_OPS and params.get("prepared"):
         xp, table, *rest = args
         adjust, (p2, p3) = (rest[0], rest[1:]) if len(rest) == 3 else (None, rest)
@@ -322,7 +385,7 @@ def _extents(sch, op: str) -> tuple:
         return ivs[0], ivs[1]
     if op == "binary_dense_bits":
         return ivs[0], WORD_BITS
-    if op == "binary_conv2d":
+    if op in ("binary_conv2d", TERNARY_OP):  # float NCHW
         return ivs[3], ivs[1]
     return ivs[2], WORD_BITS
 
@@ -341,6 +404,8 @@ def fit_knobs(sch, op: str, knobs: Knobs) -> Knobs:
 
 def default_knobs(fl: Flavour, op: str = "") -> Knobs:
     tile = fl.bits_tile if op.endswith("_bits") and fl.bits_tile is not None else fl.default_tile
+    if op == TERNARY_OP and fl.ternary_tile is not None:
+        tile = fl.ternary_tile
     return Knobs(tile[0], tile[1], fl.vector_words)
 
 
@@ -402,7 +467,7 @@ def _tile(sch, op: str, how, num_cores: int, unroll: bool):
         sch.reorder(mo, w, bo, mi, bb, bv)
         outer = sch.fuse(mo, w)
         tile_loop, vec, unr = bo, None, []
-    elif op == "binary_conv2d":
+    elif op in ("binary_conv2d", TERNARY_OP):
         n, o, oh, ow = sch.get_loops(epi)
         oo, ob, ov = _split_o3(sch, o, how)
         wo, wi = sch.split(ow, how.p(sch, ow))

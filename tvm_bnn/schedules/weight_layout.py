@@ -8,7 +8,8 @@ time on AVX-512, 14% on AVX2). This pass matches every ``binary_conv2d`` / ``bin
 filters are a constant, computes both tables with numpy (``binary_conv2d.prepared_weights``,
 ``simd_bytes.conv_weight_tables``) and re-emits the kernel reading them as constants (``tvm_bnn.params``:
 ``prepared``, ``out_channels`` and, for a byte-lane kernel, ``flavour``). Cortex-M and portable C kernels read the
-packed filters as they are.
+packed filters as they are. A ternary conv of a byte-lane target (its sign and mask planes, from
+schedules/ternary_pairs.py) gets its filters in that target's blocks too (``simd_bytes.ternary_weight_tables``).
 """
 from __future__ import annotations
 
@@ -48,6 +49,11 @@ def _plan_for(layout):
         recipes = {}
         for _, value in graph.order:
             call = kernel_of(mod, value)
+            if call is not None and call.op == simd_bytes.TERNARY_OP and layout != "generic":
+                recipe = _ternary_recipe(graph, call, layout)
+                if recipe is not None:
+                    recipes[value] = recipe
+                continue
             if call is None or call.op not in CONV_OPS or call.params.get("prepared"):
                 continue
             x_shape = static_shape(call.args[0])
@@ -76,6 +82,26 @@ def _plan_for(layout):
         return recipes
 
     return plan
+
+
+def _ternary_recipe(graph, call, fl):
+    """A ternary conv of one input (filters OHWI, ``ternary_pairs``) in the byte-lane form of flavour ``fl``: its
+    sign and mask planes in blocks of output channels (``simd_bytes.ternary_weight_tables``)."""
+    from . import simd_bytes
+
+    filters = graph.constant(call.args[1])
+    if filters is None or call.params.get("flavour") or call.params.get("shifts") or \
+            call.params.get("layout", "OHWI") != "OHWI":
+        return None
+    params = dict(call.params, flavour=fl.name, out_channels=int(filters.shape[1]))
+    table = relax.const(simd_bytes.ternary_weight_tables(filters, fl))
+
+    def recipe(bb, new):
+        args = [new(call.args[0]), table, *(new(a) for a in call.args[2:])]
+        return call_kernel(bb, call.op, args, te_func=lambda *a: simd_bytes.kernel_compute(call.op, params, a, fl),
+                           **params)
+
+    return recipe
 
 
 def LayOutConvWeights(target) -> tvm.transform.Pass:  # noqa: N802 - TVM pass naming

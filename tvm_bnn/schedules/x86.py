@@ -169,8 +169,8 @@ def tuning_form(func, target=None):
     (``simd_flavour``), so that the design space (``simd_bytes.design_space``) and the database records are of the
     kernel the build uses; ``func`` itself otherwise (and for every other PrimFunc)."""
     attrs = func.attrs
-    if attrs is None or str(attrs.get("tvm_bnn.op", "")) not in simd_bytes.OPS or simd_bytes.FORM_ATTR in attrs or \
-            not _has_block(func, "dot"):
+    if attrs is None or not simd_bytes.takes_form(func, str(attrs.get("tvm_bnn.op", ""))) or \
+            simd_bytes.FORM_ATTR in attrs or not _has_block(func, "dot"):
         return func
     flavour = simd_flavour(target)
     form = simd_bytes.build_form(func, str(attrs["tvm_bnn.op"]), flavour) if flavour is not None else None
@@ -511,7 +511,7 @@ def schedule_kernel(func, op: str, num_cores: int, target=None, knobs: Knobs | N
     if op in BINARY_OPS:
         if not _has_block(func, "dot"):
             return func  # already scheduled (``dot`` is always inlined), e.g. a PrimFunc from a tuning database
-        flavour = simd_flavour(target) if op != "ternary_conv2d" else None
+        flavour = simd_flavour(target) if simd_bytes.takes_form(func, op) else None
         if flavour is not None:  # byte-lane counters: AVX2 without VPOPCNTDQ, NEON
             simd = None if knobs is None else simd_bytes.Knobs(knobs.tile_p, knobs.tile_o, knobs.vector, knobs.unroll)
             scheduled = simd_bytes.schedule_kernel(func, op, flavour, num_cores, simd)
