@@ -2,10 +2,10 @@
 
 * W1A1: ``sign(x)`` activations, ``sign(w)`` weights (one binary kernel);
 * W1A2: 3-level activations ``clamp(round(x), -1, 1)`` (Brevitas' 2-bit narrow range: two bit planes), sign weights;
-* W2A2: the same activations, ternary weights (two weight planes; on x86 with vpopcntq or popcnt one ternary kernel
-  per activation plane, schedules/ternary_pairs.py; 4 binary kernels on AVX2);
-* W2A2-DoReFa: DoReFa's 4 levels ``round(clamp(x, 0, 1) * 3) / 3`` (two planes in the binary code), ternary weights
-  (2 ternary kernels, or 4 binary);
+* W2A2: the same activations, ternary weights (two weight planes: on x86 with vpopcntq or popcnt one ternary kernel
+  over both activation planes, schedules/ternary_pairs.py; on AVX2 one byte-lane ternary kernel per plane,
+  schedules/simd_bytes.ternary_dot);
+* W2A2-DoReFa: DoReFa's 4 levels ``round(clamp(x, 0, 1) * 3) / 3`` (two planes in the binary code), ternary weights;
 
 each compiled by ``tvm_bnn.compile(model, "x86")`` and timed as the user calls it (``cm(x)``: packing, the plane
 kernels, their sum, the NCHW float output), against, in the same run, onnxruntime int8 (the W2A2 model's conv as a
@@ -14,7 +14,10 @@ int8 weights, uint8 activations calibrated on 16 inputs of the benchmark's distr
 fp32 (F.conv2d on the same float activations). Figures are medians over interleaved rounds; ratios are baseline
 time / tvm_bnn time (> 1: tvm_bnn is faster), and each few-bit row against W1A1 (its time / W1A1's: the plane count).
 
-    TVM_NUM_THREADS=2 python bench/low_bit.py [--repeat 30] [--rounds 5]
+``--level avx2`` measures as a machine of that x86 level (forced on a bigger host, as in the other benches; PyTorch
+at AVX2 too, onnxruntime at the host's ISA).
+
+    TVM_NUM_THREADS=2 python bench/low_bit.py [--repeat 30] [--rounds 5] [--level avx2]
 """
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import THREADS, machine_line, median_seconds, ort_session, settle_threads, torch_threads  # noqa: E402
+from common import (THREADS, baselines_line, force_level, machine_line, median_seconds, ort_session,  # noqa: E402
+                    settle_threads, torch_threads)
 
 torch = torch_threads()
 import numpy as np  # noqa: E402
@@ -90,9 +94,13 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--channels", type=int, default=256)
     parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--level", choices=("avx512", "avx2", "popcnt", "sse2"),
+                        help="measure as a machine of this x86 ISA level (lower than the host's; forced)")
     args = parser.parse_args(argv)
+    force_level(args.level)
     c, hw = args.channels, args.size
     print(machine_line())
+    print(baselines_line(args.level))
     x = torch.randn(1, c, hw, hw, generator=torch.Generator().manual_seed(1))
     compiled, exact = {}, {}
     for bits in VARIANTS:
