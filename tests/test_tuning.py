@@ -200,3 +200,31 @@ def test_tuned_schedules_of_a_conv_adding_its_residual(tmp_path):
     assert any(getattr(f, "attrs", None) is not None and f.attrs.get("tirx.is_scheduled")
                and "binary_conv2d" in gv.name_hint for gv, f in tuned.scheduled.functions_items())
     np.testing.assert_array_equal(tuned(x), tvm_bnn.compile(model, "x86", example_inputs=(x,), progress=False)(x))
+
+
+def test_tuned_byte_lane_ternary_convs(tmp_path, monkeypatch):
+    """Forced AVX2: a W2A2 layer's byte-lane ternary kernels (one per activation plane, the second adding the
+    first's output) are tuning tasks in their byte-lane form, and the tuned model equals PyTorch."""
+    import torch.nn.functional as F
+
+    monkeypatch.setenv("TVM_BNN_X86_LEVEL", "avx2")
+    torch.manual_seed(0)
+    w = torch.randn(33, 37, 3, 3)
+    w = torch.where(w.abs() < 0.5, 0.0, torch.sign(w))
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return F.conv2d(torch.clamp(torch.round(x), -1, 1), w, padding=1)
+
+    x = torch.randn(1, 37, 9, 11)
+    work = str(tmp_path / "tuning")
+    records = tvm_bnn.tune(Net(), "x86", (x,), trials=4, work_dir=work, cost_model="random", trials_per_iter=2,
+                           progress=False)
+    assert [r.name.startswith("tvm_bnn_ternary_conv2d") for r in records] == [True, True], records
+    json.dump({k: 1e9 for k in json.load(open(os.path.join(work, BASELINE_FILE)))},
+              open(os.path.join(work, BASELINE_FILE), "w"))  # take every tuned schedule
+    tuned = tvm_bnn.compile(Net(), "x86", example_inputs=(x,), tuning_db=work, progress=False)
+    assert sum(1 for _, f in tuned.scheduled.functions_items()
+               if getattr(f, "attrs", None) is not None and f.attrs.get("tirx.is_scheduled")) == 2
+    with torch.no_grad():
+        np.testing.assert_array_equal(tuned(x), Net()(x).numpy())
