@@ -186,12 +186,13 @@ def binary_rate_line(macs: int, seconds: float, level: str, threads: int = THREA
     the level they were built for (the clock measured on ``threads`` cores at once)."""
     hz, _ = clock_hz(threads)
     rate = macs / (seconds * hz * threads)
-    bound, how = (avx512_bound(clock_hz(1)[0]) if level == "avx512" else (BOUND.get(level), "table"))
+    one_core = clock_hz(1)[0] if level == "avx512" else None  # the popcount rates are measured on one core
+    bound, how = (avx512_bound(one_core) if level == "avx512" else (BOUND.get(level), "table"))
     text = f"{seconds * 1e3:.3f} ms for {macs / 1e9:.2f} G bit-MACs at {hz / 1e9:.2f} GHz: {rate:.0f} bit-MACs per " \
            f"cycle and core"
     if bound:
         text += f", {rate / bound:.0%} of the {level} bound {bound} ({how})"
-    ceiling = avx512_ceiling(clock_hz(1)[0]) if level == "avx512" else None
+    ceiling = avx512_ceiling(one_core) if level == "avx512" else None
     if ceiling:
         text += f", {rate / ceiling:.0%} of the word ceiling {ceiling}"
     return text

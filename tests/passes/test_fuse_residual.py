@@ -14,6 +14,7 @@ from tvm_bnn.passes.graph import Graph, op_name
 from tvm_bnn.passes.kernels import kernel_of
 
 from ..conftest import need, randomize_batchnorm
+from .test_passes import _Wrap
 
 C = 37  # not a multiple of 32 or 64
 
@@ -79,17 +80,8 @@ def test_leaves_the_add_to_a_float_producer_the_conv_does_not_read():
     def f(x):
         return F.conv2d(torch.where(x >= 0, 1.0, -1.0), w, padding=1) + F.conv2d(x, shortcut)
 
-    kernels, ops = _fused_kernels(_Fn(f), torch.randn(1, C, 9, 11))
+    kernels, ops = _fused_kernels(_Wrap(f), torch.randn(1, C, 9, 11))
     assert ("binary_conv2d", True) not in kernels and "relax.add" in ops
-
-
-class _Fn(torch.nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 def test_reference_adds_after_rounding_the_affine_part():

@@ -203,35 +203,42 @@ def conv_weight_tables(wp: np.ndarray, geo: Conv2dGeometry, in_hw: tuple, fl: Fl
     return np.ascontiguousarray(blocks), adjust
 
 
+def _input_words(f: ConvFrame, fl: Flavour):
+    """The padded input of a conv as the byte-lane kernels read it: ``x(n, oh, ow, o, kh, kw, cw, h)`` is the word
+    under tap (kh, kw) of output pixel (oh, ow), its nibble plane ``h`` for the nibble flavours, from the copy that
+    output channel ``o``'s lane reads (``o % replicate``: lane l of a vector of ``replicate`` channels reads copy l)."""
+    xs, sh, sw, dh, dw, rep = f.xs, f.sh, f.sw, f.dh, f.dw, fl.replicate
+    shape = tuple(int(d) for d in xs.shape)
+    if fl.nibbles:
+        xn = te.compute(shape + (2, rep), lambda n, i, j, q, h, r: nibble_plane(xs[n, i, j, q], h), name="pad_nibbles")
+        return lambda n, oh, ow, o, kh, kw, cw, h: xn[n, oh * sh + kh * dh, ow * sw + kw * dw, cw, h, o % rep]
+    xr = te.compute(shape + (rep,), lambda n, i, j, q, r: xs[n, i, j, q], name="pad_lanes")
+    return lambda n, oh, ow, o, kh, kw, cw, h: xr[n, oh * sh + kh * dh, ow * sw + kw * dw, cw, o % rep]
+
+
 def conv_dot(xp, wp, geo: Conv2dGeometry, fl: Flavour, out_extent: int | None = None,
              prepared: tuple | None = None) -> te.Tensor:
     """As ``binary_conv2d.compute_dot``: int32[N, OH, OW, out_extent] (channels past O reuse the last filter).
     ``prepared = (weights_t, pad_adjust or None)`` (:func:`conv_weight_tables`): the weight stages read as inputs
     (``wp`` then only gives the filters' shape)."""
     f = ConvFrame(xp, wp, geo, out_extent)
-    xs, oc, sh, sw, dh, dw = f.xs, f.oc, f.sh, f.sw, f.dh, f.dw
+    oc, x = f.oc, _input_words(f, fl)
     blk = _largest_divisor(f.ext, WEIGHT_BLOCK)
     table, adjust = prepared if prepared is not None else (None, None)
     if fl.nibbles:
-        rep = fl.replicate
-        xn = te.compute(tuple(int(d) for d in xs.shape) + (2, rep), lambda n, i, j, q, h, r: nibble_plane(
-            xs[n, i, j, q], h), name="pad_nibbles")
         wn = table if table is not None else te.compute(
             (f.ext // blk, f.kh, f.kw, f.cw, 2, blk), lambda b, i, j, q, h, o: nibble_plane(
                 wp[oc(b * blk + o), i, j, q], h), name="weights_t")
 
         def word(n, oh, ow, o, kh, kw, cw, h):
-            return xn[n, oh * sh + kh * dh, ow * sw + kw * dw, cw, h, o % rep] ^ wn[o // blk, kh, kw, cw, h, o % blk]
+            return x(n, oh, ow, o, kh, kw, cw, h) ^ wn[o // blk, kh, kw, cw, h, o % blk]
     else:
         wt = table if table is not None else te.compute(
             (f.ext // blk, f.kh, f.kw, f.cw, blk), lambda b, i, j, q, o: wp[oc(b * blk + o), i, j, q],
             name="weights_t")
-        rep = fl.replicate
-        xr = te.compute(tuple(int(d) for d in xs.shape) + (rep,), lambda n, i, j, q, r: xs[n, i, j, q],
-                        name="pad_lanes")
 
-        def word(n, oh, ow, o, kh, kw, cw, h):  # the copy o % rep: lane l of a vector of rep channels reads copy l
-            return xr[n, oh * sh + kh * dh, ow * sw + kw * dw, cw, o % rep] ^ wt[o // blk, kh, kw, cw, o % blk]
+        def word(n, oh, ow, o, kh, kw, cw, h):
+            return x(n, oh, ow, o, kh, kw, cw, h) ^ wt[o // blk, kh, kw, cw, o % blk]
 
     pop = _mismatch_stages((f.n, f.oh, f.ow, f.ext), word, (f.kh, f.kw, f.cw), fl)
     rc = te.reduce_axis((0, f.cw), name="rc")
@@ -260,22 +267,11 @@ def ternary_dot(xp, table, corr, geo: Conv2dGeometry, fl: Flavour, out_channels:
     zero padding back out."""
     kh, kw, cw = (int(d) for d in table.shape[2:5])
     f = ConvFrame(xp, te.placeholder((int(out_channels), kh, kw, cw), "uint64", name="filters"), geo)
-    xs, sh, sw, dh, dw = f.xs, f.sh, f.sw, f.dh, f.dw
-    blk, rep = int(table.shape[-1]), fl.replicate
-    if fl.nibbles:
-        xn = te.compute(tuple(int(d) for d in xs.shape) + (2, rep), lambda n, i, j, q, h, r: nibble_plane(
-            xs[n, i, j, q], h), name="pad_nibbles")
+    blk, x = int(table.shape[-1]), _input_words(f, fl)
 
-        def word(n, oh, ow, o, i, j, q, h):
-            x = xn[n, oh * sh + i * dh, ow * sw + j * dw, q, h, o % rep]
-            return (x ^ table[0, o // blk, i, j, q, h, o % blk]) & table[1, o // blk, i, j, q, h, o % blk]
-    else:
-        xr = te.compute(tuple(int(d) for d in xs.shape) + (rep,), lambda n, i, j, q, r: xs[n, i, j, q],
-                        name="pad_lanes")
-
-        def word(n, oh, ow, o, i, j, q, h):
-            x = xr[n, oh * sh + i * dh, ow * sw + j * dw, q, o % rep]
-            return (x ^ table[0, o // blk, i, j, q, o % blk]) & table[1, o // blk, i, j, q, o % blk]
+    def word(n, oh, ow, o, i, j, q, h):
+        at = (o // blk, i, j, q) + ((h,) if fl.nibbles else ()) + (o % blk,)  # the nibble plane h, if any
+        return (x(n, oh, ow, o, i, j, q, h) ^ table[(0,) + at]) & table[(1,) + at]
 
     pop = _mismatch_stages((f.n, f.oh, f.ow, f.o), word, (f.kh, f.kw, f.cw), fl)
     return ternary_conv2d.dot_from_counts(f, lambda n, oh, ow, o: pop[n, oh, ow, o], corr)
